@@ -1,0 +1,41 @@
+# One command per job on a fresh machine: each target creates .venv if missing and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-all lint format demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# The test command (CI runs exactly this): lint, then every test that is neither slow nor CUDA-only.
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -q
+
+# Everything, slow tests included (gpu tests skip themselves without CUDA).
+test-all: lint
+	$(BIN)/python -m pytest -q
+
+# The README's main job: train the tiny preset on the embedded digits and write out/demo/.
+demo: $(STAMP)
+	$(BIN)/minidiff demo --out out/demo
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache
