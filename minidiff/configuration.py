@@ -15,12 +15,53 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import socket
+import types
+import typing
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 # The diffusers release whose file formats minidiff writes (and whose numbers the tests compare with).
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
+
+
+# (class name, unknown keys) pairs already warned about: each is reported once per process.
+_WARNED_UNKNOWN: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Does a JSON-loaded value fit a type hint? Types we cannot check (arrays, tensors) pass."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, tuple | list):
+            return False
+        if not args:
+            return True
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return all(_matches(v, args[0]) for v in value)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 class FrozenConfig(dict):
@@ -59,15 +100,28 @@ def resolve_file(path_or_repo_id: str | os.PathLike, filename: str, subfolder: s
     local = folder / subfolder / filename if subfolder else folder / filename
     if local.is_file():
         return local
-    if folder.is_dir() or str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") > 1:
-        raise FileNotFoundError(f"{local} does not exist (looked for {filename!r} in {str(path_or_repo_id)!r})")
+    if (
+        folder.is_dir()
+        or str(path_or_repo_id).startswith((".", "/", "~"))
+        or str(path_or_repo_id).count("/") > 1
+    ):
+        raise FileNotFoundError(
+            f"{local} does not exist (looked for {filename!r} in {str(path_or_repo_id)!r})"
+        )
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency
-        raise FileNotFoundError(f"{path_or_repo_id!r} is not a local folder and huggingface_hub is missing") from err
+        raise FileNotFoundError(
+            f"{path_or_repo_id!r} is not a local folder and huggingface_hub is missing"
+        ) from err
+    # Without network, read the hub cache only: huggingface_hub would otherwise retry for ~20 s.
+    cache_only = constants.HF_HUB_OFFLINE or not hub_reachable()
     try:
-        return Path(hf_hub_download(str(path_or_repo_id), filename, subfolder=subfolder, etag_timeout=10))
+        path = hf_hub_download(
+            str(path_or_repo_id), filename, subfolder=subfolder, local_files_only=cache_only
+        )
+        return Path(path)
     except LocalEntryNotFoundError as err:
         raise OSError(
             f"{path_or_repo_id!r} is not a local folder, and {filename!r} could not be downloaded from the "
@@ -76,6 +130,20 @@ def resolve_file(path_or_repo_id: str | os.PathLike, filename: str, subfolder: s
         ) from err
     except Exception as err:  # repository missing, gated, file missing...
         raise OSError(f"could not get {filename!r} of {path_or_repo_id!r} from the hub: {err}") from err
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face hub endpoint answers a TCP connection within `timeout` seconds."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 class ConfigMixin:
@@ -103,14 +171,24 @@ class ConfigMixin:
         """Split a config dict into this class's keywords; unknown public keys are warned about once."""
         config = {**dict(config), **overrides}
         accepted = set(cls.init_keywords())
-        unknown = sorted(k for k in config if k not in accepted and not k.startswith("_"))
-        if unknown:
+        unknown = tuple(sorted(k for k in config if k not in accepted and not k.startswith("_")))
+        if unknown and (cls.__name__, unknown) not in _WARNED_UNKNOWN:
+            _WARNED_UNKNOWN.add((cls.__name__, unknown))
             warnings.warn(
-                f"The config attributes {unknown} were passed to {cls.__name__}, but are not expected "
+                f"The config attributes {list(unknown)} were passed to {cls.__name__}, but are not expected "
                 "and will be ignored.",
                 stacklevel=3,
             )
-        return {k: v for k, v in config.items() if k in accepted}
+        init_dict = {k: v for k, v in config.items() if k in accepted}
+        # Wrong types are rejected here with the key named; wrong values by the constructor itself.
+        hints = typing.get_type_hints(cls.__init__)
+        for key, value in init_dict.items():
+            if key in hints and not _matches(value, hints[key]):
+                raise ValueError(
+                    f"{cls.__name__} config key {key!r} has value {value!r} of type {type(value).__name__}; "
+                    f"expected {_describe(hints[key])}"
+                )
+        return init_dict
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None = None, **overrides: Any):
@@ -123,7 +201,9 @@ class ConfigMixin:
         return cls(**cls.extract_init_dict(config or {}, **overrides))
 
     @classmethod
-    def load_config(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None) -> dict:
+    def load_config(
+        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None
+    ) -> dict:
         """Read the JSON config of a local folder (or hub repository) into a plain dict."""
         path = resolve_file(pretrained_model_name_or_path, cls.config_name, subfolder)
         try:
