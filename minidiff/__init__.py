@@ -4,7 +4,9 @@ Swap `from diffusers import X` for `from minidiff import X` and get the same num
 """
 
 from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
+from minidiff.modeling_utils import ModelMixin
+from minidiff.unet_2d import UNet2DModel
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigMixin", "FrozenConfig", "SchedulerMixin", "__version__"]
+__all__ = ["ConfigMixin", "FrozenConfig", "ModelMixin", "SchedulerMixin", "UNet2DModel", "__version__"]

@@ -1,0 +1,365 @@
+"""UNet2DModel: DDPM's noise-prediction network (Ho et al. 2020, App. B), weight-for-weight diffusers' UNet2DModel.
+
+    x_t (B, C_in, H, W), t  ->  conv_in -> down path (keeps every activation as a skip) -> middle
+                            ->  up path (concatenates the skips back, last in first out) -> norm, SiLU, conv_out
+
+The down path halves H and W after every block but the last; each down block runs `layers_per_block`
+residual blocks (optionally each followed by self-attention), each up block runs `layers_per_block + 1`,
+one per skip it consumes. The constructor takes diffusers' keywords and block type names and builds the
+same module tree, so `minidiff.UNet2DModel(**cfg).load_state_dict(diffusers_unet.state_dict())` just works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minidiff.layers import (
+    ACTIVATIONS,
+    Attention,
+    Downsample2D,
+    GaussianFourierProjection,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Timesteps,
+    Upsample2D,
+    group_norm,
+)
+from minidiff.modeling_utils import ModelMixin
+from minidiff.outputs import UNet2DOutput
+
+# Block type name -> (self-attention after each resnet?, how the block resamples). "config" means the
+# UNet's `downsample_type` / `upsample_type` decides; diffusers only honours those for the Attn* blocks.
+DOWN_BLOCKS = {
+    "DownBlock2D": (False, "conv"),
+    "AttnDownBlock2D": (True, "config"),
+    "ResnetDownsampleBlock2D": (False, "resnet"),
+}
+UP_BLOCKS = {
+    "UpBlock2D": (False, "conv"),
+    "AttnUpBlock2D": (True, "config"),
+    "ResnetUpsampleBlock2D": (False, "resnet"),
+}
+CHOICES = {
+    "time_embedding_type": ("positional", "fourier", "learned"),
+    "mid_block_type": ("UNetMidBlock2D", None),
+    "downsample_type": ("conv", "resnet"),
+    "upsample_type": ("conv", "resnet"),
+    "act_fn": tuple(ACTIVATIONS),
+    "resnet_time_scale_shift": ("default", "scale_shift"),
+    "class_embed_type": (None, "timestep", "identity"),
+}
+
+
+def _block_type(name: str, table: dict) -> tuple[bool, str]:
+    name = (
+        name[7:] if name.startswith("UNetRes") else name
+    )  # diffusers' legacy prefix, e.g. UNetResDownBlock2D
+    if name not in table:
+        raise NotImplementedError(f"block type {name!r} is not supported; expected one of {list(table)}")
+    return table[name]
+
+
+class DownBlock(nn.Module):
+    """DownBlock2D / AttnDownBlock2D / ResnetDownsampleBlock2D: resnets [+ attentions], then an optional downsampler."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, attention: bool, downsample: str | None, opts: dict
+    ):
+        super().__init__()
+        r, a = opts["resnet"], opts["attention"]
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, **r)
+            for i in range(opts["layers"])
+        )
+        self.attentions = (
+            nn.ModuleList(Attention(out_channels, **a(out_channels)) for _ in self.resnets)
+            if attention
+            else None
+        )
+        if downsample == "conv":
+            self.downsamplers = nn.ModuleList([Downsample2D(out_channels, opts["downsample_padding"])])
+        elif downsample == "resnet":
+            self.downsamplers = nn.ModuleList(
+                [ResnetBlock2D(out_channels, out_channels, **r, resample="down")]
+            )
+        else:
+            self.downsamplers = None
+
+    def forward(
+        self, h: torch.Tensor, temb_act: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            h = resnet(h, temb_act)
+            if self.attentions is not None:
+                h = self.attentions[i](h)
+            skips.append(h)
+        if self.downsamplers is not None:
+            down = self.downsamplers[0]
+            h = down(h, temb_act) if isinstance(down, ResnetBlock2D) else down(h)  # (B, C, H/2, W/2)
+            skips.append(h)
+        return h, tuple(skips)
+
+
+class UpBlock(nn.Module):
+    """UpBlock2D / AttnUpBlock2D / ResnetUpsampleBlock2D: cat(h, skip) -> resnet [+ attention], then an upsampler."""
+
+    def __init__(
+        self, skip_channels: list[int], prev_channels: int, out_channels: int, attention: bool, upsample, opts
+    ):
+        super().__init__()
+        r, a = opts["resnet"], opts["attention"]
+        ins = [prev_channels] + [out_channels] * (len(skip_channels) - 1)  # width of h before each concat
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(c + s, out_channels, **r) for c, s in zip(ins, skip_channels)
+        )
+        self.attentions = (
+            nn.ModuleList(Attention(out_channels, **a(out_channels)) for _ in self.resnets)
+            if attention
+            else None
+        )
+        if upsample == "conv":
+            self.upsamplers = nn.ModuleList([Upsample2D(out_channels)])
+        elif upsample == "resnet":
+            self.upsamplers = nn.ModuleList([ResnetBlock2D(out_channels, out_channels, **r, resample="up")])
+        else:
+            self.upsamplers = None
+
+    def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb_act: torch.Tensor) -> torch.Tensor:
+        for i, resnet in enumerate(self.resnets):
+            h = resnet(
+                torch.cat([h, skips.pop()], dim=1), temb_act
+            )  # (B, C_h + C_skip, H, W) -> (B, C_out, H, W)
+            if self.attentions is not None:
+                h = self.attentions[i](h)
+        if self.upsamplers is not None:
+            up = self.upsamplers[0]
+            h = up(h, temb_act) if isinstance(up, ResnetBlock2D) else up(h)  # (B, C, 2H, 2W)
+        return h
+
+
+class UNetMidBlock2D(nn.Module):
+    """The bottleneck at the lowest resolution: resnet -> self-attention -> resnet."""
+
+    def __init__(self, channels: int, add_attention: bool, attn_groups: int | None, opts: dict):
+        super().__init__()
+        r = {**opts["resnet"], "output_scale_factor": opts["mid_block_scale_factor"]}
+        self.resnets = nn.ModuleList(ResnetBlock2D(channels, channels, **r) for _ in range(2))
+        attn = {**opts["attention"](channels), "norm_num_groups": attn_groups}
+        attn["rescale_output_factor"] = opts["mid_block_scale_factor"]
+        self.attentions = nn.ModuleList([Attention(channels, **attn)] if add_attention else [])
+
+    def forward(self, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        h = self.resnets[0](h, temb_act)
+        for attention in self.attentions:
+            h = attention(h)
+        return self.resnets[1](h, temb_act)
+
+
+class UNet2DModel(ModelMixin):
+    """diffusers' UNet2DModel: same keywords, defaults, module names and numbers (see the module docstring)."""
+
+    def __init__(
+        self,
+        sample_size: int | tuple[int, int] | None = None,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        center_input_sample: bool = False,
+        time_embedding_type: str = "positional",
+        time_embedding_dim: int | None = None,
+        freq_shift: int = 0,
+        flip_sin_to_cos: bool = True,
+        down_block_types: tuple[str, ...] = (
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+        ),
+        mid_block_type: str | None = "UNetMidBlock2D",
+        up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        block_out_channels: tuple[int, ...] = (224, 448, 672, 896),
+        layers_per_block: int = 2,
+        mid_block_scale_factor: float = 1,
+        downsample_padding: int = 1,
+        downsample_type: str = "conv",
+        upsample_type: str = "conv",
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        attention_head_dim: int | None = 8,
+        norm_num_groups: int = 32,
+        attn_norm_num_groups: int | None = None,
+        norm_eps: float = 1e-5,
+        resnet_time_scale_shift: str = "default",
+        add_attention: bool = True,
+        class_embed_type: str | None = None,
+        num_class_embeds: int | None = None,
+        num_train_timesteps: int | None = None,
+    ):
+        super().__init__()
+        # The config is exactly the constructor's keywords (what config.json stores).
+        self.register_to_config(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        # 0. check the configuration before building anything
+        for key, choices in CHOICES.items():
+            if self.config[key] not in choices:
+                raise ValueError(
+                    f"{key} {self.config[key]!r} is not supported; expected one of {list(choices)}"
+                )
+        if not len(down_block_types) == len(up_block_types) == len(block_out_channels):
+            raise ValueError(
+                f"expected as many down_block_types {list(down_block_types)} as up_block_types "
+                f"{list(up_block_types)} and block_out_channels {list(block_out_channels)}"
+            )
+        if norm_num_groups is None:
+            raise ValueError(
+                "norm_num_groups None is not supported (diffusers fails on it too); expected an int"
+            )
+        if time_embedding_type == "learned" and num_train_timesteps is None:
+            raise ValueError(
+                "time_embedding_type 'learned' needs num_train_timesteps (the embedding table's size)"
+            )
+        if class_embed_type is not None and num_class_embeds is not None:
+            raise ValueError(
+                f"num_class_embeds is only used when class_embed_type is None, got {class_embed_type!r}"
+            )
+        downs = [_block_type(name, DOWN_BLOCKS) for name in down_block_types]
+        ups = [_block_type(name, UP_BLOCKS) for name in up_block_types]
+        widths, n = list(block_out_channels), len(block_out_channels)
+        time_embed_dim = time_embedding_dim or widths[0] * 4  # E
+        self.act = ACTIVATIONS[act_fn]
+        opts = {
+            "layers": layers_per_block,
+            "downsample_padding": downsample_padding,
+            "mid_block_scale_factor": mid_block_scale_factor,
+            "resnet": dict(
+                temb_channels=time_embed_dim,
+                groups=norm_num_groups,
+                eps=norm_eps,
+                dropout=dropout,
+                act_fn=act_fn,
+                time_embedding_norm=resnet_time_scale_shift,
+            ),
+            # heads = width // attention_head_dim; attention_head_dim None means one head over all channels
+            "attention": lambda width: dict(
+                heads=width // (attention_head_dim or width),
+                dim_head=attention_head_dim or width,
+                norm_num_groups=norm_num_groups,
+                eps=norm_eps,
+            ),
+        }
+
+        self.conv_in = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1)
+        # 1. time embedding: t -> (B, widths[0]) features -> MLP -> (B, E)
+        if time_embedding_type == "fourier":
+            self.time_proj = GaussianFourierProjection(widths[0], scale=16)
+        elif time_embedding_type == "positional":
+            self.time_proj = Timesteps(widths[0], flip_sin_to_cos, freq_shift)
+        else:
+            self.time_proj = nn.Embedding(num_train_timesteps, widths[0])
+        proj_dim = 2 * widths[0] if time_embedding_type == "fourier" else widths[0]
+        self.time_embedding = TimestepEmbedding(proj_dim, time_embed_dim)
+        # 2. class embedding, added to the time embedding
+        if class_embed_type is None and num_class_embeds is not None:
+            self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim)
+        elif class_embed_type == "timestep":
+            self.class_embedding = TimestepEmbedding(proj_dim, time_embed_dim)
+        elif class_embed_type == "identity":
+            self.class_embedding = nn.Identity()
+        else:
+            self.class_embedding = None
+        # 3. down path: widths[i - 1] -> widths[i], halving H, W after every block but the last
+        self.down_blocks = nn.ModuleList()
+        skip_channels = [widths[0]]  # conv_in's output is the first skip
+        for i, (attention, resample) in enumerate(downs):
+            resample = None if i == n - 1 else (downsample_type if resample == "config" else resample)
+            block = DownBlock(widths[max(i - 1, 0)], widths[i], attention, resample, opts)
+            self.down_blocks.append(block)
+            skip_channels += [widths[i]] * (layers_per_block + (resample is not None))
+        # 4. middle
+        self.mid_block = None
+        if mid_block_type is not None:
+            attn_groups = attn_norm_num_groups
+            if attn_groups is None:  # diffusers: GroupNorm in front of the mid attention only for "default"
+                attn_groups = norm_num_groups if resnet_time_scale_shift == "default" else None
+            self.mid_block = UNetMidBlock2D(widths[-1], add_attention, attn_groups, opts)
+        # 5. up path: mirror of the down path, each block consuming layers_per_block + 1 skips
+        self.up_blocks = nn.ModuleList()
+        prev = widths[-1]
+        for i, (attention, resample) in enumerate(ups):
+            resample = None if i == n - 1 else (upsample_type if resample == "config" else resample)
+            skips = [skip_channels.pop() for _ in range(layers_per_block + 1)]
+            self.up_blocks.append(UpBlock(skips, prev, widths[n - 1 - i], attention, resample, opts))
+            prev = widths[n - 1 - i]
+        # 6. output head
+        self.conv_norm_out = group_norm(norm_num_groups, widths[0], norm_eps)
+        self.conv_out = nn.Conv2d(widths[0], out_channels, kernel_size=3, padding=1)
+
+    def _timesteps(self, timestep: torch.Tensor | float | int, sample: torch.Tensor) -> torch.Tensor:
+        """A number, a 0-d tensor or one timestep per batch item -> (B,) on the sample's device."""
+        batch = sample.shape[0]
+        if not torch.is_tensor(timestep):
+            timestep = torch.tensor([timestep], dtype=torch.long)  # as diffusers: a python float is truncated
+        timestep = (
+            timestep.to(sample.device).reshape(-1) if timestep.ndim == 0 else timestep.to(sample.device)
+        )
+        if timestep.ndim != 1 or timestep.shape[0] not in (1, batch):
+            raise ValueError(
+                f"timestep of shape {tuple(timestep.shape)} does not match the batch of {batch} samples; "
+                f"expected a number, a 0-d tensor or a 1-d tensor of length {batch}"
+            )
+        return timestep.expand(batch)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> UNet2DOutput | tuple[torch.Tensor]:
+        """Predict the noise (or x_0 / v, depending on training) for x_t = `sample` (B, C_in, H, W) at `timestep`."""
+        cfg, factor = self.config, 2 ** (len(self.down_blocks) - 1)
+        if sample.ndim != 4 or sample.shape[1] != cfg.in_channels:
+            raise ValueError(f"sample of shape {tuple(sample.shape)}; expected (B, {cfg.in_channels}, H, W)")
+        if sample.shape[-2] % factor or sample.shape[-1] % factor:
+            raise ValueError(
+                f"sample size {tuple(sample.shape[-2:])} cannot be halved {factor.bit_length() - 1} times by the "
+                f"down path; expected height and width divisible by {factor}"
+            )
+        if cfg.center_input_sample:
+            sample = 2 * sample - 1.0
+        timesteps = self._timesteps(timestep, sample)  # (B,)
+
+        # 1. time embedding: sinusoidal / Fourier / learned features (float32), cast, then the MLP -> (B, E)
+        emb = self.time_embedding(self.time_proj(timesteps).to(self.dtype))
+        # 2. class embedding, summed into the time embedding
+        if self.class_embedding is None and class_labels is not None:
+            raise ValueError(
+                "class_labels were given, but this model is unconditional (no class_embed_type / num_class_embeds)"
+            )
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("this model is class-conditional: expected class_labels, one per batch item")
+            if cfg.class_embed_type == "timestep":
+                class_labels = self.time_proj(class_labels).to(self.dtype)
+            emb = emb + self.class_embedding(class_labels).to(self.dtype)
+        # every resnet applies act() to the embedding before its projection: do it once here
+        temb_act = self.act(emb)
+
+        # 3. down path, keeping every activation as a skip
+        h = self.conv_in(sample)  # (B, widths[0], H, W)
+        skips = [h]
+        for block in self.down_blocks:
+            h, block_skips = block(h, temb_act)
+            skips.extend(block_skips)
+        # 4. middle (lowest resolution: H / factor x W / factor)
+        if self.mid_block is not None:
+            h = self.mid_block(h, temb_act)
+        # 5. up path, consuming the skips last in, first out
+        for block in self.up_blocks:
+            h = block(h, skips, temb_act)
+        # 6. output head: GroupNorm, SiLU, 3x3 conv -> (B, C_out, H, W)
+        out = self.conv_out(F.silu(self.conv_norm_out(h)))
+        if cfg.time_embedding_type == "fourier":  # score SDE parameterisation: divide by the noise level
+            out = out / timesteps.to(out.dtype).reshape(-1, 1, 1, 1)
+        return UNet2DOutput(sample=out) if return_dict else (out,)
