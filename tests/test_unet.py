@@ -6,13 +6,19 @@ strict=True (the module names are the same, no mapping table), and compares outp
 
 from __future__ import annotations
 
+import pickle
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 diffusers = pytest.importorskip("diffusers")
 
 from minidiff import UNet2DModel  # noqa: E402
+from minidiff.modeling_utils import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME  # noqa: E402
 
 PLAIN2 = dict(down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
 ATTN2 = dict(
@@ -296,3 +302,116 @@ def test_class_labels_checks():
 def test_unsupported_config(overrides, error, match):
     with pytest.raises(error, match=match):
         UNet2DModel(**{**TINY, **overrides})
+
+
+# ---- files: diffusers' folder format, both ways ------------------------------------------------------------
+FILE_CONFIG, FILE_SIZE, FILE_COND = CONFIGS["class_embeds"]  # has attention blocks and a class embedding
+
+
+@pytest.fixture()
+def file_pair():
+    reference, model = make_pair(FILE_CONFIG)
+    return reference, model, make_inputs(FILE_CONFIG, FILE_SIZE, FILE_COND)
+
+
+def run(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).sample
+
+
+def test_diffusers_folder_loads_in_minidiff(tmp_path, file_pair):
+    reference, _, inputs = file_pair
+    reference.save_pretrained(tmp_path)  # config.json + diffusion_pytorch_model.safetensors
+    model = UNet2DModel.from_pretrained(tmp_path)
+    assert not model.training  # eval mode, as diffusers' from_pretrained
+    assert rel_err(run(model, inputs), run(reference, inputs)) <= 1e-5  # fp32 parity, as above
+
+
+def test_minidiff_folder_loads_in_diffusers(tmp_path, file_pair):
+    reference, model, inputs = file_pair
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", WEIGHTS_NAME]  # no temp files left
+    loaded = diffusers.UNet2DModel.from_pretrained(tmp_path)
+    assert rel_err(run(loaded, inputs), run(reference, inputs)) <= 1e-5  # fp32 parity, as above
+
+
+def test_subfolder_and_torch_dtype(tmp_path, file_pair):
+    reference, _, _ = file_pair
+    reference.save_pretrained(tmp_path / "unet")
+    model = UNet2DModel.from_pretrained(tmp_path, subfolder="unet", torch_dtype=torch.bfloat16)
+    expected = diffusers.UNet2DModel.from_pretrained(tmp_path, subfolder="unet", torch_dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    state, ref_state = model.state_dict(), expected.state_dict()
+    assert state.keys() == ref_state.keys()
+    assert all(torch.equal(state[k], ref_state[k]) and state[k].dtype == ref_state[k].dtype for k in state)
+
+
+def test_old_attention_key_names(tmp_path, file_pair):
+    """Checkpoints from before diffusers 0.14 call the projections query / key / value / proj_attn."""
+    reference, model, inputs = file_pair
+    old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    state = {}
+    for key, value in reference.state_dict().items():
+        for new_name, old_name in old.items():
+            key = key.replace(f".{new_name}.", f".{old_name}.")
+        state[key] = value
+    assert any(".proj_attn." in k for k in state) and not any(".to_q." in k for k in state)
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    model.save_config(tmp_path)
+    assert rel_err(run(UNet2DModel.from_pretrained(tmp_path), inputs), run(reference, inputs)) <= 1e-5
+
+
+def test_pickle_checkpoint_loads_with_weights_only(tmp_path, file_pair):
+    reference, model, inputs = file_pair
+    torch.save(reference.state_dict(), tmp_path / PICKLE_WEIGHTS_NAME)
+    model.save_config(tmp_path)
+    assert rel_err(run(UNet2DModel.from_pretrained(tmp_path), inputs), run(reference, inputs)) <= 1e-5
+
+
+class Payload:
+    """A pickle that runs code when unpickled: writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def test_malicious_pickle_is_never_executed(tmp_path, file_pair):
+    _, model, _ = file_pair
+    marker = tmp_path / "marker"
+    pickle.loads(pickle.dumps(Payload(marker)))  # the payload is live: plain unpickling runs it ...
+    assert marker.exists()
+    marker.unlink()
+    model.save_config(tmp_path)
+    torch.save({"conv_in.weight": Payload(marker)}, tmp_path / PICKLE_WEIGHTS_NAME)
+    with pytest.raises(OSError, match=r"weights_only=True"):
+        UNet2DModel.from_pretrained(tmp_path)
+    assert not marker.exists()  # ... but from_pretrained never ran it
+
+
+def test_missing_files(tmp_path, file_pair):
+    _, model, _ = file_pair
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        UNet2DModel.from_pretrained(tmp_path)
+    model.save_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"expected {WEIGHTS_NAME} or {PICKLE_WEIGHTS_NAME}"):
+        UNet2DModel.from_pretrained(tmp_path)
+
+
+def test_corrupt_safetensors(tmp_path, file_pair):
+    _, model, _ = file_pair
+    model.save_pretrained(tmp_path)
+    path = tmp_path / WEIGHTS_NAME
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, as after an interrupted copy
+    with pytest.raises(OSError, match=re.escape(str(path)) + " is not a valid safetensors file"):
+        UNet2DModel.from_pretrained(tmp_path)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path, file_pair):
+    _, model, _ = file_pair
+    model.save_pretrained(tmp_path)
+    UNet2DModel(**{**FILE_CONFIG, "block_out_channels": (8, 8)}).save_config(tmp_path)
+    with pytest.raises(ValueError, match="do not fit the UNet2DModel its config.json describes"):
+        UNet2DModel.from_pretrained(tmp_path)
