@@ -1,0 +1,221 @@
+"""Pictures: image grids, the forward-noising strip, the signal-to-noise plot, loss curves.
+
+Matplotlib is imported inside the functions and used through `Figure` + `FigureCanvasAgg` (no pyplot,
+no global backend switch), so importing this module changes nothing and works without a display.
+
+The forward process (Ho et al. 2020, eq. 4) that these pictures show:
+    x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * epsilon,    epsilon ~ N(0, I)
+sqrt(alpha_bar_t) is the signal coefficient, and SNR(t) = alpha_bar_t / (1 - alpha_bar_t)
+(Kingma et al. 2021, "Variational Diffusion Models", eq. 1).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+# sqrt(alpha_bar_T) above which x_T visibly keeps the image. Stable Diffusion's schedule ends at 0.068,
+# which Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed") show leaks
+# enough low-frequency signal to bias samples; DDPM's linear 1e-4 -> 0.02 schedule ends at 0.0064.
+TERMINAL_SIGNAL_THRESHOLD = 0.05
+
+
+# ---- images ---------------------------------------------------------------------------------------
+def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
+    """(B, C, H, W) in [-1, 1] -> B PIL images ("L" for C = 1, "RGB" for C = 3), as diffusers' pipeline
+    converts: (x / 2 + 0.5).clamp(0, 1), then (x * 255).round() as uint8."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images have shape {tuple(images.shape)}; expected (B, C, H, W) with C = 1 or 3")
+    x = (images.detach().float() / 2 + 0.5).clamp(0, 1)
+    x = x.cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
+    x = (x * 255).round().astype(np.uint8)
+    return [Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image) for image in x]
+
+
+def make_grid(images: list[Image.Image] | torch.Tensor, nrow: int | None = None) -> Image.Image:
+    """Paste images side by side, `nrow` per row (default: a square-ish grid), as the tutorial's
+    `make_grid` / diffusers' `make_image_grid` do. A tensor is converted with `to_pil_images` first."""
+    if isinstance(images, torch.Tensor):
+        images = to_pil_images(images)
+    images = list(images)
+    if not images:
+        raise ValueError("make_grid got no images")
+    width, height = images[0].size
+    if any(image.size != (width, height) for image in images):
+        raise ValueError(f"images differ in size: {sorted({image.size for image in images})}")
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    if nrow < 1:
+        raise ValueError(f"nrow={nrow!r}; expected a positive int")
+    rows = math.ceil(len(images) / nrow)
+    mode = images[0].mode if all(image.mode == images[0].mode for image in images) else "RGB"
+    grid = Image.new(mode, (nrow * width, rows * height))
+    for i, image in enumerate(images):
+        grid.paste(image.convert(mode), ((i % nrow) * width, (i // nrow) * height))
+    return grid
+
+
+def save_grid(
+    images: list[Image.Image] | torch.Tensor, path: str | os.PathLike, nrow: int | None = None
+) -> Path:
+    """`make_grid` written to `path` (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, nrow).save(path)
+    return path
+
+
+def _label_below(panel: Image.Image, text: str, band: int) -> Image.Image:
+    """The panel with a white band underneath carrying `text` (PIL's default font)."""
+    out = Image.new("RGB", (panel.width, panel.height + band), "white")
+    out.paste(panel.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=max(10, band - 4))
+    draw.text((panel.width // 2, panel.height + band // 2), text, fill="black", font=font, anchor="mm")
+    return out
+
+
+def noising_strip(
+    scheduler,
+    x0: torch.Tensor,
+    timesteps: list[int] | None = None,
+    generator: torch.Generator | None = None,
+    min_panel: int = 96,
+) -> Image.Image:
+    """One image pushed through the forward process: `scheduler.add_noise(x0, epsilon, t)` at several t,
+    side by side, each panel labelled with its t. One epsilon for every panel, so the image fades out.
+
+    x0: (1, C, H, W) in [-1, 1]. timesteps: default 8 evenly spaced over 0 .. T-1. Small images are
+    enlarged (nearest neighbour, whole factor) until a panel is at least `min_panel` pixels wide.
+    """
+    if x0.ndim != 4 or x0.shape[0] != 1:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}; expected (1, C, H, W)")
+    num_train_timesteps = len(scheduler.alphas_cumprod)
+    if timesteps is None:
+        timesteps = np.linspace(0, num_train_timesteps - 1, 8).round().astype(int).tolist()
+    bad = [t for t in timesteps if not 0 <= int(t) < num_train_timesteps]
+    if not timesteps or bad:
+        raise ValueError(
+            f"timesteps {bad or timesteps} must be a non-empty list in 0..{num_train_timesteps - 1}"
+        )
+
+    # epsilon drawn on the generator's device (CPU by default), then moved: the same picture on any device
+    noise_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn(x0.shape, generator=generator, device=noise_device, dtype=x0.dtype).to(x0.device)
+    n = len(timesteps)
+    t = torch.tensor([int(t) for t in timesteps], device=x0.device)
+    x_t = scheduler.add_noise(x0.expand(n, -1, -1, -1), noise.expand(n, -1, -1, -1), t)  # (n, C, H, W)
+
+    scale = max(1, math.ceil(min_panel / x0.shape[-1]))
+    panels = []
+    for image, step in zip(to_pil_images(x_t), t.tolist()):
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+        panels.append(_label_below(image, f"t = {step}", band=max(14, image.height // 6)))
+    return make_grid(panels, nrow=n)
+
+
+# ---- schedules --------------------------------------------------------------------------------------
+def _alpha_bar(scheduler) -> np.ndarray:
+    return scheduler.alphas_cumprod.detach().cpu().double().numpy()  # (T,)
+
+
+def terminal_signal_warning(scheduler, threshold: float = TERMINAL_SIGNAL_THRESHOLD) -> str | None:
+    """A message when x_T still carries the image, i.e. sqrt(alpha_bar_T) > threshold; else None.
+
+    Sampling starts from pure noise x_T ~ N(0, I), but a schedule with signal left at t = T trained the
+    model on x_T = sqrt(alpha_bar_T) x_0 + ...: train and sample disagree at the first step.
+    The tutorial's first schedule (linear beta 0.001 -> 0.004, 1000 steps) ends at alpha_bar_T ~ 0.082.
+    """
+    alpha_bar_T = float(_alpha_bar(scheduler)[-1])
+    signal = math.sqrt(alpha_bar_T)
+    if signal <= threshold:
+        return None
+    return (
+        f"alpha_bar_T = {alpha_bar_T:.4f}: the last noisy image x_T = {signal:.3f} * x_0 + "
+        f"{math.sqrt(1 - alpha_bar_T):.3f} * noise still holds the image (signal coefficient "
+        f"sqrt(alpha_bar_T) = {signal:.3f} > {threshold}), yet sampling starts from pure noise. "
+        "Raise beta_end, use beta_schedule='squaredcos_cap_v2', or rescale_betas_zero_snr=True."
+    )
+
+
+def plot_snr(
+    scheduler, path: str | os.PathLike, label: str | None = None, threshold: float = TERMINAL_SIGNAL_THRESHOLD
+) -> Path:
+    """Left: log SNR(t) = log(alpha_bar_t / (1 - alpha_bar_t)) over t. Right: the signal and noise
+    coefficients sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t). alpha_bar_T is marked on both.
+
+    `scheduler` may be one scheduler or a list of (label, scheduler) pairs drawn on the same axes,
+    e.g. [("linear", DDPMScheduler()), ("squaredcos_cap_v2", DDPMScheduler(beta_schedule=...))].
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if isinstance(scheduler, list | tuple):
+        curves = [(str(name), sched) for name, sched in scheduler]
+    else:
+        curves = [(label or scheduler.config.get("beta_schedule", type(scheduler).__name__), scheduler)]
+    if not curves:
+        raise ValueError("plot_snr got an empty list of schedulers")
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_snr, ax_coef = fig.subplots(1, 2)
+    for name, sched in curves:
+        alpha_bar = _alpha_bar(sched)
+        t = np.arange(len(alpha_bar))
+        with np.errstate(divide="ignore"):
+            log_snr = np.log(alpha_bar) - np.log1p(-alpha_bar)
+        alpha_bar_T = alpha_bar[-1]
+        text = f"{name}: ᾱ_T = {alpha_bar_T:.3g}, √ᾱ_T = {math.sqrt(alpha_bar_T):.3g}"
+        (line,) = ax_snr.plot(t, log_snr, label=text)
+        ax_snr.plot(t[-1], log_snr[-1], "o", color=line.get_color())
+        ax_coef.plot(t, np.sqrt(alpha_bar), color=line.get_color(), label=f"{name}: √ᾱ_t (signal)")
+        ax_coef.plot(
+            t, np.sqrt(1 - alpha_bar), "--", color=line.get_color(), label=f"{name}: √(1-ᾱ_t) (noise)"
+        )
+        ax_coef.plot(t[-1], math.sqrt(alpha_bar_T), "o", color=line.get_color())
+    ax_snr.axhline(0, color="grey", linewidth=0.5)
+    ax_snr.set(xlabel="timestep t", ylabel="log SNR(t) = log(ᾱ_t / (1 - ᾱ_t))", title="signal-to-noise ratio")
+    ax_snr.legend(fontsize=8)
+    ax_coef.axhline(
+        threshold, color="red", linewidth=0.8, linestyle=":", label=f"√ᾱ_T warning level {threshold}"
+    )
+    ax_coef.set(xlabel="timestep t", ylabel="coefficient", title="x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε", ylim=(0, 1.5))
+    ax_coef.set_yticks(np.linspace(0, 1, 6))
+    ax_coef.legend(fontsize=7, loc="upper center", ncol=2)  # above the curves, which stay below 1
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# ---- training ---------------------------------------------------------------------------------------
+def plot_losses(losses: Sequence[float], path: str | os.PathLike) -> Path:
+    """The loss per step on a linear and a log scale side by side, as the tutorial plots it, with a
+    moving average (window ~ 1/50 of the run) drawn over the raw values."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = np.asarray([float(v) for v in losses], dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("plot_losses got no loss values")
+    window = max(1, values.size // 50)
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")  # (N - window + 1,)
+    steps = np.arange(values.size)
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, scale in zip(fig.subplots(1, 2), ("linear", "log")):
+        ax.plot(steps, values, linewidth=0.6, alpha=0.4, label="loss per step")
+        ax.plot(steps[window - 1 :], smooth, linewidth=1.5, label=f"moving average ({window} steps)")
+        ax.set(xlabel="training step", ylabel="MSE(ε, ε_θ)", yscale=scale, title=f"{scale} scale")
+        ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
