@@ -5,8 +5,17 @@ Swap `from diffusers import X` for `from minidiff import X` and get the same num
 
 from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
 from minidiff.modeling_utils import ModelMixin
+from minidiff.scheduling_ddpm import DDPMScheduler
 from minidiff.unet_2d import UNet2DModel
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigMixin", "FrozenConfig", "ModelMixin", "SchedulerMixin", "UNet2DModel", "__version__"]
+__all__ = [
+    "ConfigMixin",
+    "DDPMScheduler",
+    "FrozenConfig",
+    "ModelMixin",
+    "SchedulerMixin",
+    "UNet2DModel",
+    "__version__",
+]
