@@ -78,6 +78,9 @@ class FrozenConfig(dict):
 
     __setitem__ = __delitem__ = __setattr__ = update = pop = popitem = setdefault = clear = _readonly
 
+    def __reduce__(self):  # copy.deepcopy / pickle rebuild it whole instead of item by item
+        return (type(self), (dict(self),))
+
 
 def _to_json_value(value: Any) -> Any:
     """Tensors, arrays and tuples become lists, paths become strings, as diffusers writes them."""
