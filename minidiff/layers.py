@@ -186,15 +186,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        h = x if self.group_norm is None else self.group_norm(x)
-        h = rearrange(h, "b c h w -> b (h w) c")  # (B, N, C)
+        h = x.flatten(2)  # (B, C, N)
+        h = rearrange(h if self.group_norm is None else self.group_norm(h), "b c n -> b n c")  # (B, N, C)
         q, k, v = (
             rearrange(proj(h), "b n (heads d) -> b heads n d", heads=self.heads)  # (B, heads, N, d)
             for proj in (self.to_q, self.to_k, self.to_v)
         )
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
         h = self.to_out[0](rearrange(h, "b heads n d -> b n (heads d)"))  # (B, N, C)
-        out = x + rearrange(h, "b (h w) c -> b c h w", h=height, w=width)  # residual connection
+        # residual connection. The (B, C, H, W) view of h has channels-last strides and, as the first operand,
+        # gives the sum that layout too, as in diffusers: same layout, same kernels, bit-identical numbers.
+        out = rearrange(h, "b (h w) c -> b c h w", h=height, w=width) + x
         return out if self.rescale_output_factor == 1.0 else out / self.rescale_output_factor
 
 
