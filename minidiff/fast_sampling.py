@@ -273,6 +273,7 @@ def sample(
     channels_last: bool | None = None,
     use_cuda_graph: bool | None = None,
     compile: bool = False,
+    fuse_qkv: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One-call fast sampling: `FastDDPMSampler(...)(seed)`. Returns (B, C, H, W) in [0, 1].
@@ -289,6 +290,7 @@ def sample(
         channels_last=channels_last,
         use_cuda_graph=use_cuda_graph,
         compile=compile,
+        fuse_qkv=fuse_qkv,
         generator=generator,
     )
     return sampler(seed=None if generator is not None else seed)
