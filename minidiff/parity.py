@@ -1,0 +1,198 @@
+"""A parity microscope: run two UNets whose submodules share names side by side, and see where they drift.
+
+minidiff's module names equal diffusers' (that is what makes the state dicts interchangeable), so a forward
+hook on `down_blocks.1.attentions.0` in one model and on the same name in the other sees the same
+computation. `compare_unet` records every submodule's output in both, in forward order:
+
+    from minidiff.parity import compare_unet
+    report = compare_unet(diffusers_unet, minidiff_unet, sample, timestep, dtype=torch.bfloat16)
+    print(report.table())                      # one row per submodule: shape, max abs diff, max rel diff
+    report.assert_close(atol=1e-5, rtol=1e-4)  # in pytest: raises naming the first module that drifts
+
+It never imports diffusers: any two modules with matching submodule names and UNet2DModel's call
+signature work (two minidiff models, a compiled or fused variant against the plain one, ...).
+
+Hooks fire when a module's forward returns, so children come before their parents: the first row that
+fails a tolerance is the innermost module where the two models part ways.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+@dataclass
+class ModuleDiff:
+    """One submodule: output shape, max |a - b|, and that divided by max |b| (b = the reference's output)."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    ref_max: float  # max |reference output|: the scale max_rel is measured against
+    note: str = ""
+
+    def drifts(self, atol: float, rtol: float) -> bool:
+        return not self.max_abs <= atol + rtol * self.ref_max  # NaN counts as drift
+
+
+@dataclass
+class ParityReport:
+    rows: list[ModuleDiff]  # in the order the model's modules finished their forward
+    dtype: torch.dtype
+    only_in_reference: list[str] = field(default_factory=list)  # ran in one model only: not compared
+    only_in_model: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs(self) -> float:
+        return max((r.max_abs for r in self.rows), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((r.max_rel for r in self.rows), default=0.0)
+
+    @property
+    def output(self) -> ModuleDiff:
+        """The whole model's output (the row named "(output)")."""
+        return next(r for r in self.rows if r.name == "(output)")
+
+    def worst(self) -> ModuleDiff:
+        """The submodule with the largest relative difference."""
+        return max(self.rows, key=lambda r: (math.isnan(r.max_rel), r.max_rel))
+
+    def first_drift(self, atol: float, rtol: float) -> ModuleDiff | None:
+        """The first module (forward order) with max|a - b| > atol + rtol * max|b|, or None."""
+        return next((r for r in self.rows if r.drifts(atol, rtol)), None)
+
+    def assert_close(self, atol: float, rtol: float) -> None:
+        row = self.first_drift(atol, rtol)
+        if row is not None:
+            raise AssertionError(
+                f"first drifting module: {row.name} {row.shape} {row.note}: max_abs {row.max_abs:.3e} > "
+                f"atol + rtol * max|ref| = {atol:.1e} + {rtol:.1e} * {row.ref_max:.3e} (max_rel {row.max_rel:.3e}, "
+                f"{self.dtype}); print(report.table()) shows every module"
+            )
+
+    def table(self) -> str:
+        width = max([len("module")] + [len(r.name) for r in self.rows])
+        lines = [f"{'module':<{width}}  {'shape':<20}  {'max_abs':>9}  {'max_rel':>9}"]
+        for r in self.rows:
+            shape = str(r.shape).replace(" ", "")
+            lines.append(
+                f"{r.name:<{width}}  {shape:<20}  {r.max_abs:>9.2e}  {r.max_rel:>9.2e}  {r.note}".rstrip()
+            )
+        worst = self.worst() if self.rows else None
+        if worst is not None:
+            lines.append(
+                f"{len(self.rows)} modules compared in {self.dtype}; worst: {worst.name} ({worst.max_rel:.2e})"
+            )
+        return "\n".join(lines)
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a module's output: a tensor, a tuple / list / dict of them, or an output dataclass."""
+    if torch.is_tensor(out):
+        return [out.detach()]
+    if hasattr(out, "to_tuple"):  # UNet2DOutput (minidiff's and diffusers')
+        out = out.to_tuple()
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, tuple | list):
+        return [t for item in out for t in _tensors(item)]
+    return []
+
+
+@contextlib.contextmanager
+def _recording(model: nn.Module, outputs: dict[str, list[torch.Tensor]]):
+    """Forward hooks that store each submodule's first output, keyed by name, in completion order."""
+
+    def hook_for(name: str):
+        def hook(module, args, out):
+            outputs.setdefault(name, _tensors(out))
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(name or "(output)")) for name, m in model.named_modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _sdpa(backend: SDPBackend | list[SDPBackend] | None):
+    return contextlib.nullcontext() if backend is None else sdpa_kernel(backend)
+
+
+def _compare(name: str, ref: list[torch.Tensor], out: list[torch.Tensor]) -> ModuleDiff:
+    shapes = [tuple(t.shape) for t in out]
+    shape = shapes[0] if len(shapes) == 1 else tuple(shapes)
+    if [tuple(t.shape) for t in ref] != shapes:
+        return ModuleDiff(
+            name, shape, math.inf, math.inf, 0.0, f"shape mismatch: reference {[tuple(t.shape) for t in ref]}"
+        )
+    if not out:
+        return ModuleDiff(name, (), 0.0, 0.0, 0.0, "no tensor output")
+    max_abs = max((a.double() - b.double()).abs().max().item() for a, b in zip(out, ref))
+    ref_max = max(b.double().abs().max().item() for b in ref)
+    return ModuleDiff(name, shape, max_abs, max_abs / ref_max if ref_max > 0 else max_abs, ref_max)
+
+
+def compare_unet(
+    reference_model: nn.Module,
+    minidiff_model: nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor | float | int,
+    class_labels: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    sdpa_backend: SDPBackend | list[SDPBackend] | None = None,
+) -> ParityReport:
+    """Run both models once (eval mode, no grad) and compare every submodule that ran in both under one name.
+
+    dtype / device: run copies of both models (and the inputs) in that precision / on that device; the
+        caller's models are left untouched. Default: the models as they are.
+    sdpa_backend: a torch.nn.attention.SDPBackend (or a list of them) that both models' attention must use,
+        e.g. SDPBackend.MATH for a reference run or SDPBackend.FLASH_ATTENTION on a GPU; default: torch's choice.
+    """
+    if dtype is not None or device is not None:
+        # nn.Module.to itself, not a subclass's override: no library cast warnings or hooks in the way
+        reference_model = nn.Module.to(copy.deepcopy(reference_model), device=device, dtype=dtype)
+        minidiff_model = nn.Module.to(copy.deepcopy(minidiff_model), device=device, dtype=dtype)
+        sample = sample.to(device=device, dtype=dtype)
+        if class_labels is not None and class_labels.is_floating_point():  # identity class embedding
+            class_labels = class_labels.to(device=device, dtype=dtype)
+        elif class_labels is not None:
+            class_labels = class_labels.to(device)
+        if torch.is_tensor(timestep):
+            timestep = timestep.to(device)
+    extra = {} if class_labels is None else {"class_labels": class_labels}
+    recorded: list[dict[str, list[torch.Tensor]]] = [{}, {}]
+    modes = [reference_model.training, minidiff_model.training]
+    try:
+        for model, outputs in zip((reference_model, minidiff_model), recorded):
+            model.eval()
+            with torch.no_grad(), _sdpa(sdpa_backend), _recording(model, outputs):
+                model(sample, timestep, **extra)
+    finally:
+        reference_model.train(modes[0])
+        minidiff_model.train(modes[1])
+
+    ref_outputs, outputs = recorded
+    rows = [_compare(name, ref_outputs[name], out) for name, out in outputs.items() if name in ref_outputs]
+    report_dtype = dtype or next(
+        (p.dtype for p in minidiff_model.parameters() if p.is_floating_point()), torch.float32
+    )
+    return ParityReport(
+        rows=rows,
+        dtype=report_dtype,
+        only_in_reference=[n for n in ref_outputs if n not in outputs],
+        only_in_model=[n for n in outputs if n not in ref_outputs],
+    )
