@@ -1,0 +1,164 @@
+"""Training checkpoints: one file per checkpoint, written atomically, read without unpickling code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (model and EMA weights,
+optimizer, lr scheduler and grad scaler states, the step and epoch, the RNG states), saved with
+`torch.save` and read back with `torch.load(weights_only=True)`, which refuses anything else: a
+checkpoint cannot run code when it is loaded.
+
+Files are named `step-00001200.pt` inside `<out_dir>/checkpoints/`. Writing goes through a
+temporary file in the same folder, then flush + fsync + `os.replace`, so a crash mid-save leaves the
+previous checkpoints intact and never a half-written `step-*.pt`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from minidiff.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
+
+if TYPE_CHECKING:
+    from minidiff.training import TrainState
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+
+
+def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
+    return Path(folder) / f"step-{step:08d}.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write `state` to `path` atomically: tmp file, flush, fsync, rename, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():  # only when writing failed before the rename
+            tmp.unlink()
+    try:  # make the rename itself durable; not every platform can open a folder
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (weights_only: tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated file, not a torch file, or a pickled object that is not data
+        raise ValueError(f"checkpoint {str(path)!r} could not be read: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a dict")
+    return state
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The `step-*.pt` files of `folder`, oldest step first (temporary files are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    checkpoints = list_checkpoints(folder)
+    return checkpoints[-1] if checkpoints else None
+
+
+def prune_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints; returns the deleted paths."""
+    if keep < 1:
+        raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+    old = list_checkpoints(folder)[:-keep]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
+# ---- RNG states ------------------------------------------------------------------------------------
+def capture_rng_states(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """The global torch CPU / CUDA RNG states and the named generators' states, as tensors."""
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "generators": {}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    for name, generator in generators.items():
+        states["generators"][name] = generator.get_state()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+    missing = sorted(set(generators) - set(states["generators"]))
+    if missing:
+        raise ValueError(f"checkpoint has no state for the generators {missing}")
+    for name, generator in generators.items():
+        generator.set_state(states["generators"][name].cpu())
+
+
+# ---- a training state <-> a checkpoint dict ------------------------------------------------------------
+FORMAT = "minidiff-train-checkpoint-1"
+
+
+def state_to_checkpoint(
+    state: TrainState, config: TrainConfig, generators: dict[str, torch.Generator], losses: list[float]
+) -> dict[str, Any]:
+    """Everything needed to continue `state` bit for bit, as tensors and plain containers."""
+    return {
+        "format": FORMAT,
+        "config": config_dict(config),
+        "model": state.unet.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "optimizer": state.optimizer.state_dict(),
+        "lr_scheduler": state.lr_scheduler.state_dict(),
+        "grad_scaler": state.grad_scaler.state_dict() if state.grad_scaler is not None else None,
+        "step": state.step,
+        "epoch": state.epoch,
+        "batch_in_epoch": state.batch_in_epoch,
+        "rng": capture_rng_states(generators),
+        "losses": torch.tensor(losses, dtype=torch.float64),  # (steps,)
+    }
+
+
+def checkpoint_to_state(
+    ckpt: dict[str, Any], state: TrainState, config: TrainConfig, generators: dict[str, torch.Generator]
+) -> list[float]:
+    """Load a checkpoint into `state` and the generators; returns the losses logged so far."""
+    if ckpt.get("format") != FORMAT:
+        raise ValueError(f"checkpoint format {ckpt.get('format')!r}; expected {FORMAT!r}")
+    saved = ckpt["config"]
+    current = config_dict(config)
+    changed = sorted(k for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume: the checkpoint was trained with other settings ({details})")
+    state.unet.load_state_dict(ckpt["model"])
+    if state.ema is not None:
+        state.ema.load_state_dict(ckpt["ema"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if state.grad_scaler is not None:
+        state.grad_scaler.load_state_dict(ckpt["grad_scaler"])
+    state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    restore_rng_states(ckpt["rng"], generators)
+    return ckpt["losses"].tolist()

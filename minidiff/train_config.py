@@ -1,0 +1,141 @@
+"""TrainConfig: every setting of a training run, and the named presets "tutorial" and "tiny".
+
+config = preset("tiny", out_dir="out/tiny", max_steps=500)
+config = TrainConfig(data="../shared/data/leeds_butterflies_64")   # the tutorial's settings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SAMPLERS = ("ddpm", "ddim")
+TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. The defaults are the tutorial's; `preset(name)` gives named variants."""
+
+    # data: "digits" (embedded), a folder of images or a hub dataset id; channels None = 1 for digits, else 3
+    data: str = TUTORIAL_DATASET
+    image_size: int = 32
+    channels: int | None = None
+    flip: bool = True  # random horizontal flips (the tutorial's only augmentation)
+    limit: int | None = None  # use only the first `limit` images
+    # model: UNet2DModel keywords
+    block_out_channels: tuple[int, ...] = (64, 128, 128, 256)
+    layers_per_block: int = 2
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    norm_num_groups: int = 32
+    # noise schedule (DDPMScheduler keywords)
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    # optimisation: `max_steps` (optimizer steps), when set, wins over `epochs`
+    epochs: int = 30
+    max_steps: int | None = None
+    batch_size: int = 64  # images per micro-batch; an optimizer step sees batch_size * grad_accum
+    lr: float = 4e-4
+    weight_decay: float = 0.01  # AdamW's default
+    warmup_steps: int = 0  # lr rises linearly over this many steps
+    ema_decay: float = 0.0  # 0 = no EMA; else theta_ema <- d theta_ema + (1 - d) theta
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    grad_clip: float | None = None  # max global grad norm
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    # outputs
+    out_dir: str = "out/train"
+    checkpoint_every: int | None = None  # steps
+    keep_checkpoints: int = 3
+    resume: bool = False  # continue from the newest checkpoint in out_dir/checkpoints
+    sample_every: int | None = None  # epochs -> out_dir/samples/epoch-XXXX.png
+    num_samples: int = 16
+    sample_steps: int = 1000  # num_inference_steps of the sample grids
+    sampler: str = "ddpm"  # "ddpm" | "ddim"
+    log_every: int = 10  # steps between loss.csv writes / progress updates (one host sync each)
+    progress: bool = True
+
+    def validate(self) -> None:
+        def positive(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}; expected a positive int" + (" or None" * allow_none))
+
+        for name in ("image_size", "layers_per_block", "num_train_timesteps", "epochs", "batch_size"):
+            positive(name)
+        for name in ("grad_accum", "keep_checkpoints", "num_samples", "sample_steps", "log_every"):
+            positive(name)
+        for name in ("max_steps", "checkpoint_every", "sample_every", "limit"):
+            positive(name, allow_none=True)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"mixed_precision {self.mixed_precision!r}; expected one of {list(MIXED_PRECISION)}"
+            )
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r}; expected one of {list(SAMPLERS)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay!r}; expected 0 (off) or a value in (0, 1)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr!r}; expected a positive finite number")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip={self.grad_clip!r}; expected a positive number or None")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps!r}; expected >= 0")
+        if len(self.down_block_types) != len(self.block_out_channels) or len(self.up_block_types) != len(
+            self.block_out_channels
+        ):
+            raise ValueError(
+                f"block_out_channels {self.block_out_channels} needs one down and one up block type per "
+                f"level; got {len(self.down_block_types)} down and {len(self.up_block_types)} up"
+            )
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The tutorial, unchanged: 30 epochs of the butterflies at 32x32 (a GPU job).
+    "tutorial": TrainConfig(),
+    # The demo: embedded digits at 16x16, a 1.1 M-parameter UNet, ~3 minutes on 2 CPU cores.
+    "tiny": TrainConfig(
+        data="digits",
+        image_size=16,
+        flip=False,  # a mirrored digit is not a digit
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        max_steps=1500,
+        lr=1e-3,
+        warmup_steps=100,
+        ema_decay=0.995,
+        out_dir="out/tiny",
+        sample_steps=1000,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """A named TrainConfig ("tutorial" or "tiny") with some fields replaced."""
+    if name not in PRESETS:
+        raise ValueError(f"preset {name!r} is not known; expected one of {list(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {unknown}; expected some of {sorted(fields)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+RESUMABLE_CHANGES = {  # fields that may differ between a run and its resumption
+    "epochs", "max_steps", "out_dir", "resume", "device", "checkpoint_every", "keep_checkpoints",
+    "sample_every", "num_samples", "sample_steps", "sampler", "log_every", "progress",
+}  # fmt: skip
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -1,0 +1,418 @@
+"""Training a DDPM: the tutorial's loop, with the options a real run needs.
+
+DDPM Algorithm 1 (Ho et al. 2020), one optimizer step:
+    x_0 ~ data,  t ~ Uniform{0, ..., T-1},  eps ~ N(0, I)
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                    (eq. 4, `add_noise`)
+    L_simple = || eps - eps_theta(x_t, t) ||^2                        (eq. 14, `loss_fn`)
+    theta <- AdamW(theta, grad L_simple)
+
+    result = train(preset("tiny", out_dir="out/tiny"))    # digits, minutes on 2 CPU cores
+    result = train(preset("tutorial", data="../shared/data/leeds_butterflies_64"))   # the tutorial, on a GPU
+
+Around that: lr warm-up, an EMA of the weights, bf16 / fp16 autocast (fp16 with a GradScaler),
+gradient clipping and accumulation, a loss row per step in loss.csv, loss.png, sample grids, a
+progress bar, checkpoints with bit-exact resume, and the final model saved as a pipeline folder
+that diffusers' DDPMPipeline loads.
+
+Randomness comes only from explicit generators seeded from `config.seed`: the data order of epoch e
+(and its flips) from a generator seeded with (seed, e), noise and timesteps from one generator whose
+state goes into every checkpoint. So resuming at step N draws the same batches, noise and timesteps
+as a straight run, and the weights come out bit-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minidiff.checkpoint import (
+    checkpoint_path,
+    checkpoint_to_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    state_to_checkpoint,
+)
+from minidiff.train_config import MIXED_PRECISION, PRESETS, TrainConfig, preset
+
+__all__ = [
+    "EMA",
+    "PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "loss_fn",
+    "preset",
+    "train",
+    "train_step",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the per-step losses and where every file went."""
+
+    losses: list[float]
+    steps: int
+    epochs_completed: int
+    seconds: float
+    out_dir: Path
+    model_dir: Path
+    loss_csv: Path
+    loss_png: Path
+    samples_png: Path
+    sample_grids: list[Path] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+# ---- the pieces of one step --------------------------------------------------------------------------
+def loss_fn(unet, noise_scheduler, clean_images, noise, timesteps) -> torch.Tensor:
+    """L_simple = mean || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2 (DDPM eq. 14)."""
+    noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)  # x_t, eq. 4
+    noise_pred = unet(noisy_images, timesteps, return_dict=False)[0]  # eps_theta(x_t, t)
+    return F.mse_loss(noise_pred.float(), noise.float())  # the mean in fp32 even under autocast
+
+
+class EMA:
+    """Exponential moving average of the weights, with diffusers' EMAModel warm-up of the decay:
+    d_n = min(decay, (1 + n) / (10 + n)) at update n, then theta_ema <- d_n theta_ema + (1 - d_n) theta."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.num_updates += 1
+        n = self.num_updates
+        decay = min(self.decay, (1 + n) / (10 + n))
+        ema_params = list(self.model.parameters())
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # theta_ema += (1 - d) (theta - theta_ema)
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.num_updates = int(state["num_updates"])
+
+
+@dataclass
+class TrainState:
+    """The objects a step updates; `train_step` works on this, so tests can drive it with their own data."""
+
+    unet: torch.nn.Module
+    noise_scheduler: object
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    grad_scaler: torch.amp.GradScaler | None
+    ema: EMA | None
+    autocast_dtype: torch.dtype | None
+    grad_clip: float | None
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already used
+
+
+class _Warmup:
+    """lr factor: rises linearly to 1 over `warmup_steps` (1 / w, 2 / w, ..., 1), then stays 1."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+
+
+def build_unet(config: TrainConfig, channels: int):
+    """The UNet2DModel of `config` (its initial weights drawn from a generator seeded by `config.seed`)."""
+    from minidiff.unet_2d import UNet2DModel
+
+    with torch.random.fork_rng(devices=[]):  # nn.init uses the global RNG: seed it without leaking
+        torch.manual_seed(config.seed)
+        return UNet2DModel(
+            sample_size=config.image_size,
+            in_channels=channels,
+            out_channels=channels,
+            layers_per_block=config.layers_per_block,
+            block_out_channels=tuple(config.block_out_channels),
+            down_block_types=tuple(config.down_block_types),
+            up_block_types=tuple(config.up_block_types),
+            norm_num_groups=config.norm_num_groups,
+        )
+
+
+def build_noise_scheduler(config: TrainConfig):
+    from minidiff.scheduling_ddpm import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
+
+
+def make_train_state(config: TrainConfig, unet: torch.nn.Module, noise_scheduler) -> TrainState:
+    """Optimizer (AdamW), warm-up LambdaLR, GradScaler (fp16 only) and EMA around `unet`."""
+    device = next(unet.parameters()).device
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Warmup(config.warmup_steps))
+    fp16 = config.mixed_precision == "fp16"
+    return TrainState(
+        unet=unet,
+        noise_scheduler=noise_scheduler,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        grad_scaler=torch.amp.GradScaler(device.type) if fp16 else None,
+        ema=EMA(unet, config.ema_decay) if config.ema_decay > 0 else None,
+        autocast_dtype=MIXED_PRECISION[config.mixed_precision],
+        grad_clip=config.grad_clip,
+    )
+
+
+def train_step(state: TrainState, micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """One optimizer step over (clean_images, noise, timesteps) micro-batches; returns the mean loss
+    as a 0-d tensor (no host sync). Gradients of the micro-batches are averaged (accumulation)."""
+    unet, optimizer, scaler = state.unet, state.optimizer, state.grad_scaler
+    unet.train()
+    device_type = next(unet.parameters()).device.type
+    losses = []
+    for clean_images, noise, timesteps in micro_batches:
+        with torch.autocast(
+            device_type, dtype=state.autocast_dtype, enabled=state.autocast_dtype is not None
+        ):
+            loss = loss_fn(unet, state.noise_scheduler, clean_images, noise, timesteps)
+        scaled = loss / len(micro_batches)
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        losses.append(loss.detach())
+    if state.grad_clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), state.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the fp16 gradients hold inf / nan
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.lr_scheduler.step()
+    if state.ema is not None:
+        state.ema.update(unet)
+    state.step += 1
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+def load_images(config: TrainConfig) -> torch.Tensor:
+    """The whole data set as one float tensor (N, C, H, W) in [-1, 1], unflipped (flips are drawn per epoch)."""
+    from tqdm.auto import tqdm
+
+    from minidiff.data import load_dataset
+
+    dataset = load_dataset(
+        config.data, config.image_size, flip=False, channels=config.channels, limit=config.limit
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256)
+    chunks = [x for x in tqdm(loader, desc="loading images", disable=not config.progress, leave=False)]
+    return torch.cat(chunks)
+
+
+def epoch_order(
+    num_images: int, seed: int, epoch: int, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The shuffled image order of `epoch` and which images it flips, from a generator seeded by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_images, generator=generator)
+    flips = torch.rand(num_images, generator=generator) < 0.5 if flip else None
+    return order, flips
+
+
+def writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and prove we can write there, before any training time is spent."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"output folder {str(path)!r} is not writable: {err}") from err
+    return path
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainConfig) -> Path:
+    """A grid of `config.num_samples` images from `unet` (DDPM or DDIM, `config.sample_steps` steps),
+    drawn from a generator seeded by `config.seed`, so every grid of a run starts from the same noise."""
+    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.viz import save_grid
+
+    if config.sampler == "ddim":
+        from minidiff.scheduling_ddim import DDIMScheduler
+
+        noise_scheduler = DDIMScheduler.from_config(noise_scheduler.config)
+    pipeline = DDPMPipeline(unet=unet, scheduler=noise_scheduler)
+    pipeline.set_progress_bar_config(disable=not config.progress, desc="sampling", leave=False)
+    generator = torch.Generator(unet.device).manual_seed(config.seed)
+    was_training = unet.training
+    images = pipeline(
+        batch_size=config.num_samples, generator=generator, num_inference_steps=config.sample_steps
+    ).images
+    unet.train(was_training)
+    return save_grid(images, path)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResult:
+    """Run DDPM Algorithm 1 as `config` says and write everything into `config.out_dir`:
+    loss.csv, loss.png, samples.png, samples/epoch-*.png, checkpoints/step-*.pt and model/ (a pipeline folder).
+
+    `unet`: start from these weights instead of a fresh `build_unet(config)` (resume still loads the checkpoint).
+    """
+    from tqdm.auto import tqdm
+
+    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.viz import plot_losses
+
+    # 1. check the settings and the output folder before spending any time
+    config.validate()
+    out_dir = writable_dir(config.out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    previous = latest_checkpoint(ckpt_dir)
+    if previous is not None and not config.resume:
+        raise FileExistsError(
+            f"{str(ckpt_dir)!r} holds checkpoints of an earlier run; resume it (resume=True / --resume) "
+            "or choose another out_dir"
+        )
+    device = pick_device(config.device)
+    started = time.perf_counter()
+
+    # 2. data, model, noise schedule, optimizer
+    images = load_images(config)  # (N, C, H, W) in [-1, 1], on the CPU
+    num_images, channels = images.shape[0], images.shape[1]
+    unet = (unet if unet is not None else build_unet(config, channels)).to(device)
+    noise_scheduler = build_noise_scheduler(config)
+    state = make_train_state(config, unet, noise_scheduler)
+    batches_per_epoch = math.ceil(num_images / config.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
+    noise_generator = torch.Generator(device).manual_seed(config.seed + 1)
+    generators = {"noise": noise_generator}
+
+    # 3. resume: weights, optimizer, schedules, position in the data and RNG states
+    losses: list[float] = []
+    if config.resume and previous is not None:
+        losses = checkpoint_to_state(load_checkpoint(previous, device), state, config, generators)
+        logger.info("resumed from %s at step %d", previous, state.step)
+    loss_csv = out_dir / "loss.csv"
+    with open(loss_csv, "w", encoding="utf-8") as f:  # rewritten: rows after the checkpoint are dropped
+        f.write("step,loss\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses)))
+
+    # 4. the loop: one optimizer step = grad_accum micro-batches
+    sample_grids: list[Path] = []
+    pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log_every steps)
+    timed_steps, timed_since = 0, time.perf_counter()
+    bar = tqdm(
+        total=total_steps, initial=state.step, desc="training", unit="step", disable=not config.progress
+    )
+    order, flips = epoch_order(num_images, config.seed, state.epoch, config.flip)
+
+    def flush() -> None:
+        nonlocal timed_steps, timed_since
+        if not pending:
+            return
+        values = torch.stack(pending).tolist()
+        first = len(losses) + 1
+        pending.clear()
+        for i, value in enumerate(values):
+            if not math.isfinite(value) and state.grad_scaler is None:  # fp16: GradScaler skips such steps
+                raise FloatingPointError(f"loss is {value} at step {first + i}; training stopped")
+        losses.extend(values)
+        with open(loss_csv, "a", encoding="utf-8") as f:
+            f.write("".join(f"{first + i},{v!r}\n" for i, v in enumerate(values)))
+        seconds = time.perf_counter() - timed_since
+        images_per_s = timed_steps * config.batch_size * config.grad_accum / max(seconds, 1e-9)
+        bar.set_postfix(loss=f"{values[-1]:.4f}", img_s=f"{images_per_s:.0f}")
+        timed_steps, timed_since = 0, time.perf_counter()
+
+    while state.step < total_steps:
+        micro_batches = []
+        for _ in range(min(config.grad_accum, batches_per_epoch - state.batch_in_epoch)):
+            index = order[
+                state.batch_in_epoch * config.batch_size : (state.batch_in_epoch + 1) * config.batch_size
+            ]
+            clean_images = images[index]  # (B, C, H, W)
+            if flips is not None:
+                clean_images = torch.where(
+                    flips[index].view(-1, 1, 1, 1), clean_images.flip(-1), clean_images
+                )
+            clean_images = clean_images.to(device, non_blocking=True)
+            noise = torch.randn(clean_images.shape, generator=noise_generator, device=device)  # eps
+            timesteps = torch.randint(
+                0, config.num_train_timesteps, (len(index),), generator=noise_generator, device=device
+            )
+            micro_batches.append((clean_images, noise, timesteps))
+            state.batch_in_epoch += 1
+        pending.append(train_step(state, micro_batches))
+        timed_steps += 1
+        bar.update(1)
+        if state.step % config.log_every == 0:
+            flush()
+        if state.batch_in_epoch == batches_per_epoch:  # the epoch is over
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            order, flips = epoch_order(num_images, config.seed, state.epoch, config.flip)
+            flush()
+            if state.epoch % 5 == 0:  # the tutorial prints the mean loss every 5 epochs
+                logger.info(
+                    "Epoch:%d, loss: %.5f", state.epoch, sum(losses[-steps_per_epoch:]) / steps_per_epoch
+                )
+            if config.sample_every is not None and state.epoch % config.sample_every == 0:
+                model = state.ema.model if state.ema is not None else state.unet
+                path = out_dir / "samples" / f"epoch-{state.epoch:04d}.png"
+                sample_grids.append(save_samples(model, noise_scheduler, path, config))
+        if config.checkpoint_every is not None and (
+            state.step % config.checkpoint_every == 0 or state.step == total_steps
+        ):
+            flush()  # never checkpoint a run whose loss went non-finite
+            ckpt = state_to_checkpoint(state, config, generators, losses)
+            save_checkpoint(checkpoint_path(ckpt_dir, state.step), ckpt)
+            prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+    flush()
+    bar.close()
+
+    # 5. outputs: the model as a pipeline folder (EMA weights when EMA is on), samples, loss plot
+    final = state.ema.model if state.ema is not None else state.unet
+    model_dir = out_dir / "model"
+    DDPMPipeline(unet=final, scheduler=noise_scheduler).save_pretrained(model_dir)
+    samples_png = save_samples(final, noise_scheduler, out_dir / "samples.png", config)
+    loss_png = plot_losses(losses, out_dir / "loss.png")
+    return TrainResult(
+        losses=losses,
+        steps=state.step,
+        epochs_completed=state.epoch,
+        seconds=time.perf_counter() - started,
+        out_dir=out_dir,
+        model_dir=model_dir,
+        loss_csv=loss_csv,
+        loss_png=Path(loss_png),
+        samples_png=Path(samples_png),
+        sample_grids=sample_grids,
+        checkpoints=list_checkpoints(ckpt_dir),
+    )
