@@ -1,0 +1,137 @@
+"""python -m benchmarks [--quick] [--device cpu|cuda] [--json PATH] [--results-md PATH] [--compile train,sample]
+
+Runs every case (scheduler step, UNet forward, train step, sampling) with diffusers and minidiff in this
+process, prints a table, and writes JSON and a RESULTS.md generated from the measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+import torch
+
+CASES = ("scheduler_step", "unet_forward", "train_step", "sampling")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--quick", action="store_true", help="tiny UNet, few runs and steps (CPU / CI)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    parser.add_argument("--json", default=None, help="write all rows as JSON here")
+    parser.add_argument("--results-md", default=None, help="write the Markdown report here")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list out of {','.join(CASES)}")
+    parser.add_argument(
+        "--compile",
+        default="train,sample",
+        help="compiled variants to run on CUDA (each ~60-100 s of compile): 'train', 'sample', or 'none'",
+    )
+    parser.add_argument(
+        "--compile-batch", type=int, default=64, help="the one batch size compiled variants use"
+    )
+    parser.add_argument("--sample-steps", type=int, default=None, help="default: 1000 (--quick: 10)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=330.0,
+        help="compiled variants are skipped once this is nearly spent",
+    )
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN and matmuls (default: off)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise SystemExit(f"--cases {unknown} unknown; expected a comma list out of {list(CASES)}")
+    compile_names = frozenset() if args.compile == "none" else frozenset(args.compile.split(","))
+    if compile_names - {"train", "sample"}:
+        raise SystemExit(
+            f"--compile {args.compile!r}; expected 'train', 'sample', both comma-separated, or 'none'"
+        )
+
+    # Precision flags: set here, explicitly, for both libraries (never at import).
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    from benchmarks.cases import (
+        QUICK_UNET,
+        TUTORIAL_UNET,
+        Settings,
+        build_unets,
+        scheduler_step,
+        unet_forward,
+    )
+    from benchmarks.cases_loops import sampling, train_step
+    from benchmarks.harness import environment
+    from benchmarks.report import add_ratios, format_table, results_markdown, write_json
+
+    quick, cuda = args.quick, device.type == "cuda"
+    settings = Settings(
+        device=device,
+        unet_config=QUICK_UNET if quick else TUTORIAL_UNET,
+        rounds=2 if quick else (30 if cuda else 8),
+        sample_rounds=1 if quick else (2 if cuda else 1),
+        warmup=1 if quick else 3,
+        sample_steps=args.sample_steps or (10 if quick else 1000),
+        compile=compile_names,
+        deadline=time.monotonic() + args.budget_s,
+    )
+    batches = {
+        "unet_forward": (1, 8) if quick else (1, 64, 256),
+        "train_step": (4,) if quick else (64, 256),
+        "sampling": (1, 4) if quick else (1, 64),
+        "scheduler_step": (64,),
+    }
+    unets = build_unets(settings)
+    rows = []
+    for case in cases:
+        for batch in batches[case]:
+            start = time.perf_counter()
+            compile_here = settings.compile if batch == args.compile_batch else frozenset()
+            here = Settings(**{**settings.__dict__, "compile": compile_here})
+            if case == "scheduler_step":
+                new = scheduler_step(here, batch)
+            elif case == "unet_forward":
+                new = unet_forward(here, unets, batch)
+            elif case == "train_step":
+                new = train_step(here, unets, batch)
+            else:
+                new = sampling(here, unets, batch)
+            rows += new
+            print(f"[{case} batch {batch}: {time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
+    add_ratios(rows)
+
+    meta = environment(device)
+    meta.update(
+        command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+        quick=quick,
+        unet_config=settings.unet_config,
+        unet_parameters=sum(p.numel() for p in unets[1].parameters()),
+        sample_steps=settings.sample_steps,
+    )
+    if cuda:
+        from benchmarks.profile import kernel_counts
+
+        meta["profile"] = kernel_counts(unets, device)
+    print(format_table(rows))
+    if args.json:
+        write_json(args.json, meta, rows)
+    if args.results_md:
+        from pathlib import Path
+
+        Path(args.results_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results_md).write_text(results_markdown(meta, rows), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

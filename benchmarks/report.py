@@ -1,0 +1,148 @@
+"""Ratios, the printed table, the JSON file and RESULTS.md: all generated from the measured rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from benchmarks.harness import Row
+
+REFERENCE_IMPLS = ("diffusers fp32", "diffusers DDPMPipeline fp32", "diffusers DDPMScheduler.step")
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """ratio_vs_diffusers = diffusers fp32 time / row time; _best: the fastest diffusers row's time instead."""
+    for key in {(r.case, r.batch) for r in rows}:
+        group = [r for r in rows if (r.case, r.batch) == key and r.median_ms]
+        reference = [r for r in group if r.impl in REFERENCE_IMPLS]
+        theirs = [r for r in group if r.impl.startswith("diffusers")]
+        best = min((r.median_ms for r in theirs), default=None)
+        for row in group:
+            if reference:
+                row.ratio_vs_diffusers = reference[0].median_ms / row.median_ms
+            if best:
+                row.ratio_vs_diffusers_best = best / row.median_ms
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _time(row: Row) -> str:
+    if row.median_ms is None:
+        return "-"
+    return f"{row.median_ms / 1000:.3f} s" if row.median_ms >= 1000 else f"{row.median_ms:.3f} ms"
+
+
+COLUMNS = ["case", "batch", "implementation", "median", "runs", "x diffusers", "x best diffusers",
+           "img/s", "compile/capture s", "peak MiB", "rel err", "note"]  # fmt: skip
+
+
+def table_rows(rows: list[Row]) -> list[list[str]]:
+    return [
+        [
+            r.case,
+            str(r.batch),
+            r.impl,
+            _time(r),
+            str(r.runs),
+            _fmt(r.ratio_vs_diffusers, ".2f"),
+            _fmt(r.ratio_vs_diffusers_best, ".2f"),
+            _fmt(r.throughput, ".0f"),
+            _fmt(r.compile_s, ".1f"),
+            _fmt(r.peak_mem_mb, ".0f"),
+            _fmt(r.accuracy_rel_err, ".1e"),
+            r.note,
+        ]
+        for r in rows
+    ]
+
+
+def format_table(rows: list[Row]) -> str:
+    body = [COLUMNS] + table_rows(rows)
+    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in body]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row], meta: dict) -> list[str]:
+    """The issue's targets, checked against this run's rows (a line each; missing rows say so)."""
+
+    def find(case, batch, prefix):
+        found = [
+            r
+            for r in rows
+            if r.case == case and r.batch == batch and r.impl.startswith(prefix) and r.median_ms
+        ]
+        return min(found, key=lambda r: r.median_ms) if found else None
+
+    lines = []
+    for batch, seconds in ((64, 1.0), (1, 0.5)):
+        fast = find("sampling", batch, "minidiff fast")
+        plain, best = find("sampling", batch, "diffusers DDPMPipeline"), find("sampling", batch, "diffusers")
+        if fast is None or plain is None:
+            lines.append(f"sampling, batch {batch}: not measured in this run")
+            continue
+        text = (
+            f"sampling ({fast.unit}), batch {batch}: {fast.impl} {fast.median_ms / 1000:.3f} s "
+            f"(target <= {seconds} s for 1000 steps); {plain.median_ms / fast.median_ms:.1f}x diffusers fp32"
+        )
+        if batch == 64:
+            text += " (target 20x)"
+            if best is not plain:
+                text += f", {best.median_ms / fast.median_ms:.2f}x {best.impl} (target 3x)"
+        lines.append(text)
+    fast, best = find("train_step", 64, "minidiff fast"), find("train_step", 64, "diffusers")
+    if fast and best:
+        lines.append(
+            f"training, batch 64: {fast.impl} {fast.throughput:.0f} img/s (target >= 10,000); "
+            f"{best.median_ms / fast.median_ms:.2f}x {best.impl} (target 1.5x)"
+        )
+    if meta.get("device") == "cpu":
+        for case, prefix in (("scheduler_step", "minidiff"), ("unet_forward", "minidiff")):
+            for batch in sorted({r.batch for r in rows if r.case == case}):
+                fast, ref = find(case, batch, prefix), find(case, batch, "diffusers")
+                if fast and ref:
+                    target = "2x" if case == "scheduler_step" else "> 1x"
+                    lines.append(
+                        f"CPU {case}, batch {batch}: {fast.impl} {ref.median_ms / fast.median_ms:.2f}x {ref.impl} "
+                        f"(target {target})"
+                    )
+    return lines
+
+
+def write_json(path: str | Path, meta: dict, rows: list[Row]) -> None:
+    payload = {"meta": meta, "rows": [r.to_dict() for r in rows], "targets": targets(rows, meta)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def results_markdown(meta: dict, rows: list[Row]) -> str:
+    header = [
+        "# Benchmark results (generated by `python -m benchmarks`; do not edit by hand)",
+        "",
+        f"- device: **{meta['device_name']}** ({meta['device']}); torch {meta['torch']}, CUDA {meta['cuda']}, "
+        f"diffusers {meta['diffusers']}, Python {meta['python']}; {meta['date']}",
+        f"- command: `{meta['command']}`; mode: {'quick (tiny UNet)' if meta['quick'] else 'full'}; "
+        f"UNet: {meta['unet_parameters'] / 1e6:.1f} M parameters, {meta['unet_config']['sample_size']}x"
+        f"{meta['unet_config']['sample_size']}",
+        f"- precision flags pinned in both libraries: cudnn.allow_tf32={meta['cudnn_allow_tf32']}, "
+        f"matmul.allow_tf32={meta['matmul_allow_tf32']}; fp32 rows are true fp32",
+        "- times: medians of alternating runs after warm-up (CUDA events on GPU); fresh random inputs; "
+        "compile / capture time apart; ratios = diffusers time / row time (> 1: faster than diffusers)",
+        "- rel err: ||out - ref|| / ||ref|| against the reference named in the JSON (`accuracy_ref`); "
+        "for sampling: final images vs diffusers' fp32 pipeline with the same seed and noise",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines = header + [f"- {line}" for line in targets(rows, meta)] + ["", "## All rows", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+    if meta.get("profile"):
+        lines += ["", "## Where the time goes (kernel launches per UNet forward, torch.profiler)", ""]
+        lines += [f"- {name}: {count} CUDA kernels" for name, count in meta["profile"].items()]
+    return "\n".join(lines) + "\n"

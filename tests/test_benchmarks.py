@@ -1,0 +1,68 @@
+"""The benchmark harness runs end to end in --quick mode on CPU and writes sane results (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.harness import Row
+from benchmarks.report import add_ratios
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = main(
+        ["--quick", "--device", "cpu", "--json", str(out / "r.json"), "--results-md", str(out / "R.md")]
+    )
+    return code, json.loads((out / "r.json").read_text()), (out / "R.md").read_text()
+
+
+def test_quick_run_writes_every_case(quick_run):
+    code, payload, _ = quick_run
+    assert code == 0
+    cases = {(row["case"], row["batch"]) for row in payload["rows"]}
+    assert {"scheduler_step", "unet_forward", "train_step", "sampling"} == {case for case, _ in cases}
+    assert payload["meta"]["device"] == "cpu" and payload["meta"]["diffusers"] == "0.42.1"
+
+
+def test_times_are_positive_and_accuracy_is_reported(quick_run):
+    _, payload, _ = quick_run
+    timed = [row for row in payload["rows"] if row["runs"] > 0]
+    assert len(timed) >= 12
+    for row in timed:
+        assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0, row
+        assert math.isfinite(row["ratio_vs_diffusers"]) and row["ratio_vs_diffusers"] > 0, row
+        if not row["impl"].startswith("diffusers"):  # every minidiff row carries its error vs diffusers fp32
+            assert row["accuracy_ref"], row
+            # fp32 on CPU: the fast and plain paths agree with diffusers to rounding (1e-4 is the brief's bound)
+            assert 0 <= row["accuracy_rel_err"] < 1e-4, row
+    skipped = [row for row in payload["rows"] if row["runs"] == 0]
+    assert all(row["note"] for row in skipped)  # a row not run says why
+
+
+def test_results_markdown_names_the_setup(quick_run):
+    _, payload, markdown = quick_run
+    assert "torch " + payload["meta"]["torch"] in markdown
+    assert "diffusers 0.42.1" in markdown and "cudnn.allow_tf32=False" in markdown
+    assert markdown.count("\n| ") == len(payload["rows"]) + 1  # header + one line per row
+
+
+def test_ratios_use_the_diffusers_rows():
+    rows = [
+        Row("train_step", "diffusers fp32", 64, "fp32", "step", median_ms=40.0),
+        Row("train_step", "diffusers bf16 compile(reduce-overhead)", 64, "bf16", "step", median_ms=10.0),
+        Row("train_step", "minidiff fast", 64, "bf16", "step", median_ms=5.0),
+    ]
+    add_ratios(rows)
+    assert rows[2].ratio_vs_diffusers == 8.0 and rows[2].ratio_vs_diffusers_best == 2.0
+
+
+def test_bad_arguments_fail_loudly():
+    with pytest.raises(SystemExit):
+        main(["--quick", "--device", "cpu", "--cases", "nonsense"])
+    with pytest.raises(SystemExit):
+        main(["--quick", "--device", "cpu", "--compile", "everything"])
