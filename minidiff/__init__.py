@@ -5,6 +5,7 @@ Swap `from diffusers import X` for `from minidiff import X` and get the same num
 
 from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
 from minidiff.modeling_utils import ModelMixin
+from minidiff.pipeline_ddpm import DDPMPipeline
 from minidiff.scheduling_ddim import DDIMScheduler
 from minidiff.scheduling_ddpm import DDPMScheduler
 from minidiff.unet_2d import UNet2DModel
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigMixin",
     "DDIMScheduler",
+    "DDPMPipeline",
     "DDPMScheduler",
     "FrozenConfig",
     "ModelMixin",
