@@ -11,6 +11,8 @@ same module tree, so `minidiff.UNet2DModel(**cfg).load_state_dict(diffusers_unet
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +32,7 @@ from minidiff.modeling_utils import ModelMixin
 from minidiff.outputs import UNet2DOutput
 
 # Block type name -> (self-attention after each resnet?, how the block resamples). "config" means the
-# UNet's `downsample_type` / `upsample_type` decides; diffusers only honours those for the Attn* blocks.
+# UNet's `downsample_type` / `upsample_type` decides; diffusers honours those for the Attn* blocks only.
 DOWN_BLOCKS = {
     "DownBlock2D": (False, "conv"),
     "AttnDownBlock2D": (True, "config"),
@@ -53,39 +55,67 @@ CHOICES = {
 
 
 def _block_type(name: str, table: dict) -> tuple[bool, str]:
-    name = (
-        name[7:] if name.startswith("UNetRes") else name
-    )  # diffusers' legacy prefix, e.g. UNetResDownBlock2D
+    name = name.removeprefix("UNetRes")  # diffusers' legacy spelling, e.g. UNetResDownBlock2D
     if name not in table:
         raise NotImplementedError(f"block type {name!r} is not supported; expected one of {list(table)}")
     return table[name]
 
 
+@dataclass(frozen=True)
+class Parts:
+    """The settings every block shares, so a block just asks for "a resnet from 32 to 64 channels"."""
+
+    temb_channels: int
+    groups: int
+    eps: float
+    dropout: float
+    act_fn: str
+    time_embedding_norm: str
+    attention_head_dim: int | None  # None: one head over all channels
+    downsample_padding: int
+
+    def resnet(self, cin: int, cout: int, resample: str | None = None, scale: float = 1.0) -> ResnetBlock2D:
+        args = (
+            self.temb_channels,
+            self.groups,
+            self.eps,
+            self.dropout,
+            self.act_fn,
+            self.time_embedding_norm,
+        )
+        return ResnetBlock2D(cin, cout, *args, output_scale_factor=scale, resample=resample)
+
+    def attention(self, width: int, groups: int | None, scale: float = 1.0) -> Attention:
+        dim_head = self.attention_head_dim or width
+        return Attention(width, width // dim_head, dim_head, groups, self.eps, rescale_output_factor=scale)
+
+    def resampler(self, kind: str | None, width: int, direction: str) -> nn.ModuleList | None:
+        if kind is None:
+            return None
+        if kind == "resnet":
+            return nn.ModuleList([self.resnet(width, width, resample=direction)])
+        return nn.ModuleList(
+            [Downsample2D(width, self.downsample_padding) if direction == "down" else Upsample2D(width)]
+        )
+
+
+def _resample(layers: nn.ModuleList, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+    layer = layers[0]
+    return layer(h, temb_act) if isinstance(layer, ResnetBlock2D) else layer(h)
+
+
 class DownBlock(nn.Module):
-    """DownBlock2D / AttnDownBlock2D / ResnetDownsampleBlock2D: resnets [+ attentions], then an optional downsampler."""
+    """DownBlock2D / AttnDownBlock2D / ResnetDownsampleBlock2D: resnets [+ attentions], then a downsampler."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, attention: bool, downsample: str | None, opts: dict
+        self, parts: Parts, cin: int, cout: int, layers: int, attention: bool, downsample: str | None
     ):
         super().__init__()
-        r, a = opts["resnet"], opts["attention"]
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, **r)
-            for i in range(opts["layers"])
-        )
+        self.resnets = nn.ModuleList(parts.resnet(cin if i == 0 else cout, cout) for i in range(layers))
         self.attentions = (
-            nn.ModuleList(Attention(out_channels, **a(out_channels)) for _ in self.resnets)
-            if attention
-            else None
+            nn.ModuleList(parts.attention(cout, parts.groups) for _ in range(layers)) if attention else None
         )
-        if downsample == "conv":
-            self.downsamplers = nn.ModuleList([Downsample2D(out_channels, opts["downsample_padding"])])
-        elif downsample == "resnet":
-            self.downsamplers = nn.ModuleList(
-                [ResnetBlock2D(out_channels, out_channels, **r, resample="down")]
-            )
-        else:
-            self.downsamplers = None
+        self.downsamplers = parts.resampler(downsample, cout, "down")
 
     def forward(
         self, h: torch.Tensor, temb_act: torch.Tensor
@@ -93,12 +123,10 @@ class DownBlock(nn.Module):
         skips = []
         for i, resnet in enumerate(self.resnets):
             h = resnet(h, temb_act)
-            if self.attentions is not None:
-                h = self.attentions[i](h)
+            h = h if self.attentions is None else self.attentions[i](h)
             skips.append(h)
         if self.downsamplers is not None:
-            down = self.downsamplers[0]
-            h = down(h, temb_act) if isinstance(down, ResnetBlock2D) else down(h)  # (B, C, H/2, W/2)
+            h = _resample(self.downsamplers, h, temb_act)  # (B, C, H/2, W/2)
             skips.append(h)
         return h, tuple(skips)
 
@@ -107,49 +135,31 @@ class UpBlock(nn.Module):
     """UpBlock2D / AttnUpBlock2D / ResnetUpsampleBlock2D: cat(h, skip) -> resnet [+ attention], then an upsampler."""
 
     def __init__(
-        self, skip_channels: list[int], prev_channels: int, out_channels: int, attention: bool, upsample, opts
+        self, parts: Parts, cprev: int, cskips: list[int], cout: int, attention: bool, upsample: str | None
     ):
         super().__init__()
-        r, a = opts["resnet"], opts["attention"]
-        ins = [prev_channels] + [out_channels] * (len(skip_channels) - 1)  # width of h before each concat
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(c + s, out_channels, **r) for c, s in zip(ins, skip_channels)
-        )
+        cins = [cprev] + [cout] * (len(cskips) - 1)  # width of h before each concatenation
+        self.resnets = nn.ModuleList(parts.resnet(cin + cskip, cout) for cin, cskip in zip(cins, cskips))
         self.attentions = (
-            nn.ModuleList(Attention(out_channels, **a(out_channels)) for _ in self.resnets)
-            if attention
-            else None
+            nn.ModuleList(parts.attention(cout, parts.groups) for _ in cskips) if attention else None
         )
-        if upsample == "conv":
-            self.upsamplers = nn.ModuleList([Upsample2D(out_channels)])
-        elif upsample == "resnet":
-            self.upsamplers = nn.ModuleList([ResnetBlock2D(out_channels, out_channels, **r, resample="up")])
-        else:
-            self.upsamplers = None
+        self.upsamplers = parts.resampler(upsample, cout, "up")
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb_act: torch.Tensor) -> torch.Tensor:
         for i, resnet in enumerate(self.resnets):
-            h = resnet(
-                torch.cat([h, skips.pop()], dim=1), temb_act
-            )  # (B, C_h + C_skip, H, W) -> (B, C_out, H, W)
-            if self.attentions is not None:
-                h = self.attentions[i](h)
-        if self.upsamplers is not None:
-            up = self.upsamplers[0]
-            h = up(h, temb_act) if isinstance(up, ResnetBlock2D) else up(h)  # (B, C, 2H, 2W)
-        return h
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H, W): the skip joins on channels
+            h = resnet(h, temb_act)  # (B, C_out, H, W)
+            h = h if self.attentions is None else self.attentions[i](h)
+        return h if self.upsamplers is None else _resample(self.upsamplers, h, temb_act)  # (B, C, 2H, 2W)
 
 
 class UNetMidBlock2D(nn.Module):
     """The bottleneck at the lowest resolution: resnet -> self-attention -> resnet."""
 
-    def __init__(self, channels: int, add_attention: bool, attn_groups: int | None, opts: dict):
+    def __init__(self, parts: Parts, width: int, add_attention: bool, attn_groups: int | None, scale: float):
         super().__init__()
-        r = {**opts["resnet"], "output_scale_factor": opts["mid_block_scale_factor"]}
-        self.resnets = nn.ModuleList(ResnetBlock2D(channels, channels, **r) for _ in range(2))
-        attn = {**opts["attention"](channels), "norm_num_groups": attn_groups}
-        attn["rescale_output_factor"] = opts["mid_block_scale_factor"]
-        self.attentions = nn.ModuleList([Attention(channels, **attn)] if add_attention else [])
+        self.resnets = nn.ModuleList(parts.resnet(width, width, scale=scale) for _ in range(2))
+        self.attentions = nn.ModuleList([parts.attention(width, attn_groups, scale)] if add_attention else [])
 
     def forward(self, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         h = self.resnets[0](h, temb_act)
@@ -228,26 +238,10 @@ class UNet2DModel(ModelMixin):
         widths, n = list(block_out_channels), len(block_out_channels)
         time_embed_dim = time_embedding_dim or widths[0] * 4  # E
         self.act = ACTIVATIONS[act_fn]
-        opts = {
-            "layers": layers_per_block,
-            "downsample_padding": downsample_padding,
-            "mid_block_scale_factor": mid_block_scale_factor,
-            "resnet": dict(
-                temb_channels=time_embed_dim,
-                groups=norm_num_groups,
-                eps=norm_eps,
-                dropout=dropout,
-                act_fn=act_fn,
-                time_embedding_norm=resnet_time_scale_shift,
-            ),
-            # heads = width // attention_head_dim; attention_head_dim None means one head over all channels
-            "attention": lambda width: dict(
-                heads=width // (attention_head_dim or width),
-                dim_head=attention_head_dim or width,
-                norm_num_groups=norm_num_groups,
-                eps=norm_eps,
-            ),
-        }
+        parts = Parts(
+            time_embed_dim, norm_num_groups, norm_eps, dropout, act_fn, resnet_time_scale_shift,
+            attention_head_dim, downsample_padding,
+        )  # fmt: skip
 
         self.conv_in = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1)
         # 1. time embedding: t -> (B, widths[0]) features -> MLP -> (B, E)
@@ -273,24 +267,26 @@ class UNet2DModel(ModelMixin):
         skip_channels = [widths[0]]  # conv_in's output is the first skip
         for i, (attention, resample) in enumerate(downs):
             resample = None if i == n - 1 else (downsample_type if resample == "config" else resample)
-            block = DownBlock(widths[max(i - 1, 0)], widths[i], attention, resample, opts)
-            self.down_blocks.append(block)
+            self.down_blocks.append(
+                DownBlock(parts, widths[max(i - 1, 0)], widths[i], layers_per_block, attention, resample)
+            )
             skip_channels += [widths[i]] * (layers_per_block + (resample is not None))
-        # 4. middle
+        # 4. middle. diffusers puts a GroupNorm in front of its attention only for "default" (unless told)
         self.mid_block = None
         if mid_block_type is not None:
-            attn_groups = attn_norm_num_groups
-            if attn_groups is None:  # diffusers: GroupNorm in front of the mid attention only for "default"
-                attn_groups = norm_num_groups if resnet_time_scale_shift == "default" else None
-            self.mid_block = UNetMidBlock2D(widths[-1], add_attention, attn_groups, opts)
+            if attn_norm_num_groups is None and resnet_time_scale_shift == "default":
+                attn_norm_num_groups = norm_num_groups
+            self.mid_block = UNetMidBlock2D(
+                parts, widths[-1], add_attention, attn_norm_num_groups, mid_block_scale_factor
+            )
         # 5. up path: mirror of the down path, each block consuming layers_per_block + 1 skips
         self.up_blocks = nn.ModuleList()
-        prev = widths[-1]
         for i, (attention, resample) in enumerate(ups):
             resample = None if i == n - 1 else (upsample_type if resample == "config" else resample)
-            skips = [skip_channels.pop() for _ in range(layers_per_block + 1)]
-            self.up_blocks.append(UpBlock(skips, prev, widths[n - 1 - i], attention, resample, opts))
-            prev = widths[n - 1 - i]
+            cskips = [skip_channels.pop() for _ in range(layers_per_block + 1)]
+            self.up_blocks.append(
+                UpBlock(parts, widths[min(n - i, n - 1)], cskips, widths[n - 1 - i], attention, resample)
+            )
         # 6. output head
         self.conv_norm_out = group_norm(norm_num_groups, widths[0], norm_eps)
         self.conv_out = nn.Conv2d(widths[0], out_channels, kernel_size=3, padding=1)
