@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from benchmarks.cases_loops import sampling, train_step
     from benchmarks.harness import environment
-    from benchmarks.report import add_ratios, format_table, results_markdown, write_json
+    from benchmarks.report import add_ratios, format_table
 
     quick, cuda = args.quick, device.type == "cuda"
     settings = Settings(
@@ -92,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         "scheduler_step": (64,),
     }
     unets = build_unets(settings)
+    meta = environment(device)
+    meta.update(
+        command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+        quick=quick,
+        unet_config=settings.unet_config,
+        unet_parameters=sum(p.numel() for p in unets[1].parameters()),
+        sample_steps=settings.sample_steps,
+    )
     rows = []
     for case in cases:
         for batch in batches[case]:
@@ -108,29 +117,25 @@ def main(argv: list[str] | None = None) -> int:
                 new = sampling(here, unets, batch)
             rows += new
             print(f"[{case} batch {batch}: {time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
-    add_ratios(rows)
-
-    meta = environment(device)
-    meta.update(
-        command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
-        quick=quick,
-        unet_config=settings.unet_config,
-        unet_parameters=sum(p.numel() for p in unets[1].parameters()),
-        sample_steps=settings.sample_steps,
-    )
+            add_ratios(rows)
+            write_outputs(args, meta, rows)  # after every case: a run cut short still leaves its results
     if cuda:
         from benchmarks.profile import kernel_counts
 
         meta["profile"] = kernel_counts(unets, device)
+        write_outputs(args, meta, rows)
     print(format_table(rows))
+    return 0
+
+
+def write_outputs(args: argparse.Namespace, meta: dict, rows: list) -> None:
+    from benchmarks.report import results_markdown, write_json
+
     if args.json:
         write_json(args.json, meta, rows)
     if args.results_md:
-        from pathlib import Path
-
         Path(args.results_md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results_md).write_text(results_markdown(meta, rows), encoding="utf-8")
-    return 0
 
 
 if __name__ == "__main__":
