@@ -262,13 +262,15 @@ def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainCo
     """A grid of `config.num_samples` images from `unet` (DDPM or DDIM, `config.sample_steps` steps),
     drawn from a generator seeded by `config.seed`, so every grid of a run starts from the same noise."""
     from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.scheduling_ddim import DDIMScheduler
+    from minidiff.scheduling_ddpm import DDPMScheduler
     from minidiff.viz import save_grid
 
-    if config.sampler == "ddim":
-        from minidiff.scheduling_ddim import DDIMScheduler
-
-        noise_scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-    pipeline = DDPMPipeline(unet=unet, scheduler=noise_scheduler)
+    # a fresh scheduler: set_timesteps must not touch the one training uses
+    sampler = (DDIMScheduler if config.sampler == "ddim" else DDPMScheduler).from_config(
+        noise_scheduler.config
+    )
+    pipeline = DDPMPipeline(unet=unet, scheduler=sampler)
     pipeline.set_progress_bar_config(disable=not config.progress, desc="sampling", leave=False)
     generator = torch.Generator(unet.device).manual_seed(config.seed)
     was_training = unet.training
