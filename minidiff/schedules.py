@@ -5,8 +5,13 @@ A diffusion model corrupts data x_0 in T small Gaussian steps (DDPM, Ho et al. 2
     q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I),     alpha_t = 1 - beta_t,
     alpha_bar_t = prod_{s<=t} alpha_s,  so  q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)  (eq. 4).
 
-The "beta schedule" is the table beta_0 .. beta_{T-1}. Every function here builds it exactly as diffusers
-does: in float32, in the same order of operations, so `alphas_cumprod` agrees bit for bit.
+The "beta schedule" is the table beta_0 .. beta_{T-1}. Sections of this file:
+  1. beta tables, one function per `beta_schedule`, built as diffusers builds them (float32, same order
+     of operations), so `alphas_cumprod` agrees bit for bit;
+  2. the parts of a reverse step DDPM and DDIM share: x_0 / eps from the model output, clipping,
+     dynamic thresholding, seeded noise;
+  3. the inference timesteps (`timestep_spacing`) and host/device handling of a timestep;
+  4. the forward process: `add_noise`, `get_velocity`.
 """
 
 from __future__ import annotations

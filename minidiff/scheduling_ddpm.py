@@ -231,11 +231,15 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> DDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """x_t -> x_t' (DDPM eq. 6-7). `timestep` is an int or a 0-d tensor, possibly on the device."""
+        """x_t -> x_t' (DDPM eq. 6-7). `timestep` is an int or a 0-d tensor, possibly on the device.
+
+        Sync-free on a GPU needs a 0-d CUDA timestep and a CUDA generator (a CPU generator draws the
+        noise on the host and copies it over, as diffusers does).
+        """
         t = self._checked_host_timestep(timestep)
 
         # 0. Learned variances: the model outputs [eps, v] on 2C channels (improved DDPM sec. 3.1).
-        channels = sample.shape[1] if sample.ndim > 1 else None
+        channels = sample.shape[1] if sample.ndim > 1 else 0
         predicted_variance = None
         if self.variance_type in ("learned", "learned_range"):
             if model_output.ndim < 2 or model_output.shape[1] != 2 * channels:
