@@ -86,7 +86,7 @@ def train_step(settings: Settings, unets, batch: int) -> list[Row]:
     fns = {"diffusers fp32": theirs_step, "minidiff fp32": ours_step, "minidiff fast": trainer.step}
     times = alternate(fns, device, settings.rounds, settings.warmup)
     fast_name = "minidiff fast " + (
-        "bf16 graph" + (" compiled" if trainer._loss is not trainer.loss else "") if settings.cuda else "fp32"
+        "bf16 graph" + (" compiled" if trainer.compiled else "") if settings.cuda else "fp32"
     )
     rows = [
         fill(Row("train_step", "diffusers fp32", batch, "fp32", "step"), times["diffusers fp32"]),

@@ -4,6 +4,7 @@ Swap `from diffusers import X` for `from minidiff import X` and get the same num
 """
 
 from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
+from minidiff.fast import FastDDPMSampler, FastTrainer
 from minidiff.modeling_utils import ModelMixin
 from minidiff.pipeline_ddpm import DDPMPipeline
 from minidiff.scheduling_ddim import DDIMScheduler
@@ -17,6 +18,8 @@ __all__ = [
     "DDIMScheduler",
     "DDPMPipeline",
     "DDPMScheduler",
+    "FastDDPMSampler",
+    "FastTrainer",
     "FrozenConfig",
     "ModelMixin",
     "SchedulerMixin",

@@ -135,6 +135,7 @@ class FastTrainer:
         if self.generator.device.type != self.device.type:
             raise ValueError(f"generator is on {self.generator.device}; expected {self.device}")
 
+        self.compiled = compile
         self._loss = torch.compile(self.loss, mode=compile_mode) if compile else self.loss
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_seconds = 0.0

@@ -10,11 +10,11 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMPipeline
 from diffusers import DDPMScheduler as DiffusersDDPMScheduler
 from diffusers import UNet2DModel as DiffusersUNet2DModel
 
+from minidiff import training
 from minidiff.fast import (
     FastDDPMSampler,
     FastTrainer,
@@ -24,6 +24,7 @@ from minidiff.fast import (
     sample,
 )
 from minidiff.layers import Attention
+from minidiff.scheduling_ddpm import DDPMScheduler
 from minidiff.unet_2d import UNet2DModel
 
 TINY = dict(
@@ -58,7 +59,7 @@ def unets():
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large"])
 @pytest.mark.parametrize("clip", ["clip", "threshold", "none"])
 def test_step_matches_diffusers(prediction_type, variance_type, clip):
-    scheduler = DiffusersDDPMScheduler(
+    config = dict(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2" if clip == "none" else "linear",
         prediction_type=prediction_type,
@@ -67,8 +68,12 @@ def test_step_matches_diffusers(prediction_type, variance_type, clip):
         thresholding=clip == "threshold",
         sample_max_value=2.0,
     )
+    scheduler, ours = DiffusersDDPMScheduler(**config), DDPMScheduler(**config)
     scheduler.set_timesteps(50)
+    ours.set_timesteps(50)
     tables = ddpm_step_tables(scheduler)
+    # minidiff's scheduler yields the same tables (its alphas_cumprod and timesteps equal diffusers')
+    torch.testing.assert_close(ddpm_step_tables(ours).coeffs, tables.coeffs, rtol=1e-6, atol=0)
     for i in (0, 1, 17, 48, 49):  # first steps (tiny abar), middle, last two (t = 0: no noise)
         t = scheduler.timesteps[i]
         x_t, model_output = torch.randn(2, 3, 8, 8) * 1.5, torch.randn(2, 3, 8, 8)
@@ -154,12 +159,12 @@ def test_sampler_compiled_on_cpu_matches_eager(unets):
 
 # ---- 4. training: the fast step's losses equal the plain tutorial step's --------------------------------
 def _plain_reference_losses(model, scheduler, batches, lr):
-    """The tutorial's step: add_noise, MSE on eps, backward, clip to norm 1, AdamW."""
+    """The plain step: minidiff.training.loss_fn (add_noise, MSE on eps), backward, clip to norm 1, AdamW."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     for clean, noise, timesteps in batches:
         optimizer.zero_grad()
-        loss = F.mse_loss(model(scheduler.add_noise(clean, noise, timesteps), timesteps).sample, noise)
+        loss = training.loss_fn(model, scheduler, clean, noise, timesteps)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -183,7 +188,7 @@ def test_fast_train_step_matches_plain_step():
         fast.append(trainer.train_step(*batch).item())
         trainer.global_step.add_(1), trainer.batch_in_epoch.add_(1)
         trainer.steps_done += 1
-    plain = _plain_reference_losses(plain_model, scheduler, batches, lr=1e-3)
+    plain = _plain_reference_losses(plain_model, DDPMScheduler(num_train_timesteps=1000), batches, lr=1e-3)
     # same fp32 arithmetic in the same order on CPU: equal up to AdamW implementation rounding (1e-5)
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(plain), rtol=1e-5, atol=0)
     assert batches[0][0].min() >= -1 and batches[0][0].max() <= 1
