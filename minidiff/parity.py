@@ -75,7 +75,8 @@ class ParityReport:
         row = self.first_drift(atol, rtol)
         if row is not None:
             raise AssertionError(
-                f"first drifting module: {row.name} {row.shape} {row.note}: max_abs {row.max_abs:.3e} > "
+                f"first drifting module: {row.name} {row.shape}{' ' + row.note if row.note else ''}: "
+                f"max_abs {row.max_abs:.3e} > "
                 f"atol + rtol * max|ref| = {atol:.1e} + {rtol:.1e} * {row.ref_max:.3e} (max_rel {row.max_rel:.3e}, "
                 f"{self.dtype}); print(report.table()) shows every module"
             )

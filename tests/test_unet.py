@@ -222,7 +222,7 @@ def test_config_round_trip_and_properties():
 
 @pytest.mark.slow
 def test_full_tutorial_model_matches_diffusers():
-    """The tutorial's real UNet (about 15.7M parameters) at 32x32."""
+    """The tutorial's real UNet (18.5M parameters) at 32x32."""
     config = dict(
         sample_size=32,
         in_channels=3,
