@@ -1,24 +1,303 @@
 """The `minidiff` command. Each subcommand is a thin shell over a library function.
 
-Heavy modules (torch models, datasets, matplotlib) are imported inside the subcommands, so
-`minidiff --help` answers at once.
+    minidiff demo                                   # train the tiny preset on the embedded digits -> out/demo/
+    minidiff train --preset tutorial --data DIR     # the butterfly tutorial (a GPU job)
+    minidiff sample --model DIR --num 16 --scheduler ddim --steps 50
+    minidiff noise --schedule linear --beta-start 0.001 --beta-end 0.004
+    minidiff parity --model DIR                     # per-layer comparison with diffusers
+
+Heavy modules (torch models, datasets, matplotlib, diffusers) are imported inside the subcommands, so
+`minidiff --help` answers quickly. Errors from the library print one line and exit with status 1
+(`minidiff --debug ...` shows the traceback); bad flags are argparse errors (status 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
+from pathlib import Path
 
 from minidiff import __version__
 
 
+class _TqdmHandler(logging.Handler):
+    """Log lines through tqdm.write, so they do not tear the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("minidiff")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+# ---- train / demo ---------------------------------------------------------------------------------------
+TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
+    "--data": ("data", str, "'digits', a folder of images, or a hub dataset id"),
+    "--out": ("out_dir", str, "output folder"),
+    "--image-size": ("image_size", _positive_int, "train at this resolution (square)"),
+    "--channels": ("channels", int, "1 or 3 (default: 1 for digits, 3 otherwise)"),
+    "--limit": ("limit", _positive_int, "use only the first N images"),
+    "--epochs": ("epochs", _positive_int, "epochs (ignored when --max-steps is given)"),
+    "--max-steps": ("max_steps", _positive_int, "optimizer steps"),
+    "--batch-size": ("batch_size", _positive_int, "images per micro-batch"),
+    "--lr": ("lr", float, "peak learning rate of AdamW"),
+    "--warmup-steps": ("warmup_steps", int, "linear lr warm-up steps"),
+    "--ema-decay": ("ema_decay", float, "EMA decay of the weights (0 = off)"),
+    "--mixed-precision": ("mixed_precision", str, "no | bf16 | fp16"),
+    "--grad-clip": ("grad_clip", float, "clip the gradient norm to this value"),
+    "--grad-accum": ("grad_accum", _positive_int, "micro-batches per optimizer step"),
+    "--seed": ("seed", int, "seed of every random draw"),
+    "--device": ("device", str, "auto | cpu | cuda | cuda:1 | ..."),
+    "--checkpoint-every": ("checkpoint_every", _positive_int, "save a checkpoint every N steps"),
+    "--keep-checkpoints": ("keep_checkpoints", _positive_int, "keep the newest K checkpoints"),
+    "--sample-every": ("sample_every", _positive_int, "write a sample grid every N epochs"),
+    "--num-samples": ("num_samples", _positive_int, "images per sample grid"),
+    "--sample-steps": ("sample_steps", _positive_int, "denoising steps of the sample grids"),
+    "--sampler": ("sampler", str, "ddpm | ddim, for the sample grids"),
+}
+
+
+DEMO_FLAGS = ("--out", "--max-steps", "--seed", "--device", "--limit", "--num-samples", "--sample-steps")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser, flags: dict) -> None:
+    for flag, (dest, kind, text) in flags.items():
+        choices = {"--mixed-precision": ["no", "bf16", "fp16"], "--sampler": ["ddpm", "ddim"]}.get(flag)
+        parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=None, help=text)
+    parser.add_argument(
+        "--resume", action="store_true", default=None, help="continue from the newest checkpoint"
+    )
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random h-flips")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args: argparse.Namespace, preset_name: str, default_out: str | None = None):
+    from minidiff.training import TrainConfig, preset
+
+    overrides = {
+        name: getattr(args, name)
+        for name in [f for f in TrainConfig.__dataclass_fields__]
+        if getattr(args, name, None) is not None
+    }
+    if default_out is not None and "out_dir" not in overrides:
+        overrides["out_dir"] = default_out
+    overrides["progress"] = not args.quiet
+    return preset(preset_name, **overrides)
+
+
+def _report(result, extra: dict[str, Path] | None = None) -> None:
+    print(f"trained {result.steps} steps ({result.epochs_completed} epochs) in {result.seconds:.0f} s")
+    print(
+        f"final loss (mean of the last 100 steps): {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}"
+    )
+    files = {
+        "samples": result.samples_png,
+        "loss plot": result.loss_png,
+        "loss per step": result.loss_csv,
+        "model (pipeline folder)": result.model_dir,
+        **(extra or {}),
+    }
+    for grid in result.sample_grids:
+        files[f"samples {grid.stem}"] = grid
+    for ckpt in result.checkpoints:
+        files[f"checkpoint {ckpt.stem}"] = ckpt
+    width = max(len(k) for k in files)
+    for what, path in files.items():
+        print(f"  {what:<{width}}  {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from minidiff.training import train
+
+    _setup_logging()
+    result = train(_config_from_args(args, args.preset))
+    _report(result)
+    return 0
+
+
+def _noise_pictures(noise_scheduler, x0, out_dir: Path, seed: int) -> dict[str, Path]:
+    """noise.png (the tutorial's noising strip at 8 timesteps) and snr.png; prints the terminal-signal warning."""
+    import torch
+
+    from minidiff.viz import noising_strip, plot_snr, terminal_signal_warning
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    noise_png = out_dir / "noise.png"
+    noising_strip(noise_scheduler, x0, generator=torch.Generator().manual_seed(seed)).save(noise_png)
+    snr_png = plot_snr(noise_scheduler, out_dir / "snr.png")
+    warning = terminal_signal_warning(noise_scheduler)
+    if warning:
+        print(f"warning: {warning}")
+    return {"noising strip": noise_png, "log-SNR plot": Path(snr_png)}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from minidiff.data import load_dataset
+    from minidiff.training import build_noise_scheduler, train
+
+    started = time.perf_counter()
+    _setup_logging()
+    config = _config_from_args(args, "tiny", default_out="out/demo")
+    print(
+        f"minidiff demo: training the tiny preset on {config.data!r} ({config.image_size}x{config.image_size})"
+    )
+    result = train(config)
+    x0 = load_dataset(config.data, config.image_size, flip=False, channels=config.channels, limit=1)[0][None]
+    pictures = _noise_pictures(build_noise_scheduler(config), x0, result.out_dir, config.seed)
+    _report(result, pictures)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {result.out_dir}")
+    return 0
+
+
+# ---- sample / noise / parity ------------------------------------------------------------------------
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.scheduling_ddim import DDIMScheduler
+    from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.training import pick_device, sampler_from_config
+    from minidiff.viz import save_grid
+
+    pipeline = DDPMPipeline.from_pretrained(args.model)
+    scheduler_class = DDIMScheduler if args.scheduler == "ddim" else DDPMScheduler
+    pipeline.scheduler = sampler_from_config(scheduler_class, pipeline.scheduler.config)
+    device = pick_device(args.device)
+    pipeline.to(device)
+    steps = args.steps or (50 if args.scheduler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    started = time.perf_counter()
+    images = pipeline(
+        batch_size=args.num,
+        generator=generator,
+        num_inference_steps=steps,
+        eta=args.eta,
+        progress=not args.quiet,
+    ).images
+    path = save_grid(images, args.out)
+    print(f"{args.num} images, {args.scheduler} with {steps} steps, in {time.perf_counter() - started:.1f} s")
+    print(f"  samples  {path}")
+    return 0
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    from minidiff.data import load_dataset
+    from minidiff.scheduling_ddpm import DDPMScheduler
+
+    scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_start=args.beta_start,
+        beta_end=args.beta_end,
+        beta_schedule=args.schedule,
+    )
+    dataset = load_dataset(args.data, args.image_size, flip=False, limit=args.index + 1)
+    x0 = dataset[args.index][None]  # (1, C, H, W)
+    files = _noise_pictures(scheduler, x0, Path(args.out), args.seed)
+    alpha_bar_T = float(scheduler.alphas_cumprod[-1])
+    print(f"{args.schedule} schedule, T = {args.num_train_timesteps}: alpha_bar_T = {alpha_bar_T:.4g}")
+    for what, path in files.items():
+        print(f"  {what:<13}  {path}")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    import torch
+
+    from minidiff.parity import compare_unet
+
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "minidiff parity compares against diffusers, which is not installed: pip install 'minidiff[reference]'"
+        ) from None
+    from reference.builders import load_both_unets
+
+    reference, ours = load_both_unets(args.model)
+    config = ours.config
+    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    generator = torch.Generator().manual_seed(args.seed)
+    sample = torch.randn(args.batch_size, config.in_channels, size, size, generator=generator)  # (B, C, H, W)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    report = compare_unet(
+        reference, ours, sample, torch.tensor(args.timestep), dtype=dtype, device=args.device
+    )
+    print(report.table())
+    return 0
+
+
+# ---- the parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minidiff",
         description="DDPM diffusion in plain PyTorch: train, sample, inspect, compare with diffusers.",
     )
     parser.add_argument("--version", action="version", version=f"minidiff {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="train the tiny preset on the embedded digits; write out/demo/")
+    _add_train_flags(demo, {k: v for k, v in TRAIN_FLAGS.items() if k in DEMO_FLAGS})
+    demo.set_defaults(func=cmd_demo)
+
+    train = commands.add_parser("train", help="train a DDPM (presets: tiny, tutorial)")
+    train.add_argument("--preset", choices=["tiny", "tutorial"], default="tutorial", help="starting settings")
+    _add_train_flags(train, TRAIN_FLAGS)
+    train.set_defaults(func=cmd_train)
+
+    sample = commands.add_parser("sample", help="sample a grid of images from a pipeline folder or hub id")
+    sample.add_argument("--model", required=True, help="pipeline folder (e.g. out/demo/model) or hub id")
+    sample.add_argument("--num", type=_positive_int, default=16, help="number of images")
+    sample.add_argument("--scheduler", choices=["ddpm", "ddim"], default="ddpm")
+    sample.add_argument(
+        "--steps", type=_positive_int, default=None, help="denoising steps (ddpm: T, ddim: 50)"
+    )
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM's noise scale (0 = deterministic)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="auto")
+    sample.add_argument("--out", default="samples.png", help="PNG file of the grid")
+    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    sample.set_defaults(func=cmd_sample)
+
+    noise = commands.add_parser("noise", help="the noising strip and the log-SNR plot of a schedule")
+    noise.add_argument("--data", default="digits", help="where the clean image comes from")
+    noise.add_argument("--index", type=int, default=0, help="which image of the data")
+    noise.add_argument("--image-size", type=_positive_int, default=32)
+    noise.add_argument(
+        "--schedule", default="squaredcos_cap_v2", help="linear | scaled_linear | squaredcos_cap_v2 | ..."
+    )
+    noise.add_argument("--beta-start", type=float, default=0.0001)
+    noise.add_argument("--beta-end", type=float, default=0.02)
+    noise.add_argument("--num-train-timesteps", type=_positive_int, default=1000)
+    noise.add_argument("--seed", type=int, default=0)
+    noise.add_argument("--out", default="out/noise", help="folder for noise.png and snr.png")
+    noise.set_defaults(func=cmd_noise)
+
+    parity = commands.add_parser("parity", help="per-layer comparison of a UNet in minidiff and diffusers")
+    parity.add_argument("--model", required=True, help="pipeline folder (its unet/) or UNet folder")
+    parity.add_argument("--timestep", type=int, default=500)
+    parity.add_argument("--batch-size", type=_positive_int, default=1)
+    parity.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parity.add_argument("--device", default=None, help="run both models on this device (default: cpu)")
+    parity.add_argument("--seed", type=int, default=0)
+    parity.set_defaults(func=cmd_parity)
     return parser
 
 
@@ -28,7 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"minidiff {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the library's errors name the bad value: one line, no traceback
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"minidiff {args.command}: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

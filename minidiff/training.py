@@ -258,6 +258,13 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def sampler_from_config(scheduler_class, config):
+    """`scheduler_class` built from another scheduler's config, keeping only the keys it takes (DDIM has no
+    `variance_type`, for one), as diffusers does when it swaps compatible schedulers."""
+    accepted = set(scheduler_class.init_keywords())
+    return scheduler_class.from_config({k: v for k, v in config.items() if k in accepted})
+
+
 def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainConfig) -> Path:
     """A grid of `config.num_samples` images from `unet` (DDPM or DDIM, `config.sample_steps` steps),
     drawn from a generator seeded by `config.seed`, so every grid of a run starts from the same noise."""
@@ -267,9 +274,8 @@ def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainCo
     from minidiff.viz import save_grid
 
     # a fresh scheduler: set_timesteps must not touch the one training uses
-    sampler = (DDIMScheduler if config.sampler == "ddim" else DDPMScheduler).from_config(
-        noise_scheduler.config
-    )
+    sampler_class = DDIMScheduler if config.sampler == "ddim" else DDPMScheduler
+    sampler = sampler_from_config(sampler_class, noise_scheduler.config)
     pipeline = DDPMPipeline(unet=unet, scheduler=sampler)
     pipeline.set_progress_bar_config(disable=not config.progress, desc="sampling", leave=False)
     generator = torch.Generator(unet.device).manual_seed(config.seed)

@@ -1,0 +1,166 @@
+"""The `minidiff` command: every subcommand on tiny settings, --help, bad flags and library errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from minidiff.cli import main
+
+# The tiny preset's net at 8x8 on 32 digits, a few steps: each command runs in seconds.
+TRAIN_TINY = [
+    "--image-size",
+    "8",
+    "--limit",
+    "32",
+    "--batch-size",
+    "8",
+    "--sample-steps",
+    "2",
+    "--num-samples",
+    "4",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These nets are tiny: one thread is faster, and on a shared CPU two threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    code = main(["train", "--preset", "tiny", "--out", str(out), "--max-steps", "3", "--quiet", *TRAIN_TINY])
+    torch.set_num_threads(threads)
+    assert code == 0
+    return out
+
+
+def test_train_writes_outputs_that_diffusers_loads(trained, capsys):
+    diffusers = pytest.importorskip("diffusers")
+    for name in ("samples.png", "loss.png", "loss.csv", "model/model_index.json"):
+        assert (trained / name).is_file(), name
+    assert len((trained / "loss.csv").read_text().splitlines()) == 1 + 3  # header + one row per step
+    pipe = diffusers.DDPMPipeline.from_pretrained(trained / "model")
+    assert pipe.unet.config.sample_size == 8 and pipe.unet.config.in_channels == 1
+
+
+def test_train_prints_where_files_went(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(["train", "--preset", "tiny", "--out", str(out), "--max-steps", "1", "--quiet", *TRAIN_TINY])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "trained 1 steps" in printed
+    for path in (out / "samples.png", out / "loss.png", out / "loss.csv", out / "model"):
+        assert str(path) in printed
+
+
+def test_sample_ddpm_and_ddim(trained, tmp_path, capsys):
+    for scheduler in ("ddpm", "ddim"):
+        png = tmp_path / f"{scheduler}.png"
+        args = ["sample", "--model", str(trained / "model"), "--num", "4", "--steps", "3", "--quiet"]
+        assert main([*args, "--scheduler", scheduler, "--out", str(png), "--device", "cpu"]) == 0
+        assert Image.open(png).size == (2 * 8, 2 * 8)  # a 2 x 2 grid of 8 x 8 digits
+        assert str(png) in capsys.readouterr().out
+
+
+def test_noise_pictures_and_terminal_signal_warning(tmp_path, capsys):
+    out = tmp_path / "noise"
+    args = ["noise", "--out", str(out), "--image-size", "8", "--schedule", "linear"]
+    assert main([*args, "--beta-start", "0.001", "--beta-end", "0.004"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "noise.png").is_file() and (out / "snr.png").is_file()
+    assert "warning: alpha_bar_T = 0.08" in printed  # the tutorial's first schedule keeps signal at t = T
+    assert main(["noise", "--out", str(out), "--image-size", "8"]) == 0  # squaredcos_cap_v2: no warning
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_parity_prints_the_table(trained, capsys):
+    pytest.importorskip("diffusers")
+    assert main(["parity", "--model", str(trained / "model")]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:2] == ["module", "shape"]
+    assert "conv_in" in table and "modules compared" in table
+
+
+def test_demo_writes_the_readme_files(tmp_path, capsys):
+    diffusers = pytest.importorskip("diffusers")
+    out = tmp_path / "demo"
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--limit",
+        "32",
+        "--sample-steps",
+        "2",
+        "--num-samples",
+        "4",
+    ]
+    assert main([*args, "--quiet"]) == 0
+    for name in ("samples.png", "noise.png", "snr.png", "loss.png", "loss.csv"):
+        assert (out / name).is_file(), name
+    diffusers.DDPMPipeline.from_pretrained(out / "model")
+    printed = capsys.readouterr().out
+    assert "demo finished in" in printed and str(out / "noise.png") in printed
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["noise"], ["parity"], ["demo"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0 and "usage: minidiff" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--mixed-precision", "fp8"], "invalid choice: 'fp8'"),
+        (["train", "--max-steps", "0"], "'0' is not a positive integer"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["sample"], "the following arguments are required: --model"),
+        (["sample", "--model", "m", "--scheduler", "euler"], "invalid choice: 'euler'"),
+        (["fly"], "invalid choice: 'fly'"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_library_errors_are_one_line_and_exit_1(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--preset", "tiny", "--out", str(blocker / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("minidiff train: error: output folder") and "not writable" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["sample", "--model", str(tmp_path / "missing"), "--quiet"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["noise", "--schedule", "cosine", "--out", str(tmp_path / "n")]) == 1
+    assert "beta_schedule 'cosine'" in capsys.readouterr().err
+
+
+def test_the_installed_command_exits_non_zero_on_a_bad_flag():
+    done = subprocess.run(
+        [sys.executable, "-m", "minidiff", "train", "--lr", "fast"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "invalid float value: 'fast'" in done.stderr
