@@ -9,6 +9,7 @@ from minidiff.modeling_utils import ModelMixin
 from minidiff.pipeline_ddpm import DDPMPipeline
 from minidiff.scheduling_ddim import DDIMScheduler
 from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.training import TrainConfig, TrainResult, preset, train
 from minidiff.unet_2d import UNet2DModel
 
 __version__ = "0.1.0"
@@ -23,6 +24,10 @@ __all__ = [
     "FrozenConfig",
     "ModelMixin",
     "SchedulerMixin",
+    "TrainConfig",
+    "TrainResult",
     "UNet2DModel",
     "__version__",
+    "preset",
+    "train",
 ]
