@@ -173,7 +173,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from minidiff.pipeline_ddpm import DDPMPipeline
     from minidiff.scheduling_ddim import DDIMScheduler
     from minidiff.scheduling_ddpm import DDPMScheduler
-    from minidiff.training import pick_device, sampler_from_config
+    from minidiff.training import enlarged, pick_device, sampler_from_config
     from minidiff.viz import save_grid
 
     pipeline = DDPMPipeline.from_pretrained(args.model)
@@ -191,7 +191,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         eta=args.eta,
         progress=not args.quiet,
     ).images
-    path = save_grid(images, args.out)
+    path = save_grid(enlarged(images), args.out)  # small images enlarged to 64 px, nearest neighbour
     print(f"{args.num} images, {args.scheduler} with {steps} steps, in {time.perf_counter() - started:.1f} s")
     print(f"  samples  {path}")
     return 0

@@ -258,6 +258,18 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+MIN_GRID_CELL = 64  # pixels: sample grids enlarge smaller images (nearest neighbour, whole factor)
+
+
+def enlarged(images: list, min_size: int = MIN_GRID_CELL) -> list:
+    """PIL images scaled up by a whole factor (nearest neighbour) to at least `min_size` pixels wide:
+    a grid of 16-pixel digits is too small to see."""
+    from PIL import Image
+
+    scale = max(1, math.ceil(min_size / images[0].width))
+    return [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
+
+
 def sampler_from_config(scheduler_class, config):
     """`scheduler_class` built from another scheduler's config, keeping only the keys it takes (DDIM has no
     `variance_type`, for one), as diffusers does when it swaps compatible schedulers."""
@@ -284,7 +296,7 @@ def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainCo
         batch_size=config.num_samples, generator=generator, num_inference_steps=config.sample_steps
     ).images
     unet.train(was_training)
-    return save_grid(images, path)
+    return save_grid(enlarged(images), path)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------

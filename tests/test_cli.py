@@ -72,7 +72,7 @@ def test_sample_ddpm_and_ddim(trained, tmp_path, capsys):
         png = tmp_path / f"{scheduler}.png"
         args = ["sample", "--model", str(trained / "model"), "--num", "4", "--steps", "3", "--quiet"]
         assert main([*args, "--scheduler", scheduler, "--out", str(png), "--device", "cpu"]) == 0
-        assert Image.open(png).size == (2 * 8, 2 * 8)  # a 2 x 2 grid of 8 x 8 digits
+        assert Image.open(png).size == (2 * 64, 2 * 64)  # a 2 x 2 grid of 8 x 8 digits enlarged 8 times
         assert str(png) in capsys.readouterr().out
 
 
