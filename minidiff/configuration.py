@@ -31,7 +31,7 @@ _WARNED_UNKNOWN: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def _matches(value: Any, hint: Any) -> bool:
-    """Does a JSON-loaded value fit a type hint? Types we cannot check (arrays, tensors) pass."""
+    """Does a JSON-loaded value fit a type hint? Array types accept their own objects and lists."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
@@ -57,6 +57,8 @@ def _matches(value: Any, hint: Any) -> bool:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
         return all(_matches(v, args[0]) for v in value)
+    if isinstance(hint, type):  # an array type (np.ndarray, torch.Tensor): itself, or its JSON form, a list
+        return isinstance(value, hint | list | tuple)
     return True
 
 
