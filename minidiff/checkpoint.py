@@ -22,7 +22,7 @@ import torch
 from minidiff.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
 
 if TYPE_CHECKING:
-    from minidiff.training import TrainState
+    from minidiff.train_step import TrainState
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 
