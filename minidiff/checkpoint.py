@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from minidiff.distributed import unwrap
 from minidiff.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def state_to_checkpoint(
     return {
         "format": FORMAT,
         "config": config_dict(config),
-        "model": state.unet.state_dict(),
+        "model": unwrap(state.unet).state_dict(),  # no DDP `module.` prefix: any number of processes
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "optimizer": state.optimizer.state_dict(),
         "lr_scheduler": state.lr_scheduler.state_dict(),
@@ -152,7 +153,7 @@ def checkpoint_to_state(
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise ValueError(f"cannot resume: the checkpoint was trained with other settings ({details})")
-    state.unet.load_state_dict(ckpt["model"])
+    unwrap(state.unet).load_state_dict(ckpt["model"])
     if state.ema is not None:
         state.ema.load_state_dict(ckpt["ema"])
     state.optimizer.load_state_dict(ckpt["optimizer"])

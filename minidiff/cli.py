@@ -124,11 +124,13 @@ def _report(result, extra: dict[str, Path] | None = None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from minidiff.distributed import is_main
     from minidiff.training import train
 
     _setup_logging()
     result = train(_config_from_args(args, args.preset))
-    _report(result)
+    if is_main():  # under torchrun: one report (rank 0 wrote the files)
+        _report(result)
     return 0
 
 

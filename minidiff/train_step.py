@@ -126,18 +126,27 @@ def make_train_state(config: TrainConfig, unet: torch.nn.Module, noise_scheduler
     )
 
 
-def train_step(state: TrainState, micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+def train_step(
+    state: TrainState,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    loss_weights: list[float] | None = None,
+):
     """One optimizer step over (clean_images, noise, timesteps) micro-batches; returns the mean loss
-    as a 0-d tensor (no host sync). Gradients of the micro-batches are averaged (accumulation)."""
+    as a 0-d tensor (no host sync). Gradients of the micro-batches are averaged (accumulation).
+
+    loss_weights: one factor per micro-batch, applied to its loss (and to the returned mean); the
+    multi-process loop weights each process's share of a batch by its size (`minidiff.distributed.shard`)."""
     unet, optimizer, scaler = state.unet, state.optimizer, state.grad_scaler
     unet.train()
     device_type = next(unet.parameters()).device.type
     losses = []
-    for clean_images, noise, timesteps in micro_batches:
+    for i, (clean_images, noise, timesteps) in enumerate(micro_batches):
         with torch.autocast(
             device_type, dtype=state.autocast_dtype, enabled=state.autocast_dtype is not None
         ):
             loss = loss_fn(unet, state.noise_scheduler, clean_images, noise, timesteps)
+        if loss_weights is not None:
+            loss = loss * loss_weights[i]
         scaled = loss / len(micro_batches)
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         losses.append(loss.detach())

@@ -19,6 +19,10 @@ Randomness comes only from explicit generators seeded from `config.seed`: the da
 (and its flips) from a generator seeded with (seed, e), noise and timesteps from one generator whose
 state goes into every checkpoint. So resuming at step N draws the same batches, noise and timesteps
 as a straight run, and the weights come out bit-identical.
+
+Under torchrun (`torchrun --nproc_per_node=N -m minidiff train ...`) every process runs this loop with
+DistributedDataParallel: all draw the same global batches, each trains on its rows of them
+(`minidiff.distributed.shard`), and rank 0 alone writes loss.csv, sample grids, checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from minidiff import distributed
 from minidiff.checkpoint import (
     checkpoint_path,
     checkpoint_to_state,
@@ -195,14 +200,27 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
     loss.csv, loss.png, samples.png, samples/epoch-*.png, checkpoints/step-*.pt and model/ (a pipeline folder).
 
     `unet`: start from these weights instead of a fresh `build_unet(config)` (resume still loads the checkpoint).
+    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains with DistributedDataParallel.
     """
+    config.validate()
+    device, started_group = distributed.init_from_env(pick_device(config.device))
+    try:
+        result = _train(config, unet, device)
+    except BaseException:
+        distributed.cleanup(started_group, wait=False)  # torchrun stops the other processes
+        raise
+    distributed.cleanup(started_group)
+    return result
+
+
+def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.device) -> TrainResult:
     from tqdm.auto import tqdm
 
     from minidiff.pipeline_ddpm import DDPMPipeline
     from minidiff.viz import plot_losses
 
-    # 1. check the settings and the output folder before spending any time
-    config.validate()
+    # 1. check the output folder before spending any time (the settings were checked by `train`)
+    main = distributed.is_main()  # rank 0 writes every file
     out_dir = writable_dir(config.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     previous = latest_checkpoint(ckpt_dir)
@@ -211,7 +229,6 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
             f"{str(ckpt_dir)!r} holds checkpoints of an earlier run; resume it (resume=True / --resume) "
             "or choose another out_dir"
         )
-    device = pick_device(config.device)
     started = time.perf_counter()
 
     # 2. data, model, noise schedule, optimizer
@@ -230,17 +247,24 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
     losses: list[float] = []
     if config.resume and previous is not None:
         losses = checkpoint_to_state(load_checkpoint(previous, device), state, config, generators)
-        logger.info("resumed from %s at step %d", previous, state.step)
+        if main:
+            logger.info("resumed from %s at step %d", previous, state.step)
+    state.unet = distributed.wrap(unet, device)  # DDP when several processes train (no-op for one)
     loss_csv = out_dir / "loss.csv"
-    with open(loss_csv, "w", encoding="utf-8") as f:  # rewritten: rows after the checkpoint are dropped
-        f.write("step,loss\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses)))
+    if main:  # rewritten: rows after the checkpoint are dropped
+        with open(loss_csv, "w", encoding="utf-8") as f:
+            f.write("step,loss\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses)))
 
     # 4. the loop: one optimizer step = grad_accum micro-batches
     sample_grids: list[Path] = []
     pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log_every steps)
     timed_steps, timed_since = 0, time.perf_counter()
     bar = tqdm(
-        total=total_steps, initial=state.step, desc="training", unit="step", disable=not config.progress
+        total=total_steps,
+        initial=state.step,
+        desc="training",
+        unit="step",
+        disable=not (config.progress and main),
     )
     order, flips = epoch_order(num_images, config.seed, state.epoch, config.flip)
 
@@ -255,23 +279,27 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
             if not math.isfinite(value) and state.grad_scaler is None:  # fp16: GradScaler skips such steps
                 raise FloatingPointError(f"loss is {value} at step {first + i}; training stopped")
         losses.extend(values)
-        with open(loss_csv, "a", encoding="utf-8") as f:
-            f.write("".join(f"{first + i},{v!r}\n" for i, v in enumerate(values)))
+        if main:
+            with open(loss_csv, "a", encoding="utf-8") as f:
+                f.write("".join(f"{first + i},{v!r}\n" for i, v in enumerate(values)))
         seconds = time.perf_counter() - timed_since
         images_per_s = timed_steps * config.batch_size * config.grad_accum / max(seconds, 1e-9)
         bar.set_postfix(loss=f"{values[-1]:.4f}", img_s=f"{images_per_s:.0f}")
         timed_steps, timed_since = 0, time.perf_counter()
 
     while state.step < total_steps:
-        micro_batches = []
+        micro_batches, weights = [], []
         for _ in range(min(config.grad_accum, batches_per_epoch - state.batch_in_epoch)):
             b = state.batch_in_epoch
             index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            micro_batches.append(
-                draw_batch(images, index, flips, noise_generator, config.num_train_timesteps, device)
-            )
+            batch = draw_batch(images, index, flips, noise_generator, config.num_train_timesteps, device)
+            rows, weight = distributed.shard(batch)  # this process's rows of the global batch
+            micro_batches.append(rows)
+            weights.append(weight)
             state.batch_in_epoch += 1
-        pending.append(train_step(state, micro_batches))
+        loss_weights = weights if distributed.is_distributed() else None
+        loss = train_step(state, micro_batches, loss_weights)
+        pending.append(distributed.all_reduce_mean(loss))  # the whole batch's loss on every rank
         timed_steps += 1
         bar.update(1)
         if state.step % config.log_every == 0:
@@ -280,30 +308,32 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             order, flips = epoch_order(num_images, config.seed, state.epoch, config.flip)
             flush()
-            if state.epoch % 5 == 0:  # the tutorial prints the mean loss every 5 epochs
+            if main and state.epoch % 5 == 0:  # the tutorial prints the mean loss every 5 epochs
                 logger.info(
                     "Epoch:%d, loss: %.5f", state.epoch, sum(losses[-steps_per_epoch:]) / steps_per_epoch
                 )
-            if config.sample_every is not None and state.epoch % config.sample_every == 0:
-                model = state.ema.model if state.ema is not None else state.unet
+            if main and config.sample_every is not None and state.epoch % config.sample_every == 0:
+                model = state.ema.model if state.ema is not None else distributed.unwrap(state.unet)
                 path = out_dir / "samples" / f"epoch-{state.epoch:04d}.png"
                 sample_grids.append(save_samples(model, noise_scheduler, path, config))
         if config.checkpoint_every is not None and (
             state.step % config.checkpoint_every == 0 or state.step == total_steps
         ):
             flush()  # never checkpoint a run whose loss went non-finite
-            ckpt = state_to_checkpoint(state, config, generators, losses)
-            save_checkpoint(checkpoint_path(ckpt_dir, state.step), ckpt)
-            prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+            if main:
+                ckpt = state_to_checkpoint(state, config, generators, losses)
+                save_checkpoint(checkpoint_path(ckpt_dir, state.step), ckpt)
+                prune_checkpoints(ckpt_dir, config.keep_checkpoints)
     flush()
     bar.close()
 
     # 5. outputs: the model as a pipeline folder (EMA weights when EMA is on), samples, loss plot
-    final = state.ema.model if state.ema is not None else state.unet
-    model_dir = out_dir / "model"
-    DDPMPipeline(unet=final, scheduler=noise_scheduler).save_pretrained(model_dir)
-    samples_png = save_samples(final, noise_scheduler, out_dir / "samples.png", config)
-    loss_png = plot_losses(losses, out_dir / "loss.png")
+    final = state.ema.model if state.ema is not None else distributed.unwrap(state.unet)
+    model_dir, samples_png, loss_png = out_dir / "model", out_dir / "samples.png", out_dir / "loss.png"
+    if main:
+        DDPMPipeline(unet=final, scheduler=noise_scheduler).save_pretrained(model_dir)
+        samples_png = save_samples(final, noise_scheduler, samples_png, config)
+        loss_png = plot_losses(losses, loss_png)
     return TrainResult(
         losses=losses,
         steps=state.step,
