@@ -148,9 +148,28 @@ def writable_dir(path: str | os.PathLike) -> Path:
 
 
 def pick_device(device: str) -> torch.device:
+    """ "auto" -> cuda when available, else cpu; any other name is checked to exist on this machine, so a
+    wrong --device fails at once with its name, not deep inside torch after the data loaded."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device {device!r} is not a torch device; expected 'auto', 'cpu', 'cuda', 'cuda:1', ..."
+        ) from err
+    if chosen.type == "meta":
+        raise ValueError(
+            f"device {device!r} holds no data; expected a real device ('auto', 'cpu', 'cuda', ...)"
+        )
+    backend = getattr(torch, chosen.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if chosen.type != "cpu" and not (backend is not None and backend.is_available()):
+        raise ValueError(f"device {device!r} is not available on this machine; expected 'auto' or 'cpu'")
+    if chosen.type != "cpu" and chosen.index is not None and chosen.index >= backend.device_count():
+        raise ValueError(
+            f"device {device!r}: this machine has {backend.device_count()} {chosen.type} device(s)"
+        )
+    return chosen
 
 
 MIN_GRID_CELL = 64  # pixels: sample grids enlarge smaller images (nearest neighbour, whole factor)
