@@ -11,6 +11,7 @@ same module tree, so `minidiff.UNet2DModel(**cfg).load_state_dict(diffusers_unet
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -295,6 +296,8 @@ class UNet2DModel(ModelMixin):
         """A number, a 0-d tensor or one timestep per batch item -> (B,) on the sample's device."""
         batch = sample.shape[0]
         if not torch.is_tensor(timestep):
+            if not isinstance(timestep, numbers.Real):
+                raise ValueError(f"timestep {timestep!r}; expected a number or a tensor of timesteps")
             timestep = torch.tensor([timestep], dtype=torch.long)  # as diffusers: a python float is truncated
         timestep = (
             timestep.to(sample.device).reshape(-1) if timestep.ndim == 0 else timestep.to(sample.device)
@@ -317,6 +320,11 @@ class UNet2DModel(ModelMixin):
         cfg, factor = self.config, 2 ** (len(self.down_blocks) - 1)
         if sample.ndim != 4 or sample.shape[1] != cfg.in_channels:
             raise ValueError(f"sample of shape {tuple(sample.shape)}; expected (B, {cfg.in_channels}, H, W)")
+        if not sample.is_floating_point() or sample.device != self.device:
+            raise ValueError(
+                f"sample is {sample.dtype} on {sample.device}; expected a floating-point tensor on the "
+                f"model's device ({self.device})"
+            )
         if sample.shape[-2] % factor or sample.shape[-1] % factor:
             raise ValueError(
                 f"sample size {tuple(sample.shape[-2:])} cannot be halved {factor.bit_length() - 1} times by the "
