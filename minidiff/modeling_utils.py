@@ -61,13 +61,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors.save_file through a temporary file, fsync, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    with open(tmp, "rb") as f:
+def _fsynced(path: Path) -> Path:
+    with open(path, "rb+") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return path
 
 
 class ModelMixin(nn.Module, ConfigMixin):
@@ -132,8 +129,24 @@ class ModelMixin(nn.Module, ConfigMixin):
         return model.eval()
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write `config.json` and `diffusion_pytorch_model.safetensors` (each atomically) into a folder."""
+        """Write `config.json` and `diffusion_pytorch_model.safetensors` into a folder.
+
+        Both are first written (and fsynced) as temporary files; only when both are complete are they renamed
+        over the old ones. A failing write (disk full, no permission) leaves a model saved there before whole
+        and loadable, and no temporary file behind.
+        """
         save_directory = Path(save_directory)
-        self.save_config(save_directory)
+        if save_directory.is_file():
+            raise ValueError(f"save_directory {str(save_directory)!r} is a file; expected a folder")
+        save_directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        _atomic_save_file(tensors, save_directory / WEIGHTS_NAME)
+        targets = (save_directory / WEIGHTS_NAME, save_directory / self.config_name)
+        weights_tmp, config_tmp = (p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in targets)
+        try:
+            save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+            config_tmp.write_text(self.to_json_string(), encoding="utf-8")
+            os.replace(_fsynced(weights_tmp), targets[0])
+            os.replace(_fsynced(config_tmp), targets[1])
+        finally:
+            weights_tmp.unlink(missing_ok=True)  # only left when a write failed
+            config_tmp.unlink(missing_ok=True)
