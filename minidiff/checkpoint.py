@@ -85,6 +85,19 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def remove_stale_temporary_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the `.step-*.pt.tmp-<pid>` files of writes that a crash cut short (never complete
+    checkpoints; rank 0 is the only writer, so no other live process owns them); returns their paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    mine = f".tmp-{os.getpid()}"
+    stale = [p for p in folder.glob(".step-*.pt.tmp-*") if not p.name.endswith(mine)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def prune_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the newest `keep` checkpoints; returns the deleted paths."""
     if keep < 1:

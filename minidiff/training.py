@@ -27,9 +27,11 @@ DistributedDataParallel: all draw the same global batches, each trains on its ro
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from minidiff.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    remove_stale_temporary_files,
     save_checkpoint,
     state_to_checkpoint,
 )
@@ -145,6 +148,24 @@ def writable_dir(path: str | os.PathLike) -> Path:
     except OSError as err:
         raise PermissionError(f"output folder {str(path)!r} is not writable: {err}") from err
     return path
+
+
+def check_free_space(out_dir: Path, config: TrainConfig, unet: torch.nn.Module) -> None:
+    """Fail before the first step when `out_dir`'s disk cannot hold what the run will write: keep + 1
+    checkpoints at a time (weights, EMA, AdamW's two moments each) and the model folder (written twice:
+    staged, then swapped in)."""
+    weights = sum(p.numel() * p.element_size() for p in unet.parameters())
+    per_checkpoint = weights * (3 + (config.ema_decay > 0))
+    checkpoints = per_checkpoint * (config.keep_checkpoints + 1) if config.checkpoint_every else 0
+    need = checkpoints + 2 * weights + 2**20  # + 1 MiB for loss.csv, plots and grids
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"output folder {str(out_dir)!r} has {free / 2**20:.1f} MiB free; this run writes up to "
+            f"{need / 2**20:.1f} MiB (keep_checkpoints={config.keep_checkpoints} checkpoints of "
+            f"{per_checkpoint / 2**20:.1f} MiB + the model); free some space or choose another out_dir",
+        )
 
 
 def pick_device(device: str) -> torch.device:
@@ -248,6 +269,8 @@ def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
             f"{str(ckpt_dir)!r} holds checkpoints of an earlier run; resume it (resume=True / --resume) "
             "or choose another out_dir"
         )
+    if main:
+        remove_stale_temporary_files(ckpt_dir)  # half-written checkpoints of a killed run
     started = time.perf_counter()
 
     # 2. data, model, noise schedule, optimizer
@@ -256,6 +279,8 @@ def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     unet = (unet if unet is not None else build_unet(config, channels)).to(device)
     noise_scheduler = build_noise_scheduler(config)
     state = make_train_state(config, unet, noise_scheduler)
+    if main:
+        check_free_space(out_dir, config, unet)
     batches_per_epoch = math.ceil(num_images / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
     total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
