@@ -12,14 +12,17 @@ Every process runs with one torch thread, so the float sums happen in the same o
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -137,6 +140,7 @@ def test_sigkill_at_any_moment_then_resume_is_bit_exact(tmp_path):
     model_b = load_file(crash_out / "model" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
     assert [p.name for p in list_checkpoints(ckpt_dir)] == ["step-00000007.pt", "step-00000008.pt"]
+    assert not list(ckpt_dir.glob(".step-*.tmp-*"))  # the resumed run removed the half-written files
     print(f"survived {kills} SIGKILLs (one mid-write); resumed run bit-identical over {len(ta)} tensors")
 
 
@@ -161,3 +165,118 @@ def test_non_finite_loss_stops_the_cli_and_keeps_the_last_good_checkpoint(tmp_pa
     ckpt = load_checkpoint(checkpoints[-1])
     assert torch.isfinite(ckpt["losses"]).all()
     assert not (out / "model").exists()  # no final model from a broken run
+
+
+# ---- in-process: full disk, failing writes, the fp16 scaler, unwritable folders -----------------------
+TINY_NET = dict(
+    image_size=8,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D"),
+    norm_num_groups=4,
+    limit=8,
+    batch_size=4,
+    sample_steps=2,
+    num_samples=1,
+    device="cpu",
+    progress=False,
+)
+
+
+def tiny(out: Path, **overrides):
+    from minidiff.train_config import preset
+
+    return preset("tiny", **{**TINY_NET, "out_dir": str(out), **overrides})
+
+
+def test_full_disk_is_detected_before_training(tmp_path, monkeypatch):
+    from minidiff.training import train
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2**20))  # 1 MiB left
+    with pytest.raises(OSError, match=r"has 1\.0 MiB free; this run writes up to .* MiB") as info:
+        train(tiny(tmp_path / "run", max_steps=2, checkpoint_every=1))
+    assert info.value.errno == errno.ENOSPC
+    assert not (tmp_path / "run" / "loss.csv").exists()  # not one step ran
+
+
+def test_failing_checkpoint_write_keeps_the_previous_ones(tmp_path, monkeypatch):
+    """The disk fills up while step 3's checkpoint is written: training stops with the OS error, the
+    half-written file is removed, steps 1 and 2 still load."""
+    import minidiff.checkpoint as checkpoint
+    from minidiff.training import train
+
+    real_save, calls = torch.save, []
+
+    def save_until_full(obj, f):
+        calls.append(1)
+        if len(calls) == 3:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(tiny(tmp_path / "run", max_steps=4, checkpoint_every=1, keep_checkpoints=5))
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert [step_of(p) for p in list_checkpoints(ckpt_dir)] == [1, 2]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step-00000001.pt", "step-00000002.pt"]
+    check_complete_checkpoints(ckpt_dir)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_fp16_scaler_skips_a_non_finite_step_instead_of_stopping():
+    """With mixed_precision='fp16' a NaN in the batch makes inf/nan gradients: GradScaler skips the
+    optimizer step (weights unchanged) and lowers its scale, as torch.amp.GradScaler does."""
+    from minidiff.train_config import TrainConfig
+    from minidiff.train_step import build_noise_scheduler, build_unet, make_train_state, train_step
+
+    config = TrainConfig(**{k: v for k, v in TINY_NET.items() if k != "limit"}, mixed_precision="fp16")
+    state = make_train_state(config, build_unet(config, 1), build_noise_scheduler(config))
+    before = [p.detach().clone() for p in state.unet.parameters()]
+    scale = state.grad_scaler.get_scale()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1
+    x[0, 0, 0, 0] = float("nan")
+    loss = train_step(state, [(x, torch.randn(4, 1, 8, 8, generator=g), torch.tensor([1, 2, 3, 4]))])
+    assert not torch.isfinite(loss)
+    assert all(torch.equal(a, b) for a, b in zip(before, state.unet.parameters()))  # the step was skipped
+    assert state.grad_scaler.get_scale() < scale
+
+
+def _unwritable_targets(tmp_path: Path) -> list[tuple[str, Path]]:
+    """Folders training must refuse. Tests run as root in CI, where chmod does not stop writes, so the
+    portable cases are a path below a regular file and (Linux) a path inside /proc; chmod is added
+    when not root."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    targets = [("below a regular file", blocker / "run")]
+    if Path("/proc/self").is_dir():
+        targets.append(("inside /proc", Path("/proc/minidiff-cannot-write-here")))
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        targets.append(("read-only folder (chmod 500)", locked / "run"))
+    return targets
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path, capsys):
+    from minidiff import cli
+
+    for what, target in _unwritable_targets(tmp_path):
+        argv = [
+            "train",
+            "--preset",
+            "tiny",
+            "--limit",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(target),
+        ]
+        assert cli.main(argv) == 1, what
+        err = capsys.readouterr().err
+        assert f"output folder {str(target)!r} is not writable" in err, (what, err)
