@@ -67,6 +67,26 @@ def test_train_prints_where_files_went(tmp_path, capsys):
         assert str(path) in printed
 
 
+def test_train_resume(tmp_path, capsys):
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+        *TRAIN_TINY,
+    ]
+    assert main([*args, "--max-steps", "1"]) == 0
+    assert main([*args, "--max-steps", "2"]) == 1  # checkpoints there: refuses to start over
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--max-steps", "2", "--resume"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert len((tmp_path / "loss.csv").read_text().splitlines()) == 1 + 2
+
+
 def test_sample_ddpm_and_ddim(trained, tmp_path, capsys):
     for scheduler in ("ddpm", "ddim"):
         png = tmp_path / f"{scheduler}.png"
