@@ -209,7 +209,11 @@ def cmd_noise(args: argparse.Namespace) -> int:
         beta_end=args.beta_end,
         beta_schedule=args.schedule,
     )
+    if args.index < 0:
+        raise ValueError(f"--index {args.index}; expected the index of an image, >= 0")
     dataset = load_dataset(args.data, args.image_size, flip=False, limit=args.index + 1)
+    if args.index >= len(dataset):
+        raise ValueError(f"--index {args.index}; {args.data!r} holds only {len(dataset)} images")
     x0 = dataset[args.index][None]  # (1, C, H, W)
     files = _noise_pictures(scheduler, x0, Path(args.out), args.seed)
     alpha_bar_T = float(scheduler.alphas_cumprod[-1])
