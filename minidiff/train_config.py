@@ -96,6 +96,12 @@ class TrainConfig:
                 f"block_out_channels {self.block_out_channels} needs one down and one up block type per "
                 f"level; got {len(self.down_block_types)} down and {len(self.up_block_types)} up"
             )
+        halvings = len(self.block_out_channels) - 1  # each down block but the last halves H and W
+        if self.image_size % 2**halvings:
+            raise ValueError(
+                f"image_size={self.image_size!r} cannot be halved {halvings} times by the UNet's down path; "
+                f"expected a multiple of {2**halvings}"
+            )
 
 
 PRESETS: dict[str, TrainConfig] = {
