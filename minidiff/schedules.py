@@ -37,6 +37,9 @@ def linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -
 
 def scaled_linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """sqrt(beta_t) evenly spaced, then squared: the latent-diffusion (Stable Diffusion) schedule."""
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if value < 0:  # diffusers fails here too, deep in torch.linspace (a complex square root)
+            raise ValueError(f"{name}={value!r}; expected >= 0 (scaled_linear takes its square root)")
     return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
 
 
@@ -327,6 +330,18 @@ def gather_row(table: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
 
 
 # ---- 4. the forward process q(x_t | x_0), the same for every scheduler here ----------------------
+def check_broadcast(**tensors: torch.Tensor) -> None:
+    """Shapes only (no sync): raise a ValueError naming every shape when the tensors do not broadcast."""
+    try:
+        torch.broadcast_shapes(*(t.shape for t in tensors.values()))
+    except RuntimeError:
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
+        raise ValueError(
+            f"{shapes} do not broadcast; expected noise shaped like the sample and one timestep per "
+            "sample (or one for all)"
+        ) from None
+
+
 class ForwardProcessMixin:
     """`add_noise`, `get_velocity`, `scale_model_input` for a scheduler with `self.alphas_cumprod`.
 
@@ -367,6 +382,7 @@ class ForwardProcessMixin:
     ) -> torch.Tensor:
         """Sample q(x_t | x_0) (DDPM eq. 4): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
         sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._forward_coefficients(timesteps, original_samples)
+        check_broadcast(original_samples=original_samples, noise=noise, timesteps=sqrt_alpha_prod)
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
 
     def get_velocity(
@@ -374,6 +390,7 @@ class ForwardProcessMixin:
     ) -> torch.Tensor:
         """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022)."""
         sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._forward_coefficients(timesteps, sample)
+        check_broadcast(sample=sample, noise=noise, timesteps=sqrt_alpha_prod)
         return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample
 
     def scale_model_input(
