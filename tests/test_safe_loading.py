@@ -74,6 +74,7 @@ def unet_folder(tmp_path) -> Path:
     return tmp_path / "unet_ok"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # the bare pickle.dumps file
 @pytest.mark.parametrize("suffix", [".bin", ".pt", ".ckpt"])
 @pytest.mark.parametrize("kind", ["zip", "legacy", "pickle"])
 def test_load_weights_refuses_code(tmp_path, suffix, kind):
