@@ -31,6 +31,7 @@ from torch import nn
 __all__ = [
     "all_reduce_mean",
     "barrier",
+    "check_same_on_all_ranks",
     "cleanup",
     "init_from_env",
     "is_distributed",
@@ -162,6 +163,21 @@ def shard(
         return tuple(t[:1] for t in tensors), 0.0  # this rank still joins DDP's gradient average
     rows = tuple(t[r::n_procs] for t in tensors)
     return rows, len(rows[0]) * n_procs / n
+
+
+def check_same_on_all_ranks(value: int, what: str, device: torch.device) -> None:
+    """Raise on every rank when the processes disagree on `value` (e.g. the step they resume from: with
+    several machines, each reads <out_dir>/checkpoints, so out_dir must be a folder they all share)."""
+    if not is_distributed():
+        return
+    extremes = torch.tensor([value, -value], dtype=torch.int64, device=device)  # max and -min in one call
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+    high, low = int(extremes[0]), -int(extremes[1])  # one host sync, once per run
+    if high != low:
+        raise RuntimeError(
+            f"{what} differs between the processes ({low}..{high}; this is rank {rank()} with {value}); "
+            "every process must read the same out_dir: on several machines, put it on a shared filesystem"
+        )
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

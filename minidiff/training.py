@@ -295,6 +295,7 @@ def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
             logger.info("resumed from %s at step %d", previous, state.step)
     elif config.resume:
         logger.info("resume: no checkpoint in %s yet; starting from step 0", ckpt_dir)
+    distributed.check_same_on_all_ranks(state.step, "the step to resume from", device)
     state.unet = distributed.wrap(unet, device)  # DDP when several processes train (no-op for one)
     loss_csv = out_dir / "loss.csv"
     if main:  # rewritten: rows after the checkpoint are dropped

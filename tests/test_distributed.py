@@ -159,3 +159,30 @@ def test_bad_environment_is_named(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(RuntimeError, match="MASTER_ADDR is not set; start the processes with torchrun"):
         distributed.init_from_env(torch.device("cpu"))
+
+
+def _disagree(rank: int, world: int, port: int, results: str) -> None:
+    """Worker of the test below: rank r claims to resume from step 10 * r."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    device, started = distributed.init_from_env(torch.device("cpu"))
+    try:
+        distributed.check_same_on_all_ranks(10 * rank, "the step to resume from", device)
+        message = "no error"
+    except RuntimeError as err:
+        message = str(err)
+    distributed.cleanup(started)
+    Path(results, f"rank{rank}.txt").write_text(message)
+
+
+def test_processes_that_disagree_on_the_resume_step_all_stop(tmp_path, monkeypatch):
+    """Two gloo processes (torch.multiprocessing, 127.0.0.1) that read different checkpoints both raise,
+    so no rank trains on alone and hangs in the next all-reduce."""
+    import torch.multiprocessing as mp
+
+    if sys.platform.startswith("linux"):
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_disagree, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert f"the step to resume from differs between the processes (0..10; this is rank {rank}" in message
