@@ -293,7 +293,7 @@ def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
         losses = checkpoint_to_state(load_checkpoint(previous, device), state, config, generators)
         if main:
             logger.info("resumed from %s at step %d", previous, state.step)
-    elif config.resume:
+    elif config.resume and main:
         logger.info("resume: no checkpoint in %s yet; starting from step 0", ckpt_dir)
     distributed.check_same_on_all_ranks(state.step, "the step to resume from", device)
     state.unet = distributed.wrap(unet, device)  # DDP when several processes train (no-op for one)
