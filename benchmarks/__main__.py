@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             add_ratios(rows)
             write_outputs(args, meta, rows)  # after every case: a run cut short still leaves its results
     if cuda:
-        from benchmarks.profile import kernel_counts
+        from benchmarks.profiling import kernel_counts
 
         meta["profile"] = kernel_counts(unets, device)
         write_outputs(args, meta, rows)
