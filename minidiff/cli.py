@@ -86,6 +86,13 @@ def _add_train_flags(parser: argparse.ArgumentParser, flags: dict) -> None:
     )
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random h-flips")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if "--batch-size" in flags:  # train, not demo
+        parser.add_argument(
+            "--fast",
+            action="store_true",
+            default=None,
+            help="data on the device, one CUDA graph per step (on a GPU; add --mixed-precision bf16)",
+        )
 
 
 def _config_from_args(args: argparse.Namespace, preset_name: str, default_out: str | None = None):
@@ -186,13 +193,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     steps = args.steps or (50 if args.scheduler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
     generator = torch.Generator(device).manual_seed(args.seed)
     started = time.perf_counter()
-    images = pipeline(
-        batch_size=args.num,
-        generator=generator,
-        num_inference_steps=steps,
-        eta=args.eta,
-        progress=not args.quiet,
-    ).images
+    if args.fast:  # minidiff.fast: on-device step tables, one CUDA graph per step (bf16 on a GPU)
+        from minidiff.fast import sample
+        from minidiff.viz import to_pil_images
+
+        if args.scheduler != "ddpm":
+            raise ValueError(f"--fast samples with DDPM; got --scheduler {args.scheduler!r}")
+        images = to_pil_images(
+            sample(pipeline.unet, pipeline.scheduler, args.num, seed=args.seed, num_inference_steps=steps) * 2
+            - 1
+        )
+    else:
+        images = pipeline(
+            batch_size=args.num,
+            generator=generator,
+            num_inference_steps=steps,
+            eta=args.eta,
+            progress=not args.quiet,
+        ).images
     path = save_grid(enlarged(images), args.out)  # small images enlarged to 64 px, nearest neighbour
     print(f"{args.num} images, {args.scheduler} with {steps} steps, in {time.perf_counter() - started:.1f} s")
     print(f"  samples  {path}")
@@ -280,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto")
     sample.add_argument("--out", default="samples.png", help="PNG file of the grid")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    sample.add_argument(
+        "--fast", action="store_true", help="minidiff.fast sampler (DDPM; CUDA graph + bf16 on a GPU)"
+    )
     sample.set_defaults(func=cmd_sample)
 
     noise = commands.add_parser("noise", help="the noising strip and the log-SNR plot of a schedule")

@@ -49,6 +49,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     device: str = "auto"  # "auto" = cuda if available, else cpu
+    fast: bool = False  # FastTrainer: data on the device, one CUDA graph per step (minidiff/training_fast.py)
     # outputs
     out_dir: str = "out/train"
     checkpoint_every: int | None = None  # steps

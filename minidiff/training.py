@@ -243,6 +243,10 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
     Under torchrun (WORLD_SIZE > 1) this joins the process group and trains with DistributedDataParallel.
     """
     config.validate()
+    if config.fast:  # the device-resident loop of FastTrainer (minidiff/training_fast.py)
+        from minidiff.training_fast import train_fast
+
+        return train_fast(config, unet)
     device, started_group = distributed.init_from_env(pick_device(config.device))
     try:
         result = _train(config, unet, device)
