@@ -158,7 +158,13 @@ def test_tutorial_unet_matches_the_tutorial_config():
 
 
 def test_hub_downloads_fail_fast_offline(monkeypatch):
+    # huggingface_hub and datasets read HF_HUB_OFFLINE at import: set the parsed flags too
+    import datasets.config
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="could not load the pipeline"):
         tutorial.load_pretrained_pipeline("johnowhitaker/ddpm-butterflies-32px")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
