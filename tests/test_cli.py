@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from PIL import Image
 
 from minidiff.cli import main
@@ -26,22 +25,10 @@ TRAIN_TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is faster, and on a shared CPU two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     code = main(["train", "--preset", "tiny", "--out", str(out), "--max-steps", "3", "--quiet", *TRAIN_TINY])
-    torch.set_num_threads(threads)
     assert code == 0
     return out
 

@@ -32,15 +32,6 @@ UNET = {
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is ~50x faster on a shared 2-core CPU (no OpenMP threads spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def unets() -> tuple[diffusers.UNet2DModel, UNet2DModel]:
     torch.manual_seed(0)

@@ -35,15 +35,6 @@ TINY = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is faster, and on a shared CPU two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.lru_cache(maxsize=1)
 def _digits() -> torch.Tensor:
     return torch.stack(

@@ -24,15 +24,6 @@ TINY_NET = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is faster, and on a shared CPU two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(tmp_path, **overrides) -> TrainConfig:
     """A run of a few seconds: 20 digits at 8x8 in batches of 8 (3 batches per epoch, the last one short)."""
     settings = dict(
