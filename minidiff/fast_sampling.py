@@ -30,8 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
+from minidiff.schedules import PREDICTION_TYPES, check_choice, threshold_sample
+from minidiff.scheduling_ddpm import DDPMStepCoefficients, ddpm_step_table
+
 SUPPORTED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
-SUPPORTED_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 @dataclass
@@ -63,44 +65,29 @@ def ddpm_step_tables(scheduler, device: torch.device | str | None = None) -> DDP
             f"{list(SUPPORTED_VARIANCE_TYPES)} (learned/learned_range need the model's variance channels, "
             "fixed_large_log is NaN in diffusers, issue 14569)"
         )
-    if config.prediction_type not in SUPPORTED_PREDICTION_TYPES:
-        raise ValueError(
-            f"prediction_type {config.prediction_type!r} is not supported; expected one of "
-            f"{list(SUPPORTED_PREDICTION_TYPES)}"
-        )
+    check_choice("prediction_type", config.prediction_type, PREDICTION_TYPES)
     timesteps = torch.as_tensor(scheduler.timesteps).detach().to("cpu", torch.int64)
     alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod).detach().to("cpu", torch.float32)
 
-    # 1. alpha-bar at t and at the previous timestep (the next table entry; 1 after the last step)
-    prev_timesteps = torch.cat([timesteps[1:], torch.tensor([-1])])  # (n,)
-    alpha_prod_t = alphas_cumprod[timesteps]
-    alpha_prod_t_prev = torch.where(prev_timesteps >= 0, alphas_cumprod[prev_timesteps.clamp(min=0)], 1.0)
-    beta_prod_t = 1 - alpha_prod_t
-    beta_prod_t_prev = 1 - alpha_prod_t_prev
-    current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-    current_beta_t = 1 - current_alpha_t
+    # 1. DDPMScheduler's own per-t table, with t' = the next entry of `timesteps` (-1 after the last),
+    #    restricted to the n visited rows: alpha-bars, posterior coefficients (eq. 7) and sigma_t
+    prev_timesteps = torch.arange(len(alphas_cumprod)) - 1  # (T,)
+    prev_timesteps[timesteps] = torch.cat([timesteps[1:], torch.tensor([-1])])
+    row = DDPMStepCoefficients(
+        *ddpm_step_table(alphas_cumprod, prev_timesteps, config.variance_type)[timesteps].T
+    )
 
     # 2. x0_hat = a * x_t - b * model_output (eq. 15 for epsilon; v = sqrt(abar) eps - sqrt(1-abar) x0)
     if config.prediction_type == "epsilon":
-        a, b = 1 / alpha_prod_t**0.5, beta_prod_t**0.5 / alpha_prod_t**0.5
+        a, b = 1 / row.sqrt_alpha_prod_t, row.sqrt_beta_prod_t / row.sqrt_alpha_prod_t
     elif config.prediction_type == "v_prediction":
-        a, b = alpha_prod_t**0.5, beta_prod_t**0.5
+        a, b = row.sqrt_alpha_prod_t, row.sqrt_beta_prod_t
     else:  # "sample": the model predicts x0 itself
-        a, b = torch.zeros_like(alpha_prod_t), -torch.ones_like(alpha_prod_t)
+        a, b = torch.zeros_like(row.sqrt_alpha_prod_t), -torch.ones_like(row.sqrt_alpha_prod_t)
 
-    # 3. posterior mean coefficients (eq. 7): mu = c0 * x0 + ct * x_t
-    c0 = alpha_prod_t_prev**0.5 * current_beta_t / beta_prod_t
-    ct = current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t
-
-    # 4. posterior std; diffusers adds noise only for t > 0
-    variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)
-    if config.variance_type == "fixed_small":
-        sigma = variance**0.5
-    elif config.variance_type == "fixed_small_log":
-        sigma = torch.exp(0.5 * torch.log(variance))
-    else:  # "fixed_large": beta_t itself (eq. 6's upper bound)
-        sigma = current_beta_t**0.5
-    sigma = torch.where(timesteps > 0, sigma, torch.zeros_like(sigma))
+    # 3. posterior mean x_{t-1} = c0 * x0_hat + ct * x_t (eq. 7) and std sigma_t, 0 at t = 0 (no noise)
+    c0, ct = row.pred_original_sample_coeff, row.current_sample_coeff
+    sigma = row.noise_std * row.has_noise
 
     coeffs = torch.stack([a, b, c0, ct, sigma], dim=1)  # (n, 5)
     thresholding = None
@@ -108,14 +95,6 @@ def ddpm_step_tables(scheduler, device: torch.device | str | None = None) -> DDP
         thresholding = (float(config.dynamic_thresholding_ratio), float(config.sample_max_value))
     clip_range = float(config.clip_sample_range) if config.clip_sample and not config.thresholding else None
     return DDPMStepTables(timesteps.to(device), coeffs.to(device), clip_range, thresholding)
-
-
-def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Imagen's dynamic thresholding (Saharia et al. 2022), as diffusers' `_threshold_sample`; no host sync."""
-    batch = x0.shape[0]
-    flat = x0.float().reshape(batch, -1)  # (B, C*H*W)
-    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)  # (B, 1)
-    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
 
 
 def ddpm_update(
@@ -130,12 +109,11 @@ def ddpm_update(
 
     Returns (x_{t-1}, x0_hat), like `scheduler.step(...)`'s `prev_sample`, `pred_original_sample`.
     """
-    a, b, c0, ct, sigma = coeffs.reshape(5, 1, 1, 1, 1).unbind(
-        0
-    )  # each (1, 1, 1, 1): broadcasts on (B,C,H,W)
+    # each (1, 1, 1, 1): broadcasts on (B, C, H, W)
+    a, b, c0, ct, sigma = coeffs.reshape(5, 1, 1, 1, 1).unbind(0)
     x0_hat = a * x_t - b * model_output
     if thresholding is not None:
-        x0_hat = dynamic_threshold(x0_hat, *thresholding)
+        x0_hat = threshold_sample(x0_hat, *thresholding)
     elif clip_sample_range is not None:
         x0_hat = x0_hat.clamp(-clip_sample_range, clip_sample_range)
     return c0 * x0_hat + ct * x_t + sigma * noise, x0_hat

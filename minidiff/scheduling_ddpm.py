@@ -49,7 +49,7 @@ VARIANCE_TYPES = (
 )
 
 
-class _StepCoefficients(NamedTuple):
+class DDPMStepCoefficients(NamedTuple):
     """One row of the step table: 0-d float32 tensors for one timestep t (t' = previous timestep)."""
 
     sqrt_alpha_prod_t: torch.Tensor  # sqrt(alpha_bar_t)
@@ -65,7 +65,7 @@ class _StepCoefficients(NamedTuple):
 def ddpm_step_table(
     alphas_cumprod: torch.Tensor, prev_timesteps: torch.Tensor, variance_type: str
 ) -> torch.Tensor:
-    """(T, 8) float32 table, row t = `_StepCoefficients` for t -> prev_timesteps[t] (-1 means alpha_bar = 1).
+    """(T, 8) float32 table, row t = `DDPMStepCoefficients` for t -> prev_timesteps[t] (-1 means alpha_bar = 1).
 
     Each column repeats diffusers' scalar arithmetic elementwise, in the same order, so the numbers match.
     """
@@ -217,10 +217,10 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         prev = int(self._prev_timesteps[t])
         return torch.tensor(prev) if isinstance(timestep, torch.Tensor) else prev
 
-    def _coefficients(self, timestep: int | torch.Tensor, t: int | None) -> _StepCoefficients:
+    def _coefficients(self, timestep: int | torch.Tensor, t: int | None) -> DDPMStepCoefficients:
         if t is None:  # device timestep: gather from the device copy of the table, on the device
-            return _StepCoefficients(*gather_row(self._tables_on(timestep.device)[0], timestep).unbind())
-        return _StepCoefficients(*self._step_table[t].unbind())
+            return DDPMStepCoefficients(*gather_row(self._tables_on(timestep.device)[0], timestep).unbind())
+        return DDPMStepCoefficients(*self._step_table[t].unbind())
 
     # ---- one reverse step ---------------------------------------------------------------------
     def step(
