@@ -40,9 +40,8 @@ class FusedQKVAttention(nn.Module):
         h = x if self.group_norm is None else self.group_norm(x)
         h = h.flatten(2).transpose(1, 2)  # (B, N, C)
         qkv = self.to_qkv(h)  # (B, N, 3 * inner)
-        q, k, v = (
-            qkv.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        )  # 3 x (B, heads, N, d)
+        qkv = qkv.unflatten(-1, (3, self.heads, -1))  # (B, N, 3, heads, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, N, d)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
         h = self.to_out[0](h.transpose(1, 2).flatten(2))  # (B, N, C)
         out = x + h.transpose(1, 2).reshape(batch, channels, height, width)  # residual connection

@@ -72,9 +72,8 @@ class GaussianFourierProjection(nn.Module):
         self.weight = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        x_proj = (
-            torch.log(timesteps.float())[:, None] * self.weight.float()[None, :] * 2 * math.pi
-        )  # (B, size)
+        # (B, 1) * (1, size) -> (B, size)
+        x_proj = torch.log(timesteps.float())[:, None] * self.weight.float()[None, :] * 2 * math.pi
         return torch.cat([x_proj.sin(), x_proj.cos()], dim=-1)  # (B, 2 * size)
 
 

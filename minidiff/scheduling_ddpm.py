@@ -144,7 +144,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         )  # fmt: skip
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t
-        self.one = torch.tensor(1.0)
+        self.one = torch.tensor(1.0)  # diffusers' attribute, kept for code that reads it; unused here
         self.variance_type = variance_type
         self.custom_timesteps = False
         self.num_inference_steps: int | None = None
@@ -285,9 +285,8 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
                 variance = torch.exp(0.5 * log_variance) * noise
             else:
                 variance = c.noise_std * noise
-            if (
-                t is None
-            ):  # the device cannot branch on t without a sync: noise is drawn, then zeroed at t = 0
+            # the device cannot branch on t without a sync: noise is drawn, then zeroed at t = 0
+            if t is None:
                 variance = variance * c.has_noise
             pred_prev_sample += variance
 
