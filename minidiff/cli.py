@@ -180,10 +180,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.preflight import pick_device
     from minidiff.scheduling_ddim import DDIMScheduler
     from minidiff.scheduling_ddpm import DDPMScheduler
-    from minidiff.training import enlarged, pick_device, sampler_from_config
-    from minidiff.viz import save_grid
+    from minidiff.training import sampler_from_config
+    from minidiff.viz import enlarged, save_grid
 
     pipeline = DDPMPipeline.from_pretrained(args.model)
     scheduler_class = DDIMScheduler if args.scheduler == "ddim" else DDPMScheduler

@@ -43,7 +43,8 @@ def train_fast(config: TrainConfig, unet: torch.nn.Module | None = None):
     from minidiff.data import load_dataset_uint8
     from minidiff.fast_training import FastTrainer
     from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.training import TrainResult, check_free_space, pick_device, save_samples, writable_dir
+    from minidiff.preflight import check_free_space, pick_device, writable_dir
+    from minidiff.training import TrainResult, save_samples
     from minidiff.viz import plot_losses
 
     # 1. settings and output folder first, then data (uint8, resident on the device) and model

@@ -70,6 +70,16 @@ def save_grid(
     return path
 
 
+MIN_GRID_CELL = 64  # pixels: sample grids enlarge smaller images (nearest neighbour, whole factor)
+
+
+def enlarged(images: list[Image.Image], min_size: int = MIN_GRID_CELL) -> list[Image.Image]:
+    """PIL images scaled up by a whole factor (nearest neighbour) to at least `min_size` pixels wide:
+    a grid of 16-pixel digits is too small to see."""
+    scale = max(1, math.ceil(min_size / images[0].width))
+    return [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
+
+
 def _label_below(panel: Image.Image, text: str, band: int) -> Image.Image:
     """The panel with a white band underneath carrying `text` (PIL's default font)."""
     out = Image.new("RGB", (panel.width, panel.height + band), "white")
@@ -111,11 +121,10 @@ def noising_strip(
     t = torch.tensor([int(t) for t in timesteps], device=x0.device)
     x_t = scheduler.add_noise(x0.expand(n, -1, -1, -1), noise.expand(n, -1, -1, -1), t)  # (n, C, H, W)
 
-    scale = max(1, math.ceil(min_panel / x0.shape[-1]))
-    panels = []
-    for image, step in zip(to_pil_images(x_t), t.tolist()):
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-        panels.append(_label_below(image, f"t = {step}", band=max(14, image.height // 6)))
+    panels = [
+        _label_below(image, f"t = {step}", band=max(14, image.height // 6))
+        for image, step in zip(enlarged(to_pil_images(x_t), min_panel), t.tolist())
+    ]
     return make_grid(panels, nrow=n)
 
 
