@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from minidiff.schedules import PREDICTION_TYPES, check_choice, threshold_sample
+from minidiff.sampling import PREDICTION_TYPES, threshold_sample
+from minidiff.schedules import check_choice
 from minidiff.scheduling_ddpm import DDPMStepCoefficients, ddpm_step_table
 
 SUPPORTED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")

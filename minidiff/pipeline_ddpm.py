@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from minidiff.configuration import DIFFUSERS_FORMAT_VERSION, atomic_write_text, resolve_file
 from minidiff.outputs import ImagePipelineOutput
-from minidiff.schedules import randn_tensor
+from minidiff.sampling import randn_tensor
 from minidiff.scheduling_ddim import DDIMScheduler
 from minidiff.scheduling_ddpm import DDPMScheduler
 from minidiff.unet_2d import UNet2DModel

@@ -1,4 +1,4 @@
-"""Noise schedules and the pieces of a sampler step that DDPM and DDIM share.
+"""Noise schedules and the forward process they define.
 
 A diffusion model corrupts data x_0 in T small Gaussian steps (DDPM, Ho et al. 2020, eq. 2):
 
@@ -8,10 +8,8 @@ A diffusion model corrupts data x_0 in T small Gaussian steps (DDPM, Ho et al. 2
 The "beta schedule" is the table beta_0 .. beta_{T-1}. Sections of this file:
   1. beta tables, one function per `beta_schedule`, built as diffusers builds them (float32, same order
      of operations), so `alphas_cumprod` agrees bit for bit;
-  2. the parts of a reverse step DDPM and DDIM share: x_0 / eps from the model output, clipping,
-     dynamic thresholding, seeded noise;
-  3. the inference timesteps (`timestep_spacing`) and host/device handling of a timestep;
-  4. the forward process: `add_noise`, `get_velocity`.
+  2. the forward process: `add_noise`, `get_velocity`.
+The reverse (sampling) step's shared pieces and the inference timesteps are in minidiff/sampling.py.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 
@@ -138,197 +135,12 @@ def make_betas(
     return rescale_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
 
 
-# ---- 2. pieces of a reverse step shared by DDPM and DDIM ----------------------------------------
-# The coefficients below are 0-d float32 tensors read from precomputed tables. They sit in the same
-# operand position as in diffusers (`coefficient * tensor`): for float16/bfloat16 tensors that position
-# decides whether the coefficient is rounded to the tensor's dtype first, so keeping it keeps the numbers.
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-
-
-def predict_original_sample(
-    model_output: torch.Tensor,
-    sample: torch.Tensor,
-    prediction_type: str,
-    sqrt_alpha_prod_t: torch.Tensor,
-    sqrt_beta_prod_t: torch.Tensor,
-) -> torch.Tensor:
-    """The model's estimate of x_0 from x_t (`sample`), with beta_prod_t = 1 - alpha_bar_t.
-
-    epsilon:      x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)      DDPM eq. (15), DDIM eq. (9)
-    sample:       x_0 = model_output
-    v_prediction: x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v          (Salimans & Ho 2022, sec. 4)
-    """
-    if prediction_type == "epsilon":
-        pred_original_sample = sample - sqrt_beta_prod_t * model_output
-        return pred_original_sample.div_(sqrt_alpha_prod_t)
-    if prediction_type == "sample":
-        return model_output
-    return sqrt_alpha_prod_t * sample - sqrt_beta_prod_t * model_output
-
-
-def predict_epsilon(
-    model_output: torch.Tensor,
-    sample: torch.Tensor,
-    pred_original_sample: torch.Tensor,
-    prediction_type: str,
-    sqrt_alpha_prod_t: torch.Tensor,
-    sqrt_beta_prod_t: torch.Tensor,
-) -> torch.Tensor:
-    """The noise eps implied by x_t and the prediction: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
-    if prediction_type == "epsilon":
-        return model_output
-    if prediction_type == "sample":
-        return epsilon_from_original_sample(sample, pred_original_sample, sqrt_alpha_prod_t, sqrt_beta_prod_t)
-    return sqrt_alpha_prod_t * model_output + sqrt_beta_prod_t * sample  # v_prediction
-
-
-def epsilon_from_original_sample(
-    sample: torch.Tensor,
-    pred_original_sample: torch.Tensor,
-    sqrt_alpha_prod_t: torch.Tensor,
-    sqrt_beta_prod_t: torch.Tensor,
-) -> torch.Tensor:
-    """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t): DDPM eq. (4) solved for the noise."""
-    return (sample - sqrt_alpha_prod_t * pred_original_sample) / sqrt_beta_prod_t
-
-
-def threshold_sample(
-    sample: torch.Tensor, dynamic_thresholding_ratio: float, sample_max_value: float
-) -> torch.Tensor:
-    """Dynamic thresholding (Imagen, Saharia et al. 2022, sec. 2.3), per image.
-
-    s = the `dynamic_thresholding_ratio` quantile of |x_0|, clamped to [1, sample_max_value];
-    x_0 <- clamp(x_0, -s, s) / s. With s = 1 this is plain clipping to [-1, 1].
-    """
-    dtype = sample.dtype
-    batch_size, channels, *remaining_dims = sample.shape
-    if dtype not in (torch.float32, torch.float64):
-        sample = sample.float()  # quantile needs float32/64
-    sample = sample.reshape(batch_size, channels * math.prod(remaining_dims))  # (B, C*H*W)
-    s = torch.quantile(sample.abs(), dynamic_thresholding_ratio, dim=1)
-    s = torch.clamp(s, min=1, max=sample_max_value).unsqueeze(1)  # (B, 1)
-    sample = torch.clamp(sample, -s, s) / s
-    return sample.reshape(batch_size, channels, *remaining_dims).to(dtype)
-
-
-def clip_or_threshold(pred_original_sample: torch.Tensor, config) -> torch.Tensor:
-    """Keep the x_0 estimate in the data range: thresholding wins over clip_sample when both are on."""
-    if config.thresholding:
-        return threshold_sample(
-            pred_original_sample, config.dynamic_thresholding_ratio, config.sample_max_value
-        )
-    if config.clip_sample:
-        return pred_original_sample.clamp(-config.clip_sample_range, config.clip_sample_range)
-    return pred_original_sample
-
-
-def randn_tensor(
-    shape: Sequence[int],
-    generator: torch.Generator | list[torch.Generator] | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Standard normal noise drawn as diffusers' `randn_tensor` draws it, so seeds give the same numbers.
-
-    A CPU generator with a CUDA tensor draws on the CPU and then moves the noise; a list of generators
-    draws one sample of the batch from each.
-    """
-    device = torch.device(device)
-    rand_device = device
-    generators = generator if isinstance(generator, list) else [generator]
-    if generators[0] is not None:
-        generator_type = generators[0].device.type
-        if generator_type != device.type and generator_type == "cpu":
-            rand_device = torch.device("cpu")
-        elif generator_type != device.type:
-            raise ValueError(f"Cannot generate a {device} tensor from a generator of type {generator_type}.")
-    if isinstance(generator, list) and len(generator) > 1:
-        if len(generator) != shape[0]:
-            raise ValueError(
-                f"got {len(generator)} generators for a batch of {shape[0]}; expected one per sample"
-            )
-        one = (1, *shape[1:])
-        noise = [torch.randn(one, generator=g, device=rand_device, dtype=dtype) for g in generator]
-        return torch.cat(noise, dim=0).to(device)
-    return torch.randn(tuple(shape), generator=generators[0], device=rand_device, dtype=dtype).to(device)
-
-
-# ---- 3. inference timesteps ----------------------------------------------------------------------
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-
-
-def inference_timesteps(
-    num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str, steps_offset: int
-) -> np.ndarray:
-    """The descending int64 timesteps a sampler visits (Lin et al. 2023, Table 2), as diffusers picks them.
-
-    linspace: round(linspace(0, T - 1, n)), reversed        leading: (0, r, 2r, ...) + steps_offset, r = T // n
-    trailing: round(arange(T, 0, -T / n)) - 1  (always starts at T - 1, the noisiest step)
-    """
-    check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-    T, n = num_train_timesteps, num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= T:
-        raise ValueError(
-            f"num_inference_steps {n!r} is out of range; expected an int in 1..{T} (num_train_timesteps)"
-        )
-    if timestep_spacing == "linspace":
-        return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
-    if timestep_spacing == "leading":
-        return (np.arange(0, n) * (T // n)).round()[::-1].copy().astype(np.int64) + steps_offset
-    return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
-
-
-def custom_timesteps(
-    timesteps: Sequence[int] | np.ndarray | torch.Tensor, num_train_timesteps: int
-) -> np.ndarray:
-    """Check a user-given schedule: a non-empty, strictly descending list of ints in [0, T)."""
-    array = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps)
-    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"timesteps must be a non-empty 1-d list of ints, got {timesteps!r}")
-    if np.any(array[1:] >= array[:-1]):
-        raise ValueError(f"`custom_timesteps` must be in descending order, got {array.tolist()}")
-    if array[0] >= num_train_timesteps or array[-1] < 0:
-        raise ValueError(
-            f"`timesteps` must lie in [0, {num_train_timesteps}) (num_train_timesteps), got {array.tolist()}"
-        )
-    return array.astype(np.int64)
-
-
+# ---- 2. the forward process q(x_t | x_0), the same for every scheduler here ----------------------
 def is_host_tensor(tensor: torch.Tensor) -> bool:
     """True when reading the tensor's values costs no device synchronisation (it lives in CPU memory)."""
     return tensor.device.type == "cpu"
 
 
-def host_timestep(timestep: int | torch.Tensor, num_train_timesteps: int) -> int | None:
-    """The timestep as a Python int when it lives on the host, checked to be in [0, T).
-
-    An int or a 0-d CPU tensor (what iterating over CPU `scheduler.timesteps` gives) becomes an int.
-    A 0-d tensor on an accelerator gives None: the step then gathers from its tables on that device
-    (`gather_row`) and never brings the value back to the host, so the loop can be captured in a CUDA graph.
-    """
-    if isinstance(timestep, torch.Tensor):
-        if timestep.ndim != 0 or timestep.is_floating_point() or timestep.dtype == torch.bool:
-            raise ValueError(
-                f"timestep must be an int or a 0-d integer tensor, got shape {tuple(timestep.shape)} {timestep.dtype}"
-            )
-        if not is_host_tensor(timestep):
-            return None
-        timestep = int(timestep)
-    elif isinstance(timestep, bool) or not isinstance(timestep, int | np.integer):
-        raise ValueError(f"timestep must be an int or a 0-d integer tensor, got {timestep!r}")
-    if not 0 <= timestep < num_train_timesteps:
-        raise ValueError(
-            f"timestep {timestep} is out of range; expected 0 <= timestep < {num_train_timesteps}"
-        )
-    return int(timestep)
-
-
-def gather_row(table: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    """table[timestep] for a 0-d device tensor without a sync: plain `table[t]` calls `t.item()` inside."""
-    return table.index_select(0, timestep.reshape(1).to(table.device))[0]
-
-
-# ---- 4. the forward process q(x_t | x_0), the same for every scheduler here ----------------------
 def check_broadcast(**tensors: torch.Tensor) -> None:
     """Shapes only (no sync): raise a ValueError naming every shape when the tensors do not broadcast."""
     try:

@@ -20,21 +20,19 @@ import torch
 
 from minidiff.configuration import SchedulerMixin
 from minidiff.outputs import DDIMSchedulerOutput
-from minidiff.schedules import (
+from minidiff.sampling import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    ForwardProcessMixin,
-    check_choice,
     clip_or_threshold,
     epsilon_from_original_sample,
     gather_row,
     host_timestep,
     inference_timesteps,
-    make_betas,
     predict_epsilon,
     predict_original_sample,
     randn_tensor,
 )
+from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' DDIMScheduler accepts
 

@@ -23,20 +23,18 @@ import torch
 
 from minidiff.configuration import SchedulerMixin
 from minidiff.outputs import DDPMSchedulerOutput
-from minidiff.schedules import (
+from minidiff.sampling import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    ForwardProcessMixin,
-    check_choice,
     clip_or_threshold,
     custom_timesteps,
     gather_row,
     host_timestep,
     inference_timesteps,
-    make_betas,
     predict_original_sample,
     randn_tensor,
 )
+from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 VARIANCE_TYPES = (
