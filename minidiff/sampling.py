@@ -166,7 +166,7 @@ def custom_timesteps(
     if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"timesteps must be a non-empty 1-d list of ints, got {timesteps!r}")
     if np.any(array[1:] >= array[:-1]):
-        raise ValueError(f"`custom_timesteps` must be in descending order, got {array.tolist()}")
+        raise ValueError(f"`timesteps` must be in descending order, got {array.tolist()}")
     if array[0] >= num_train_timesteps or array[-1] < 0:
         raise ValueError(
             f"`timesteps` must lie in [0, {num_train_timesteps}) (num_train_timesteps), got {array.tolist()}"

@@ -153,7 +153,8 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         """x_t -> x_t' by DDIM eq. (12). `timestep` is an int or a 0-d tensor, possibly on the device."""
         if self._step_table is None:
             raise ValueError(
-                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
+                "DDIMScheduler.step was called before set_timesteps: num_inference_steps is None; you need to "
+                "run 'set_timesteps' after creating the scheduler"
             )
         t = host_timestep(timestep, self.config.num_train_timesteps)
         if model_output.shape != sample.shape:

@@ -161,7 +161,10 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         descending list. Passing `device` also moves the step table there (for device-side timesteps)."""
         T = self.config.num_train_timesteps
         if num_inference_steps is not None and timesteps is not None:
-            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+            raise ValueError(
+                f"Can only pass one of `num_inference_steps` or `timesteps`; got num_inference_steps="
+                f"{num_inference_steps!r} and timesteps={timesteps!r}"
+            )
         if timesteps is not None:
             schedule = custom_timesteps(timesteps, T)
             self.custom_timesteps = True
