@@ -17,18 +17,8 @@ import time
 import diffusers
 import torch
 
+from benchmarks.cases import TUTORIAL_UNET as TUTORIAL  # the tutorial's UNet
 from minidiff import UNet2DModel
-
-# The "train a DDPM on 32x32 butterflies" tutorial's UNet.
-TUTORIAL = dict(
-    sample_size=32,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=2,
-    block_out_channels=(64, 128, 128, 256),
-    down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-)
 
 
 def main() -> None:
