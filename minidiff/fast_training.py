@@ -120,6 +120,10 @@ class FastTrainer:
                 id(m._internal_dict): m._internal_dict for m in unet.modules() if hasattr(m, "_internal_dict")
             }
             self.ema_unet = copy.deepcopy(self.unet, memo).eval().requires_grad_(False)
+            trainable = [p.requires_grad for p in self.unet.parameters()]
+            self.ema_params = [
+                e for e, t in zip(self.ema_unet.parameters(), trainable) if t
+            ]  # as self.params
             decays = [ema_decay_at_step(s) for s in range(max_steps)]
             self.one_minus_decay = 1 - torch.tensor(decays, dtype=torch.float32, device=self.device)
 
@@ -189,7 +193,7 @@ class FastTrainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
         self.optimizer.step()
         if self.ema_unet is not None:  # ema <- ema - (1 - decay) * (ema - param)
-            ema_params = list(self.ema_unet.parameters())
+            ema_params = self.ema_params
             diffs = torch._foreach_sub(ema_params, [p.detach() for p in self.params])
             torch._foreach_mul_(diffs, self.one_minus_decay.index_select(0, step).reshape(()))
             torch._foreach_sub_(ema_params, diffs)
@@ -210,14 +214,21 @@ class FastTrainer:
             self.batch_in_epoch.zero_()
 
     def capture(self, warmup_steps: int = 3) -> float:
-        """Warm up on a side stream (compiles, autotunes; these are real training steps), then capture."""
+        """Warm up on a side stream (compiles, autotunes, creates AdamW's state), then capture one step.
+
+        The warm-up steps are undone afterwards: weights, EMA, AdamW state, counters and the generator
+        go back to where they were, so the first replay is the next real step and `step()` / `losses()`
+        count exactly the steps the caller asked for.
+        """
         start = time.perf_counter()
+        snapshot = self._snapshot()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(warmup_steps):
                 self._eager_step()
         torch.cuda.current_stream(self.device).wait_stream(side)
+        self._restore(snapshot)
         self.graph = torch.cuda.CUDAGraph()
         if self.generator is not torch.cuda.default_generators[self.device.index or 0]:
             self.graph.register_generator_state(self.generator)
@@ -227,6 +238,31 @@ class FastTrainer:
         torch.cuda.synchronize(self.device)
         self.capture_seconds = time.perf_counter() - start
         return self.capture_seconds
+
+    def _snapshot(self) -> dict:
+        """Copies of everything a training step changes (AdamW state only if it exists yet)."""
+        modules = [self.unet] + ([self.ema_unet] if self.ema_unet is not None else [])
+        tensors = [t for m in modules for t in m.state_dict().values()]
+        tensors += [self.global_step, self.batch_in_epoch, self.order, self.loss_log]
+        optimizer_state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        return dict(
+            tensors=[(t, t.detach().clone()) for t in tensors + optimizer_state],
+            had_state=set(self.optimizer.state),
+            generator=self.generator.get_state(),
+            counts=(self.steps_done, self.steps_logged),
+        )
+
+    @torch.no_grad()
+    def _restore(self, snapshot: dict) -> None:
+        for tensor, saved in snapshot["tensors"]:
+            tensor.copy_(saved)
+        for param, state in self.optimizer.state.items():
+            if param not in snapshot["had_state"]:  # created by the warm-up: zeros = AdamW's fresh state
+                for value in state.values():
+                    if torch.is_tensor(value):
+                        value.zero_()
+        self.generator.set_state(snapshot["generator"])
+        self.steps_done, self.steps_logged = snapshot["counts"]
 
     def _eager_step(self) -> None:
         self._start_epoch_if_due()

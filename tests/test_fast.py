@@ -225,6 +225,36 @@ def test_trainer_steps_log_and_ema():
     assert not torch.equal(ema, trained) and not torch.equal(ema, initial)
 
 
+def test_capture_warmup_is_undone():
+    """What `capture()` does around its warm-up, on CPU: snapshot, real steps, restore -> as if never run."""
+
+    def make():
+        torch.manual_seed(5)
+        model = UNet2DModel(**TINY)
+        data = torch.randint(
+            0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        )
+        return FastTrainer(
+            model, DiffusersDDPMScheduler(), data, 4, max_steps=8, ema_decay_at_step=lambda s: 0.9
+        )
+
+    plain, warmed = make(), make()
+    snapshot = warmed._snapshot()
+    for _ in range(3):  # the warm-up: real steps (they move weights, AdamW state, EMA, generator, counters)
+        warmed._eager_step()
+    assert warmed.optimizer.state and warmed.steps_done == 3
+    warmed._restore(snapshot)
+    for trainer in (plain, warmed):
+        for _ in range(3):
+            trainer.step()
+    # the same fp32 kernels on the same inputs: bit-identical losses, weights and EMA
+    assert warmed.losses() == plain.losses() and warmed.steps_done == 3
+    for a, b in zip(warmed.unet.state_dict().values(), plain.unet.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(warmed.ema_unet.state_dict().values(), plain.ema_unet.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_trainer_rejects_bad_data():
     model = UNet2DModel(**TINY)
     with pytest.raises(ValueError, match="uint8"):
