@@ -206,14 +206,17 @@ class FastDDPMSampler:
         import time
 
         start = time.perf_counter()
+        generator_state = self.generator.get_state()  # the warm-up's draws are undone below
         self.x.normal_(generator=self.generator)
         self.step_index.zero_()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), torch.inference_mode(False), torch.no_grad():
+        # warm-up and capture under the same grad mode, so a compiled step is not recompiled in the capture
+        with torch.cuda.stream(side), torch.no_grad():
             for _ in range(warmup_steps):
                 self._step()
         torch.cuda.current_stream(self.device).wait_stream(side)
+        self.generator.set_state(generator_state)
         self.graph = torch.cuda.CUDAGraph()
         if self.generator is not torch.cuda.default_generators[self.device.index or 0]:
             self.graph.register_generator_state(self.generator)
