@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         unet_forward,
     )
     from benchmarks.cases_loops import sampling, train_step
-    from benchmarks.harness import environment
+    from benchmarks.harness import Row, environment
     from benchmarks.report import add_ratios, format_table
 
     quick, cuda = args.quick, device.type == "cuda"
@@ -101,31 +102,74 @@ def main(argv: list[str] | None = None) -> int:
         unet_parameters=sum(p.numel() for p in unets[1].parameters()),
         sample_steps=settings.sample_steps,
     )
-    rows = []
-    for case in cases:
-        for batch in batches[case]:
-            start = time.perf_counter()
-            compile_here = settings.compile if batch == args.compile_batch else frozenset()
-            here = Settings(**{**settings.__dict__, "compile": compile_here})
-            if case == "scheduler_step":
-                new = scheduler_step(here, batch)
-            elif case == "unet_forward":
-                new = unet_forward(here, unets, batch)
-            elif case == "train_step":
-                new = train_step(here, unets, batch)
-            else:
-                new = sampling(here, unets, batch)
-            rows += new
-            print(f"[{case} batch {batch}: {time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
-            add_ratios(rows)
-            write_outputs(args, meta, rows)  # after every case: a run cut short still leaves its results
+    # Pass 1: every case and batch without compiled variants (minutes of compile must not cost these rows);
+    # pass 2: the cases with compiled variants again at --compile-batch, while the budget lasts.
+    runners = {"scheduler_step": scheduler_step, "unet_forward": unet_forward, "train_step": train_step}
+    runners["sampling"] = sampling
+    compile_name = {"train_step": "train", "sampling": "sample"}
+    jobs = [(case, batch, frozenset()) for case in cases for batch in batches[case]]
+    jobs += [
+        (case, args.compile_batch, settings.compile & {compile_name[case]})
+        for case in cases
+        if cuda and compile_name.get(case) in settings.compile and args.compile_batch in batches[case]
+    ]
+    rows: list = []
+    failed: set = set()
+    for case, batch, compile_here in jobs:
+        here = Settings(**{**settings.__dict__, "compile": compile_here})
+        if compile_here:
+            why = here.wants_compile(next(iter(compile_here)))
+            if why is not None or (case, batch) in failed:
+                for row in rows:  # the placeholder rows of pass 1 say why no compiled row came
+                    if (row.case, row.batch) == (case, batch) and row.runs == 0:
+                        row.note = why or "skipped: the uncompiled run of this case failed"
+                write_outputs(args, meta, rows)
+                continue
+        start = time.perf_counter()
+        try:
+            new = (
+                runners[case](here, batch) if case == "scheduler_step" else runners[case](here, unets, batch)
+            )
+        except Exception as err:  # one failing case must not cost the others their rows
+            traceback.print_exc()
+            failed.add((case, batch))
+            message = f"{type(err).__name__}: {err}".replace("\n", " ").replace("|", "/")[:300]
+            new = [Row(case, "FAILED" + (" (compiled pass)" if compile_here else ""), batch, "-", "-")]
+            new[0].note = message
+        if not compile_here and compile_name.get(case) in settings.compile and cuda:
+            for row in new:  # placeholders for the compiled variants, filled in by pass 2
+                if row.runs == 0 and not row.impl.startswith("FAILED"):
+                    row.note = (
+                        f"compiled variants run at batch {args.compile_batch} only"
+                        if batch != args.compile_batch
+                        else "compiled pass not reached (time limit)"
+                    )
+        merge_rows(rows, new)
+        print(f"[{case} batch {batch}: {time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
+        add_ratios(rows)
+        write_outputs(args, meta, rows)  # after every case: a run cut short still leaves its results
     if cuda:
         from benchmarks.profiling import kernel_counts
 
-        meta["profile"] = kernel_counts(unets, device)
+        try:
+            meta["profile"] = kernel_counts(unets, device)
+        except Exception as err:  # the profile is optional
+            meta["profile"] = {"profiler failed": f"{type(err).__name__}: {err}"}
         write_outputs(args, meta, rows)
     print(format_table(rows))
-    return 0
+    return 1 if failed else 0
+
+
+def merge_rows(rows: list, new: list) -> None:
+    """Add `new` rows next to their case and batch; one with the same implementation replaces the old row."""
+    for row in new:
+        key = (row.case, row.batch)
+        same = [i for i, old in enumerate(rows) if (old.case, old.batch) == key]
+        replaced = [i for i in same if rows[i].impl == row.impl]
+        if replaced:
+            rows[replaced[0]] = row
+        else:
+            rows.insert(same[-1] + 1 if same else len(rows), row)
 
 
 def write_outputs(args: argparse.Namespace, meta: dict, rows: list) -> None:
