@@ -23,6 +23,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tiny import TINY_UNET
 
 import minidiff.modeling_utils as modeling_utils
 from minidiff import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel, cli
@@ -32,17 +33,6 @@ from minidiff.sampling import PREDICTION_TYPES, TIMESTEP_SPACINGS
 from minidiff.scheduling_ddpm import VARIANCE_TYPES
 from minidiff.train_config import TrainConfig, preset
 from minidiff.training import train
-
-TINY_UNET = dict(
-    sample_size=8,
-    in_channels=1,
-    out_channels=1,
-    layers_per_block=1,
-    block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-)
 
 
 @functools.cache

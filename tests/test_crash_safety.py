@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_TRAIN
 
 from minidiff.checkpoint import list_checkpoints, load_checkpoint
 
@@ -168,26 +169,12 @@ def test_non_finite_loss_stops_the_cli_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 # ---- in-process: full disk, failing writes, the fp16 scaler, unwritable folders -----------------------
-TINY_NET = dict(
-    image_size=8,
-    block_out_channels=(8, 16),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-    limit=8,
-    batch_size=4,
-    sample_steps=2,
-    num_samples=1,
-    device="cpu",
-    progress=False,
-)
 
 
 def tiny(out: Path, **overrides):
     from minidiff.train_config import preset
 
-    return preset("tiny", **{**TINY_NET, "out_dir": str(out), **overrides})
+    return preset("tiny", **{**TINY_TRAIN, "out_dir": str(out), **overrides})
 
 
 def test_full_disk_is_detected_before_training(tmp_path, monkeypatch):
@@ -232,7 +219,7 @@ def test_fp16_scaler_skips_a_non_finite_step_instead_of_stopping():
     from minidiff.train_config import TrainConfig
     from minidiff.train_step import build_noise_scheduler, build_unet, make_train_state, train_step
 
-    config = TrainConfig(**{k: v for k, v in TINY_NET.items() if k != "limit"}, mixed_precision="fp16")
+    config = TrainConfig(**{k: v for k, v in TINY_TRAIN.items() if k != "limit"}, mixed_precision="fp16")
     state = make_train_state(config, build_unet(config, 1), build_noise_scheduler(config))
     before = [p.detach().clone() for p in state.unet.parameters()]
     scale = state.grad_scaler.get_scale()

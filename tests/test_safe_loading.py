@@ -15,23 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_TRAIN, TINY_UNET
 
 from minidiff import DDPMPipeline, DDPMScheduler, UNet2DModel
 from minidiff.checkpoint import load_checkpoint
 from minidiff.modeling_utils import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, load_weights
 from minidiff.train_config import preset
 from minidiff.training import train
-
-TINY_UNET = dict(
-    sample_size=8,
-    in_channels=1,
-    out_channels=1,
-    layers_per_block=1,
-    block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-)
 
 
 class _Payload:
@@ -125,18 +115,7 @@ def test_training_resume_refuses_a_planted_checkpoint(tmp_path):
     marker = tmp_path / "pwned"
     config = preset(
         "tiny",
-        image_size=8,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        limit=8,
-        batch_size=4,
-        max_steps=2,
-        device="cpu",
-        progress=False,
-        resume=True,
+        **{**TINY_TRAIN, "max_steps": 2, "resume": True},
         out_dir=str(tmp_path / "run"),
     )
     plant(tmp_path / "run" / "checkpoints" / "step-00000005.pt", marker)
