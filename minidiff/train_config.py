@@ -1,7 +1,7 @@
 """TrainConfig: every setting of a training run, and the named presets "tutorial" and "tiny".
 
 config = preset("tiny", out_dir="out/tiny", max_steps=500)
-config = TrainConfig(data="../shared/data/leeds_butterflies_64")   # the tutorial's settings
+config = TrainConfig(data="path/to/images")   # the tutorial's settings on a folder of images
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ DDPM Algorithm 1 (Ho et al. 2020), one optimizer step:
     theta <- AdamW(theta, grad L_simple)
 
     result = train(preset("tiny", out_dir="out/tiny"))    # digits, minutes on 2 CPU cores
-    result = train(preset("tutorial", data="../shared/data/leeds_butterflies_64"))   # the tutorial, on a GPU
+    result = train(preset("tutorial", data="path/to/images"))   # the tutorial on a folder of images, a GPU job
 
 One step (loss, backward, AdamW, EMA) is `minidiff.train_step.train_step`; this file is the loop around it.
 Around that: lr warm-up, an EMA of the weights, bf16 / fp16 autocast (fp16 with a GradScaler),

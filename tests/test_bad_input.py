@@ -29,8 +29,8 @@ import minidiff.modeling_utils as modeling_utils
 from minidiff import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel, cli
 from minidiff.data import load_dataset, load_dataset_uint8, tutorial_transform
 from minidiff.preflight import pick_device
-from minidiff.sampling import PREDICTION_TYPES, TIMESTEP_SPACINGS
 from minidiff.scheduling_ddpm import VARIANCE_TYPES
+from minidiff.scheduling_utils import PREDICTION_TYPES, TIMESTEP_SPACINGS
 from minidiff.train_config import TrainConfig, preset
 from minidiff.training import train
 

@@ -199,7 +199,7 @@ def test_failing_checkpoint_write_keeps_the_previous_ones(tmp_path, monkeypatch)
     def save_until_full(obj, f):
         calls.append(1)
         if len(calls) == 3:
-            f.write(b"half a checkpoint")
+            Path(f).write_bytes(b"half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, f)
 

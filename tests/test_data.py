@@ -183,7 +183,7 @@ def test_hub_id_unreachable_fails_fast_without_calling_datasets(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: False)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("datasets.load_dataset was called although the hub is unreachable")

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minidiff
-from minidiff import sampling, schedules
+from minidiff import schedules, scheduling_utils
 
 DDPM_SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"]
 DDIM_SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2"]
@@ -217,12 +217,12 @@ def test_randn_tensor_matches_diffusers():
 
     cpu = torch.device("cpu")
     for make in (one, per_sample):
-        ours = sampling.randn_tensor((4, 3, 5, 5), make(), cpu, torch.float16)
+        ours = scheduling_utils.randn_tensor((4, 3, 5, 5), make(), cpu, torch.float16)
         assert torch.equal(
             ours, diffusers_randn_tensor((4, 3, 5, 5), generator=make(), device=cpu, dtype=torch.float16)
         )
     with pytest.raises(ValueError, match=r"got 3 generators for a batch of 4"):
-        sampling.randn_tensor((4, 3), per_sample()[:3], cpu, torch.float32)
+        scheduling_utils.randn_tensor((4, 3), per_sample()[:3], cpu, torch.float32)
 
 
 # ---- one property test over configs --------------------------------------------------------------

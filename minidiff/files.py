@@ -1,0 +1,188 @@
+"""File plumbing, in one place: atomic writes, folder swaps, and the Hugging Face hub look-ups.
+
+Everything minidiff saves (configs, weights, pipeline folders, checkpoints) goes through `atomic_path`
+or `swap_in`, so a crash or a full disk leaves either the old file or the new one, never half of one.
+Every hub look-up (model files, data sets) asks `hub_offline` / `hub_reachable` first, so without a
+network it fails in seconds with a message instead of retrying for half a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub and datasets read their flags
+
+
+# ---- atomic writes ------------------------------------------------------------------------------------
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename inside `folder` durable (not every platform can open a folder: then skip)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Yield one temporary path beside each of `paths` for the block to write. When the block succeeds,
+    each is fsynced and renamed over its target, in order; when it fails, none is, and the temporary
+    files are removed. A target is thus always whole: the old file or the new one.
+
+        with atomic_paths("w.safetensors", "config.json") as (weights_tmp, config_tmp): ...
+    """
+    targets = [Path(p) for p in paths]
+    temporary = [t.with_name(f".{t.name}.tmp-{os.getpid()}") for t in targets]
+    try:
+        yield temporary
+        for tmp in temporary:
+            _fsync_file(tmp)
+        for tmp, target in zip(temporary, targets):
+            os.replace(tmp, target)
+        for folder in {t.parent for t in targets}:
+            fsync_dir(folder)
+    finally:
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)  # only left when the block or a rename failed
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """`atomic_paths` for one file: `with atomic_path(p) as tmp: torch.save(state, tmp)`."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+# ---- folder swaps -------------------------------------------------------------------------------------
+def swap_in(target: str | os.PathLike, names: Sequence[str], write) -> Path:
+    """Replace the entries `names` of the folder `target` by new ones that `write(folder)` creates,
+    all or nothing. Other entries of `target` are left alone.
+
+    `write` fills a temporary sibling folder first; only when it succeeded are the new entries renamed
+    into `target` one by one, the old ones kept aside until every rename succeeded and put back if one
+    fails. A failure (disk full, a bad component) leaves what was saved in `target` before untouched.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{str(target)!r} is a file; expected a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    try:
+        new = stage / "new"
+        new.mkdir()
+        write(new)
+        if not target.exists():  # a fresh folder: one rename
+            os.replace(new, target)
+        else:
+            _replace_entries(new, target, stage / "old", names)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return target
+
+
+def _replace_entries(new: Path, target: Path, old: Path, names: Sequence[str]) -> None:
+    old.mkdir()
+    moved_aside: list[str] = []
+    placed: list[str] = []
+    try:
+        for name in names:
+            if (target / name).exists():
+                os.replace(target / name, old / name)
+                moved_aside.append(name)
+            os.replace(new / name, target / name)
+            placed.append(name)
+    except BaseException:
+        for name in reversed(placed):
+            path = target / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for name in reversed(moved_aside):
+            os.replace(old / name, target / name)
+        raise
+
+
+# ---- the Hugging Face hub -----------------------------------------------------------------------------
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE or HF_DATASETS_OFFLINE set to a true value (read now, not at import)."""
+    return any(
+        os.environ.get(name, "").upper() in TRUE_VALUES for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can a TCP connection to the hub (HF_ENDPOINT, default huggingface.co) open within `timeout` s?
+
+    Behind an HTTP(S) proxy a direct connection proves nothing, so then the answer is yes and the
+    download itself is left to try.
+    """
+    from urllib.parse import urlparse
+
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    if any(os.environ.get(name) for name in proxies):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def looks_local(path_or_repo_id: str | os.PathLike) -> bool:
+    """A path the user meant as a local one: it exists, starts with . / ~, or has more than one '/'."""
+    text = str(path_or_repo_id)
+    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1
+
+
+def resolve_file(path_or_repo_id: str | os.PathLike, filename: str, subfolder: str | None = None) -> Path:
+    """Find `filename` in a local folder or, failing that, in a Hugging Face hub repository.
+
+    A hub download goes through `huggingface_hub` (its cache makes later calls work offline). Offline or
+    without a network only the cache is read, and the error says what was tried.
+    """
+    folder = Path(path_or_repo_id)
+    local = folder / subfolder / filename if subfolder else folder / filename
+    if local.is_file():
+        return local
+    if looks_local(path_or_repo_id):
+        raise FileNotFoundError(
+            f"{local} does not exist (looked for {filename!r} in {str(path_or_repo_id)!r})"
+        )
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache_only = constants.HF_HUB_OFFLINE or hub_offline() or not hub_reachable()
+    try:
+        path = hf_hub_download(
+            str(path_or_repo_id), filename, subfolder=subfolder, local_files_only=cache_only
+        )
+        return Path(path)
+    except LocalEntryNotFoundError as err:
+        raise OSError(
+            f"{path_or_repo_id!r} is not a local folder, and {filename!r} could not be downloaded from the "
+            "Hugging Face hub nor found in its cache (no network?). Pass a local folder, or download it "
+            "once while online."
+        ) from err
+    except Exception as err:  # repository missing, gated, file missing...
+        raise OSError(f"could not get {filename!r} of {path_or_repo_id!r} from the hub: {err}") from err
