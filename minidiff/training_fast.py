@@ -41,7 +41,7 @@ def train_fast(config: TrainConfig, unet: torch.nn.Module | None = None):
     from tqdm.auto import tqdm
 
     from minidiff.data import load_dataset_uint8
-    from minidiff.fast_training import FastTrainer
+    from minidiff.fast.trainer import FastTrainer
     from minidiff.pipeline_ddpm import DDPMPipeline
     from minidiff.preflight import check_free_space, pick_device, writable_dir
     from minidiff.training import TrainResult, save_samples

@@ -2,17 +2,17 @@
 
 - `sample(unet, scheduler, batch_size, seed=...)` / `FastDDPMSampler`: DDPM sampling with the scheduler
   folded into on-device tables and UNet + update + noise replayed as one CUDA graph per step
-  (minidiff/fast_sampling.py; its docstring states the seed -> output rule).
+  (minidiff/fast/sampler.py; its docstring states the seed -> output rule).
 - `FastTrainer`: the whole training step (batch from the GPU-resident uint8 data set, flips, noise,
-  bf16 forward/backward, fused AdamW, EMA) replayed as one CUDA graph (minidiff/fast_training.py).
-- `prepare_unet_for_sampling` / `fuse_qkv_projections`: the UNet copy the sampler runs (minidiff/fast_unet.py).
+  bf16 forward/backward, fused AdamW, EMA) replayed as one CUDA graph (minidiff/fast/trainer.py).
+- `prepare_unet_for_sampling` / `fuse_qkv_projections`: the UNet copy the sampler runs (minidiff/fast/unet.py).
 
 Nothing here compiles or captures at import; that happens on the first call, behind the flags.
 """
 
-from minidiff.fast_sampling import DDPMStepTables, FastDDPMSampler, ddpm_step_tables, ddpm_update, sample
-from minidiff.fast_training import FastTrainer
-from minidiff.fast_unet import FusedQKVAttention, fuse_qkv_projections, prepare_unet_for_sampling
+from minidiff.fast.sampler import DDPMStepTables, FastDDPMSampler, ddpm_step_tables, ddpm_update, sample
+from minidiff.fast.trainer import FastTrainer
+from minidiff.fast.unet import FusedQKVAttention, fuse_qkv_projections, prepare_unet_for_sampling
 
 __all__ = [
     "DDPMStepTables",

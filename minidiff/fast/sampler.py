@@ -11,7 +11,7 @@ arithmetic (a batch-64 step needs ~0.3 ms of bf16 math on an H100) but in Python
 3. launch overhead: UNet forward + update + noise draw are captured in ONE CUDA graph and replayed
    once per step (optionally with the UNet compiled by torch.compile inside the graph);
 4. wasted arithmetic: the UNet runs on a bf16, channels_last copy of the weights with q/k/v fused into
-   one projection (`minidiff.fast_unet.prepare_unet_for_sampling`); the scheduler math stays fp32.
+   one projection (`minidiff.fast.unet.prepare_unet_for_sampling`); the scheduler math stays fp32.
 
 Seed -> output rule (the same on every path: CUDA graph, eager loop, CPU):
     generator = torch.Generator(device).manual_seed(seed)
@@ -144,7 +144,7 @@ class FastDDPMSampler:
         fuse_qkv: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
-        from minidiff.fast_unet import prepare_unet_for_sampling
+        from minidiff.fast.unet import prepare_unet_for_sampling
 
         self.device = next(unet.parameters()).device
         on_cuda = self.device.type == "cuda"
