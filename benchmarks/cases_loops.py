@@ -13,6 +13,8 @@ from benchmarks.cases import Settings, _compile_row, _copy
 from benchmarks.harness import Row, alternate, fill, peak_memory_mb, rel_err, synchronize, time_once
 from minidiff.fast import FastDDPMSampler, FastTrainer
 from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.train_config import TrainConfig
+from minidiff.train_rules import epoch_order, loss_fn
 
 LEARNING_RATE = 1e-4  # the tutorial's
 
@@ -65,25 +67,37 @@ def train_step(settings: Settings, unets, batch: int) -> list[Row]:
     def inputs():
         return pool[next(counter) % len(pool)]
 
-    # the fast trainer draws its own batches from a uint8 data set resident on the device
+    # the fast engine draws its own batches from a uint8 data set resident on the device
     data = torch.randint(0, 256, (max(4 * batch, 256), 3, size, size), dtype=torch.uint8, device=device)
+    config = TrainConfig(
+        batch_size=batch,
+        lr=LEARNING_RATE,
+        grad_clip=1.0,
+        mixed_precision="bf16" if settings.cuda else "no",
+        max_steps=settings.warmup + settings.rounds + 16,
+    )
     trainer = FastTrainer(
         _copy(ours),
         our_scheduler,
         data,
-        batch,
-        learning_rate=LEARNING_RATE,
-        max_steps=settings.warmup + settings.rounds + 16,
+        config,
         compile=settings.wants_compile("train") is None,
         compile_mode=None,
     )
+    trainer.start_epoch(*epoch_order(data.shape[0], config.seed, 0, config.flip))
+
+    def fast_step():
+        return trainer.step(next(counter) % trainer.batches_per_epoch)
+
     theirs_loss, theirs_step = _plain_trainer(reference, theirs_scheduler, settings, inputs)
     ours_loss, ours_step = _plain_trainer(ours, our_scheduler, settings, inputs)
     with torch.no_grad():  # accuracy: the loss of one batch at the shared initial weights
         expected = theirs_loss(*pool[0])
-        errors = [rel_err(ours_loss(*pool[0]), expected), rel_err(trainer.loss(*pool[0]), expected)]
-    capture_s = trainer.capture() if trainer.use_cuda_graph else None
-    fns = {"diffusers fp32": theirs_step, "minidiff fp32": ours_step, "minidiff fast": trainer.step}
+        with torch.autocast(device.type, torch.bfloat16, enabled=settings.cuda):
+            fast_loss = loss_fn(trainer.unet, our_scheduler, *pool[0])
+        errors = [rel_err(ours_loss(*pool[0]), expected), rel_err(fast_loss, expected)]
+    capture_s = trainer.capture(batch) if trainer.use_cuda_graph else None
+    fns = {"diffusers fp32": theirs_step, "minidiff fp32": ours_step, "minidiff fast": fast_step}
     times = alternate(fns, device, settings.rounds, settings.warmup)
     fast_name = "minidiff fast " + (
         "bf16 graph" + (" compiled" if trainer.compiled else "") if settings.cuda else "fp32"

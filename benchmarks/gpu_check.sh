@@ -3,7 +3,7 @@
 #
 # One GPU run, under 6 minutes, from the repository root: installs diffusers 0.42.1 (+ its wheel deps)
 # from DIR_WITH_WHEELS into /tmp/site, checks the fast paths' accuracy (the gpu-marked tests of
-# tests/test_fast.py), times every case with `python -m benchmarks --device cuda`, and writes
+# tests/test_fast.py and tests/test_engines.py), times every case with `python -m benchmarks --device cuda`, and writes
 # RESULTS.md, results.json and logs into $OUT (or benchmarks/out), plus benchmarks/RESULTS.md.
 #
 # Options through the environment:
@@ -41,11 +41,12 @@ for name in ("diffusers", "minidiff", "minidiff.fast", "benchmarks.cases", "benc
         print("IMPORT FAILED:", name, type(err).__name__, err)
 EOF
 
-# 3. accuracy on the GPU: graph replay = eager loop, bf16 error bounded, graphed trainer learns (test_fast.py);
+# 3. accuracy on the GPU: graph replay = eager loop, bf16 error bounded (test_fast.py), the graphed fast
+#    training engine = the plain engine, bf16 learns (test_engines.py);
 #    CUDA pipeline with a CPU generator, sync-free device-timestep scheduler loop. Files named one by one:
 #    a module that cannot be collected (e.g. needs `datasets`, absent there) would stop the whole session.
 timeout -k 10 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-    tests/test_fast.py tests/test_pipeline.py tests/test_scheduling_ddpm.py >"$OUTDIR/gpu_tests.txt" 2>&1
+    tests/test_fast.py tests/test_engines.py tests/test_pipeline.py tests/test_scheduling_ddpm.py >"$OUTDIR/gpu_tests.txt" 2>&1
 echo "gpu_check: gpu tests exit status $? (full log: $OUTDIR/gpu_tests.txt)"
 tail -30 "$OUTDIR/gpu_tests.txt"
 

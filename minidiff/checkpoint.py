@@ -15,16 +15,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from minidiff.distributed import unwrap
 from minidiff.files import atomic_path
 from minidiff.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
-
-if TYPE_CHECKING:
-    from minidiff.train_step import TrainState
+from minidiff.train_run import Progress
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 
@@ -115,49 +112,55 @@ def restore_rng_states(states: dict[str, Any], generators: dict[str, torch.Gener
         generator.set_state(states["generators"][name].cpu())
 
 
-# ---- a training state <-> a checkpoint dict ------------------------------------------------------------
-FORMAT = "minidiff-train-checkpoint-1"
+# ---- a training engine <-> a checkpoint dict --------------------------------------------------------------
+FORMAT = "minidiff-train-checkpoint-2"
 
 
 def state_to_checkpoint(
-    state: TrainState, config: TrainConfig, generators: dict[str, torch.Generator], losses: list[float]
+    engine, progress: Progress, config: TrainConfig, losses: list[float]
 ) -> dict[str, Any]:
-    """Everything needed to continue `state` bit for bit, as tensors and plain containers."""
+    """Everything needed to continue a run bit for bit, as tensors and plain containers. `engine` is
+    the plain or the fast engine: both expose unet, ema, optimizer, lr_scheduler, grad_scaler and
+    noise_generator."""
     return {
         "format": FORMAT,
         "config": config_dict(config),
-        "model": unwrap(state.unet).state_dict(),  # no DDP `module.` prefix: any number of processes
-        "ema": state.ema.state_dict() if state.ema is not None else None,
-        "optimizer": state.optimizer.state_dict(),
-        "lr_scheduler": state.lr_scheduler.state_dict(),
-        "grad_scaler": state.grad_scaler.state_dict() if state.grad_scaler is not None else None,
-        "step": state.step,
-        "epoch": state.epoch,
-        "batch_in_epoch": state.batch_in_epoch,
-        "rng": capture_rng_states(generators),
+        "model": engine.unet.state_dict(),  # no DDP `module.` prefix: any number of processes
+        "ema": engine.ema.state_dict() if engine.ema is not None else None,
+        "optimizer": engine.optimizer.state_dict(),
+        "lr_scheduler": engine.lr_scheduler.state_dict(),
+        "grad_scaler": engine.grad_scaler.state_dict() if engine.grad_scaler is not None else None,
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "batch_in_epoch": progress.batch_in_epoch,
+        "rng": capture_rng_states({"noise": engine.noise_generator}),
         "losses": torch.tensor(losses, dtype=torch.float64),  # (steps,)
     }
 
 
-def checkpoint_to_state(
-    ckpt: dict[str, Any], state: TrainState, config: TrainConfig, generators: dict[str, torch.Generator]
-) -> list[float]:
-    """Load a checkpoint into `state` and the generators; returns the losses logged so far."""
+def checkpoint_to_state(ckpt: dict[str, Any], engine, config: TrainConfig) -> tuple[Progress, list[float]]:
+    """Load a checkpoint into `engine` and its noise generator; returns where the run stood and the
+    losses logged so far."""
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"checkpoint format {ckpt.get('format')!r}; expected {FORMAT!r}")
     saved = ckpt["config"]
     current = config_dict(config)
-    changed = sorted(k for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    resumable = RESUMABLE_CHANGES
+    if config.lr_scheduler != "constant":  # a decaying lr was laid out over the run's length
+        resumable = resumable - {"epochs", "max_steps"}
+    changed = sorted(k for k, v in current.items() if k not in resumable and saved.get(k) != v)
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise ValueError(f"cannot resume: the checkpoint was trained with other settings ({details})")
-    unwrap(state.unet).load_state_dict(ckpt["model"])
-    if state.ema is not None:
-        state.ema.load_state_dict(ckpt["ema"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-    if state.grad_scaler is not None:
-        state.grad_scaler.load_state_dict(ckpt["grad_scaler"])
-    state.step, state.epoch, state.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-    restore_rng_states(ckpt["rng"], generators)
-    return ckpt["losses"].tolist()
+    engine.unet.load_state_dict(ckpt["model"])
+    if engine.ema is not None:
+        engine.ema.load_state_dict(ckpt["ema"])
+    engine.optimizer.load_state_dict(ckpt["optimizer"])
+    engine.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+        group["lr"] = lr  # the fast engine's schedule steps a host-side twin that has no optimizer state
+    if engine.grad_scaler is not None:
+        engine.grad_scaler.load_state_dict(ckpt["grad_scaler"])
+    restore_rng_states(ckpt["rng"], {"noise": engine.noise_generator})
+    progress = Progress(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"])
+    return progress, ckpt["losses"].tolist()

@@ -58,7 +58,9 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--max-steps": ("max_steps", _positive_int, "optimizer steps"),
     "--batch-size": ("batch_size", _positive_int, "images per micro-batch"),
     "--lr": ("lr", float, "peak learning rate of AdamW"),
+    "--lr-scheduler": ("lr_scheduler", str, "lr after the warm-up: constant | linear | cosine"),
     "--warmup-steps": ("warmup_steps", int, "linear lr warm-up steps"),
+    "--prediction-type": ("prediction_type", str, "what the UNet predicts: epsilon | sample | v_prediction"),
     "--ema-decay": ("ema_decay", float, "EMA decay of the weights (0 = off)"),
     "--mixed-precision": ("mixed_precision", str, "no | bf16 | fp16"),
     "--grad-clip": ("grad_clip", float, "clip the gradient norm to this value"),
@@ -79,7 +81,12 @@ DEMO_FLAGS = ("--out", "--max-steps", "--seed", "--device", "--limit", "--num-sa
 
 def _add_train_flags(parser: argparse.ArgumentParser, flags: dict) -> None:
     for flag, (dest, kind, text) in flags.items():
-        choices = {"--mixed-precision": ["no", "bf16", "fp16"], "--sampler": ["ddpm", "ddim"]}.get(flag)
+        choices = {
+            "--mixed-precision": ["no", "bf16", "fp16"],
+            "--sampler": ["ddpm", "ddim"],
+            "--lr-scheduler": ["constant", "linear", "cosine"],
+            "--prediction-type": ["epsilon", "sample", "v_prediction"],
+        }.get(flag)
         parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=None, help=text)
     parser.add_argument(
         "--resume", action="store_true", default=None, help="continue from the newest checkpoint"
@@ -192,22 +199,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     pipeline.to(device)
     steps = args.steps or (50 if args.scheduler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
-    generator = torch.Generator(device).manual_seed(args.seed)
     started = time.perf_counter()
     if args.fast:  # minidiff.fast: on-device step tables, one CUDA graph per step (bf16 on a GPU)
         from minidiff.fast import sample
-        from minidiff.viz import to_pil_images
+        from minidiff.viz import numpy_to_pil
 
         if args.scheduler != "ddpm":
             raise ValueError(f"--fast samples with DDPM; got --scheduler {args.scheduler!r}")
-        images = to_pil_images(
-            sample(pipeline.unet, pipeline.scheduler, args.num, seed=args.seed, num_inference_steps=steps) * 2
-            - 1
+        images = sample(
+            pipeline.unet, pipeline.scheduler, args.num, seed=args.seed, num_inference_steps=steps
         )
+        images = numpy_to_pil(images.cpu().permute(0, 2, 3, 1).numpy())  # [0, 1] NCHW -> PIL
     else:
         images = pipeline(
             batch_size=args.num,
-            generator=generator,
+            generator=torch.Generator(device).manual_seed(args.seed),
             num_inference_steps=steps,
             eta=args.eta,
             progress=not args.quiet,

@@ -255,12 +255,16 @@ def load_dataset_uint8(
     channels: int | None = None,
     limit: int | None = None,
     split: str = "train",
+    progress: bool = False,
 ) -> torch.Tensor:
     """All images of `source` as one uint8 tensor (N, C, image_size, image_size): converted and resized
     exactly as `load_dataset` does (same PIL resize), but neither flipped nor normalised.
 
-    `x.float() / 127.5 - 1` gives `load_dataset(..., flip=False)`'s values (to float rounding).
+    `minidiff.train_rules.to_model_range(x)` gives `load_dataset(..., flip=False)`'s values, bit for bit.
+    progress: a tqdm bar over the images.
     """
+    from tqdm.auto import tqdm
+
     _check_size(image_size)
     _check_limit(limit)
     channels = (1 if str(source) == DEFAULT_DATASET else 3) if channels is None else channels
@@ -268,7 +272,8 @@ def load_dataset_uint8(
         [ConvertMode(_check_channels(channels)), transforms.Resize((image_size, image_size))]
     )
     dataset = _open(source, resize, split, limit)
-    pixels = np.stack([np.asarray(dataset[i]) for i in range(len(dataset))])  # (N, H, W) or (N, H, W, C)
+    bar = tqdm(range(len(dataset)), desc="loading images", disable=not progress, leave=False)
+    pixels = np.stack([np.asarray(dataset[i]) for i in bar])  # (N, H, W) or (N, H, W, C)
     if pixels.ndim == 3:
         pixels = pixels[..., None]  # (N, H, W, 1)
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)

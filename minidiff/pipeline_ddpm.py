@@ -22,9 +22,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from minidiff.configuration import DIFFUSERS_FORMAT_VERSION
@@ -34,19 +32,12 @@ from minidiff.scheduling_ddim import DDIMScheduler
 from minidiff.scheduling_ddpm import DDPMScheduler
 from minidiff.scheduling_utils import randn_tensor
 from minidiff.unet_2d import UNet2DModel
+from minidiff.viz import numpy_to_pil
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 SCHEDULER_CLASSES = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}
 PIPELINE_CLASSES = ("DDPMPipeline", "DDIMPipeline")  # same two components, same loop
 MODEL_INDEX = "model_index.json"
-
-
-def numpy_to_pil(images: np.ndarray) -> list[Image.Image]:
-    """NHWC floats in [0, 1] -> PIL images, rounding as diffusers does: (x * 255).round() as uint8."""
-    if images.ndim == 3:
-        images = images[None, ...]
-    images = (images * 255).round().astype(np.uint8)
-    return [Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image) for image in images]
 
 
 class DDPMPipeline:

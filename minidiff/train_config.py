@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from minidiff.train_rules import LR_SCHEDULES, PREDICTION_TYPES
+
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLERS = ("ddpm", "ddim")
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
@@ -36,20 +38,33 @@ class TrainConfig:
     # noise schedule (DDPMScheduler keywords)
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"  # what the UNet learns: "epsilon" | "sample" (x_0) | "v_prediction"
     # optimisation: `max_steps` (optimizer steps), when set, wins over `epochs`
     epochs: int = 30
     max_steps: int | None = None
     batch_size: int = 64  # images per micro-batch; an optimizer step sees batch_size * grad_accum
     lr: float = 4e-4
-    weight_decay: float = 0.01  # AdamW's default
+    lr_scheduler: str = "constant"  # after the warm-up: "constant" | "linear" | "cosine" (decay to 0)
     warmup_steps: int = 0  # lr rises linearly over this many steps
-    ema_decay: float = 0.0  # 0 = no EMA; else theta_ema <- d theta_ema + (1 - d) theta
+    adam_beta1: float = 0.9  # AdamW's defaults
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.01
+    # EMA of the weights, diffusers' EMAModel: 0 = off, else the largest decay d_n may reach
+    ema_decay: float = 0.0
+    ema_min_decay: float = 0.0
+    ema_update_after_step: int = 0
+    ema_warmup: bool = False  # d_n = 1 - (1 + n / ema_inv_gamma) ** -ema_power, else (1 + n) / (10 + n)
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 3 / 4
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     grad_clip: float | None = None  # max global grad norm
     grad_accum: int = 1
     seed: int = 0
     device: str = "auto"  # "auto" = cuda if available, else cpu
-    fast: bool = False  # FastTrainer: data on the device, one CUDA graph per step (minidiff/training_fast.py)
+    fast: bool = (
+        False  # the fast engine (minidiff.fast.FastTrainer): data on the device, one CUDA graph per step
+    )
     # outputs
     out_dir: str = "out/train"
     checkpoint_every: int | None = None  # steps
@@ -80,10 +95,31 @@ class TrainConfig:
             raise ValueError(
                 f"mixed_precision {self.mixed_precision!r}; expected one of {list(MIXED_PRECISION)}"
             )
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler {self.sampler!r}; expected one of {list(SAMPLERS)}")
+        for name, allowed in (
+            ("sampler", SAMPLERS),
+            ("prediction_type", PREDICTION_TYPES),
+            ("lr_scheduler", LR_SCHEDULES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r}; expected one of {list(allowed)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay!r}; expected 0 (off) or a value in (0, 1)")
+        if not 0.0 <= self.ema_min_decay <= max(self.ema_decay, 0.0):
+            raise ValueError(f"ema_min_decay={self.ema_min_decay!r}; expected a value in [0, ema_decay]")
+        if self.ema_update_after_step < 0:
+            raise ValueError(f"ema_update_after_step={self.ema_update_after_step!r}; expected >= 0")
+        if not (self.ema_inv_gamma > 0 and self.ema_power > 0):
+            raise ValueError(
+                f"ema_inv_gamma={self.ema_inv_gamma!r}, ema_power={self.ema_power!r}; expected positive numbers"
+            )
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected a value in [0, 1)")
+        if not self.adam_epsilon > 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"adam_epsilon={self.adam_epsilon!r}, weight_decay={self.weight_decay!r}; expected eps > 0, "
+                "weight decay >= 0"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr={self.lr!r}; expected a positive finite number")
         if self.grad_clip is not None and not self.grad_clip > 0:

@@ -1,126 +1,59 @@
-"""One optimizer step of DDPM training (Ho et al. 2020, Algorithm 1), and what it updates.
+"""The plain engine: one eager optimizer step at a time, batches drawn on the host.
 
-    x_0 ~ data,  t ~ Uniform{0, ..., T-1},  eps ~ N(0, I)
-    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                    (eq. 4, `add_noise`)
-    L_simple = || eps - eps_theta(x_t, t) ||^2                        (eq. 14, `loss_fn`)
-    theta <- AdamW(theta, grad L_simple);  theta_ema <- d theta_ema + (1 - d) theta
+    loss = train_step(state, [(x_0, eps, t), ...])     # one optimizer step over micro-batches
 
-`train_step(state, micro_batches)` takes the batches, noise and timesteps from its caller: the loop in
-`minidiff.training` draws them from seeded generators, and the parity test feeds the same numbers to
-this step and to the diffusers tutorial's loop.
+`train_step` takes the batches, noise and timesteps from its caller, so the parity test can feed it the
+same numbers as the diffusers tutorial's loop; `PlainEngine` draws them by the rules of
+`minidiff.train_rules` and is what the training loop drives (the fast engine, `minidiff.fast.FastTrainer`,
+has the same interface). Under torchrun the engine trains on its process's rows of each global batch.
 """
 
 from __future__ import annotations
 
-import copy
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from minidiff import distributed
 from minidiff.train_config import MIXED_PRECISION, TrainConfig
-
-
-# ---- the pieces of one step --------------------------------------------------------------------------
-def loss_fn(unet, noise_scheduler, clean_images, noise, timesteps) -> torch.Tensor:
-    """L_simple = mean || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2 (DDPM eq. 14)."""
-    noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)  # x_t, eq. 4
-    noise_pred = unet(noisy_images, timesteps, return_dict=False)[0]  # eps_theta(x_t, t)
-    return F.mse_loss(noise_pred.float(), noise.float())  # the mean in fp32 even under autocast
-
-
-class EMA:
-    """Exponential moving average of the weights, with diffusers' EMAModel warm-up of the decay:
-    d_n = min(decay, (1 + n) / (10 + n)) at update n, then theta_ema <- d_n theta_ema + (1 - d_n) theta."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.num_updates = 0
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.num_updates += 1
-        n = self.num_updates
-        decay = min(self.decay, (1 + n) / (10 + n))
-        ema_params = list(self.model.parameters())
-        params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # theta_ema += (1 - d) (theta - theta_ema)
-        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
-            ema_buffer.copy_(buffer)
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.num_updates = int(state["num_updates"])
+from minidiff.train_rules import (
+    EMA,
+    clip_gradients,
+    draw_batch,
+    loss_fn,
+    make_lr_scheduler,
+    make_optimizer,
+)
 
 
 @dataclass
 class TrainState:
-    """The objects a step updates; `train_step` works on this, so tests can drive it with their own data."""
+    """The objects an optimizer step updates."""
 
-    unet: torch.nn.Module
+    unet: torch.nn.Module  # a DistributedDataParallel wrapper when several processes train
     noise_scheduler: object
     optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     grad_scaler: torch.amp.GradScaler | None
     ema: EMA | None
     autocast_dtype: torch.dtype | None
     grad_clip: float | None
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0  # epochs completed
-    batch_in_epoch: int = 0  # micro-batches of the current epoch already used
 
 
-class _Warmup:
-    """lr factor: rises linearly to 1 over `warmup_steps` (1 / w, 2 / w, ..., 1), then stays 1."""
-
-    def __init__(self, warmup_steps: int):
-        self.warmup_steps = warmup_steps
-
-    def __call__(self, step: int) -> float:
-        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-
-
-def build_unet(config: TrainConfig, channels: int):
-    """The UNet2DModel of `config` (its initial weights drawn from a generator seeded by `config.seed`)."""
-    from minidiff.unet_2d import UNet2DModel
-
-    with torch.random.fork_rng(devices=[]):  # nn.init uses the global RNG: seed it without leaking
-        torch.manual_seed(config.seed)
-        return UNet2DModel(
-            sample_size=config.image_size,
-            in_channels=channels,
-            out_channels=channels,
-            layers_per_block=config.layers_per_block,
-            block_out_channels=tuple(config.block_out_channels),
-            down_block_types=tuple(config.down_block_types),
-            up_block_types=tuple(config.up_block_types),
-            norm_num_groups=config.norm_num_groups,
-        )
-
-
-def build_noise_scheduler(config: TrainConfig):
-    from minidiff.scheduling_ddpm import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
-
-
-def make_train_state(config: TrainConfig, unet: torch.nn.Module, noise_scheduler) -> TrainState:
-    """Optimizer (AdamW), warm-up LambdaLR, GradScaler (fp16 only) and EMA around `unet`."""
+def make_train_state(
+    config: TrainConfig, unet: torch.nn.Module, noise_scheduler, total_steps: int
+) -> TrainState:
+    """AdamW, its lr schedule over `total_steps`, a GradScaler (fp16 only) and the EMA around `unet`."""
     device = next(unet.parameters()).device
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Warmup(config.warmup_steps))
-    fp16 = config.mixed_precision == "fp16"
+    optimizer = make_optimizer(unet.parameters(), config)
     return TrainState(
         unet=unet,
         noise_scheduler=noise_scheduler,
         optimizer=optimizer,
-        lr_scheduler=lr_scheduler,
-        grad_scaler=torch.amp.GradScaler(device.type) if fp16 else None,
-        ema=EMA(unet, config.ema_decay) if config.ema_decay > 0 else None,
+        lr_scheduler=make_lr_scheduler(optimizer, config, total_steps),
+        grad_scaler=torch.amp.GradScaler(device.type) if config.mixed_precision == "fp16" else None,
+        ema=EMA.from_config(unet, config),
         autocast_dtype=MIXED_PRECISION[config.mixed_precision],
         grad_clip=config.grad_clip,
     )
@@ -130,30 +63,27 @@ def train_step(
     state: TrainState,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     loss_weights: list[float] | None = None,
-):
-    """One optimizer step over (clean_images, noise, timesteps) micro-batches; returns the mean loss
-    as a 0-d tensor (no host sync). Gradients of the micro-batches are averaged (accumulation).
+) -> torch.Tensor:
+    """One optimizer step over (x_0, eps, t) micro-batches; returns the mean loss as a 0-d tensor (no
+    host sync). The micro-batches' gradients are averaged (accumulation).
 
-    loss_weights: one factor per micro-batch, applied to its loss (and to the returned mean); the
-    multi-process loop weights each process's share of a batch by its size (`minidiff.distributed.shard`)."""
+    loss_weights: one factor per micro-batch, applied to its loss (and to the returned mean); several
+    processes weight their share of a batch by its size (`minidiff.distributed.shard`)."""
     unet, optimizer, scaler = state.unet, state.optimizer, state.grad_scaler
     unet.train()
     device_type = next(unet.parameters()).device.type
     losses = []
-    for i, (clean_images, noise, timesteps) in enumerate(micro_batches):
-        with torch.autocast(
-            device_type, dtype=state.autocast_dtype, enabled=state.autocast_dtype is not None
-        ):
-            loss = loss_fn(unet, state.noise_scheduler, clean_images, noise, timesteps)
+    for i, (clean, noise, timesteps) in enumerate(micro_batches):
+        with torch.autocast(device_type, state.autocast_dtype, enabled=state.autocast_dtype is not None):
+            loss = loss_fn(unet, state.noise_scheduler, clean, noise, timesteps)
         if loss_weights is not None:
             loss = loss * loss_weights[i]
         scaled = loss / len(micro_batches)
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         losses.append(loss.detach())
-    if state.grad_clip is not None:
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), state.grad_clip)
+    if scaler is not None and state.grad_clip is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    clip_gradients(list(unet.parameters()), state.grad_clip)
     if scaler is not None:
         scaler.step(optimizer)  # skipped when the fp16 gradients hold inf / nan
         scaler.update()
@@ -162,6 +92,58 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     state.lr_scheduler.step()
     if state.ema is not None:
-        state.ema.update(unet)
-    state.step += 1
+        state.ema.update(distributed.unwrap(unet))
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+
+class PlainEngine:
+    """Batches gathered on the host from uint8 images (N, C, H, W), one eager `train_step` per call."""
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        noise_scheduler,
+        images: torch.Tensor,
+        config: TrainConfig,
+        total_steps: int,
+        noise_generator: torch.Generator,
+    ):
+        self.state = make_train_state(config, unet, noise_scheduler, total_steps)
+        self.images, self.config, self.noise_generator = images, config, noise_generator
+        self.device = next(unet.parameters()).device
+        self.batches_per_epoch = math.ceil(images.shape[0] / config.batch_size)
+        self.order: torch.Tensor | None = None
+        self.flips: torch.Tensor | None = None
+
+    # what the loop and the checkpoints read, as on FastTrainer
+    unet = property(lambda self: distributed.unwrap(self.state.unet))
+    ema = property(lambda self: self.state.ema)
+    optimizer = property(lambda self: self.state.optimizer)
+    lr_scheduler = property(lambda self: self.state.lr_scheduler)
+    grad_scaler = property(lambda self: self.state.grad_scaler)
+
+    @property
+    def sampling_model(self) -> torch.nn.Module:
+        """What the run samples from and saves: the EMA weights when EMA is on."""
+        return self.ema.model if self.ema is not None else self.unet
+
+    def wrap_for_processes(self) -> None:
+        """DistributedDataParallel around the UNet when several processes train (after a resume)."""
+        self.state.unet = distributed.wrap(self.state.unet, self.device)
+
+    def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None) -> None:
+        self.order, self.flips = order, flips
+
+    def step(self, first_batch: int, count: int = 1) -> torch.Tensor:
+        """One optimizer step on micro-batches first_batch .. first_batch + count - 1 of the epoch;
+        returns the loss of the whole (global) batch as a 0-d tensor."""
+        size, micro_batches, weights = self.config.batch_size, [], []
+        for b in range(first_batch, first_batch + count):
+            index = self.order[b * size : (b + 1) * size]
+            T = self.config.num_train_timesteps
+            batch = draw_batch(self.images, index, self.flips, self.noise_generator, T, self.device)
+            rows, weight = distributed.shard(batch)  # this process's rows of the global batch
+            micro_batches.append(rows)
+            weights.append(weight)
+        loss = train_step(self.state, micro_batches, weights if distributed.is_distributed() else None)
+        return distributed.all_reduce_mean(loss)

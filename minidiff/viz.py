@@ -27,15 +27,22 @@ TERMINAL_SIGNAL_THRESHOLD = 0.05
 
 
 # ---- images ---------------------------------------------------------------------------------------
+def numpy_to_pil(images: np.ndarray) -> list[Image.Image]:
+    """NHWC floats in [0, 1] -> PIL images ("L" for 1 channel, "RGB" for 3), rounding as diffusers does:
+    (x * 255).round() as uint8."""
+    if images.ndim == 3:
+        images = images[None, ...]
+    images = (images * 255).round().astype(np.uint8)
+    return [Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image) for image in images]
+
+
 def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
-    """(B, C, H, W) in [-1, 1] -> B PIL images ("L" for C = 1, "RGB" for C = 3), as diffusers' pipeline
-    converts: (x / 2 + 0.5).clamp(0, 1), then (x * 255).round() as uint8."""
+    """(B, C, H, W) in [-1, 1] -> B PIL images, as diffusers' pipeline converts: (x / 2 + 0.5).clamp(0, 1),
+    then `numpy_to_pil`."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images have shape {tuple(images.shape)}; expected (B, C, H, W) with C = 1 or 3")
     x = (images.detach().float() / 2 + 0.5).clamp(0, 1)
-    x = x.cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
-    x = (x * 255).round().astype(np.uint8)
-    return [Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image) for image in x]
+    return numpy_to_pil(x.cpu().permute(0, 2, 3, 1).numpy())  # (B, H, W, C)
 
 
 def make_grid(images: list[Image.Image] | torch.Tensor, nrow: int | None = None) -> Image.Image:

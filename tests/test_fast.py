@@ -1,7 +1,8 @@
-"""The fast paths compute the same numbers as the plain ones (diffusers' scheduler, pipeline and training step).
+"""The fast sampler computes the same numbers as the plain path (diffusers' scheduler and pipeline).
 
 CPU tests run the fast code eagerly in fp32 (the CUDA graph and bf16 parts are `gpu`-marked and also
-checked by benchmarks/gpu_check.sh). Errors are relative: ||fast - ref|| / ||ref||.
+checked by benchmarks/gpu_check.sh). Errors are relative: ||fast - ref|| / ||ref||. The fast training
+engine is tested in tests/test_engines.py.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from diffusers import DDPMPipeline
 from diffusers import DDPMScheduler as DiffusersDDPMScheduler
 from diffusers import UNet2DModel as DiffusersUNet2DModel
 
-from minidiff import training
 from minidiff.fast import (
     FastDDPMSampler,
-    FastTrainer,
     ddpm_step_tables,
     ddpm_update,
     fuse_qkv_projections,
@@ -157,118 +156,12 @@ def test_sampler_compiled_on_cpu_matches_eager(unets):
     assert rel_err(compiled, eager) < 1e-4
 
 
-# ---- 4. training: the fast step's losses equal the plain tutorial step's --------------------------------
-def _plain_reference_losses(model, scheduler, batches, lr):
-    """The plain step: minidiff.training.loss_fn (add_noise, MSE on eps), backward, clip to norm 1, AdamW."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    losses = []
-    for clean, noise, timesteps in batches:
-        optimizer.zero_grad()
-        loss = training.loss_fn(model, scheduler, clean, noise, timesteps)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def test_fast_train_step_matches_plain_step():
-    torch.manual_seed(2)
-    model = UNet2DModel(**TINY)
-    plain_model = copy.deepcopy(model, {id(model._internal_dict): model._internal_dict})
-    scheduler = DiffusersDDPMScheduler(num_train_timesteps=1000)
-    data = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
-    trainer = FastTrainer(model, scheduler, data, batch_size=4, learning_rate=1e-3, max_steps=8, log_every=8)
-    batches, fast = [], []
-    for _ in range(5):  # the trainer's own on-device batches (permutation, flips, eps, t), fed to both
-        trainer._start_epoch_if_due()
-        batch = trainer.draw_batch()
-        batches.append(batch)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        fast.append(trainer.train_step(*batch).item())
-        trainer.global_step.add_(1), trainer.batch_in_epoch.add_(1)
-        trainer.steps_done += 1
-    plain = _plain_reference_losses(plain_model, DDPMScheduler(num_train_timesteps=1000), batches, lr=1e-3)
-    # same fp32 arithmetic in the same order on CPU: equal up to AdamW implementation rounding (1e-5)
-    torch.testing.assert_close(torch.tensor(fast), torch.tensor(plain), rtol=1e-5, atol=0)
-    assert batches[0][0].min() >= -1 and batches[0][0].max() <= 1
-    # an epoch of 12 images in batches of 4 uses every image once
-    assert trainer.steps_per_epoch == 3
-
-
-def test_trainer_steps_log_and_ema():
-    torch.manual_seed(3)
-    model = UNet2DModel(**TINY)
-    before = copy.deepcopy(model.state_dict())
-    trainer = FastTrainer(
-        model,
-        DiffusersDDPMScheduler(),
-        torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8),
-        batch_size=4,
-        max_steps=6,
-        log_every=4,
-        ema_decay_at_step=lambda step: 0.5,
-    )
-    for _ in range(3):
-        trainer.step()
-    first = trainer.losses()
-    for _ in range(3):
-        trainer.step()
-    second = trainer.losses()
-    assert len(first) == 3 and len(second) == 3
-    assert all(torch.isfinite(torch.tensor(first + second)))
-    with pytest.raises(ValueError, match="max_steps"):
-        trainer.step()
-    # EMA moved towards the trained weights but is not equal to them
-    name = "conv_in.weight"
-    ema, trained, initial = trainer.ema_unet.state_dict()[name], model.state_dict()[name], before[name]
-    assert not torch.equal(ema, trained) and not torch.equal(ema, initial)
-
-
-def test_capture_warmup_is_undone():
-    """What `capture()` does around its warm-up, on CPU: snapshot, real steps, restore -> as if never run."""
-
-    def make():
-        torch.manual_seed(5)
-        model = UNet2DModel(**TINY)
-        data = torch.randint(
-            0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-        )
-        return FastTrainer(
-            model, DiffusersDDPMScheduler(), data, 4, max_steps=8, ema_decay_at_step=lambda s: 0.9
-        )
-
-    plain, warmed = make(), make()
-    snapshot = warmed._snapshot()
-    for _ in range(3):  # the warm-up: real steps (they move weights, AdamW state, EMA, generator, counters)
-        warmed._eager_step()
-    assert warmed.optimizer.state and warmed.steps_done == 3
-    warmed._restore(snapshot)
-    for trainer in (plain, warmed):
-        for _ in range(3):
-            trainer.step()
-    # the same fp32 kernels on the same inputs: bit-identical losses, weights and EMA
-    assert warmed.losses() == plain.losses() and warmed.steps_done == 3
-    for a, b in zip(warmed.unet.state_dict().values(), plain.unet.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for a, b in zip(warmed.ema_unet.state_dict().values(), plain.ema_unet.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def test_trainer_rejects_bad_data():
-    model = UNet2DModel(**TINY)
-    with pytest.raises(ValueError, match="uint8"):
-        FastTrainer(model, DiffusersDDPMScheduler(), torch.zeros(8, 3, 8, 8), batch_size=4)
-    with pytest.raises(ValueError, match="batch_size"):
-        FastTrainer(model, DiffusersDDPMScheduler(), torch.zeros(8, 3, 8, 8, dtype=torch.uint8), batch_size=9)
-
-
 # ---- 5. CUDA: graph replay = eager, bf16 close --------------------------------------------------------
 @pytest.mark.gpu
 @cuda
 def test_cuda_graph_sampler_matches_eager(unets):
     _, ours = unets
-    unet = copy.deepcopy(ours, {id(ours._internal_dict): ours._internal_dict}).cuda()
+    unet = copy.deepcopy(ours).cuda()
     scheduler = DiffusersDDPMScheduler()
     options = dict(num_inference_steps=50, dtype=torch.float32, channels_last=False)
     eager = FastDDPMSampler(unet, scheduler, 4, use_cuda_graph=False, **options)(seed=7)
@@ -278,17 +171,3 @@ def test_cuda_graph_sampler_matches_eager(unets):
     bf16 = FastDDPMSampler(unet, scheduler, 4, num_inference_steps=50)(seed=7)
     # bf16 weights and activations over 50 steps: a few 1e-3 relative, bounded loosely here
     assert rel_err(bf16, eager) < 5e-2
-
-
-@pytest.mark.gpu
-@cuda
-def test_cuda_graph_trainer_runs_and_learns():
-    torch.manual_seed(4)
-    model = UNet2DModel(**TINY).cuda()
-    data = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    trainer = FastTrainer(model, DiffusersDDPMScheduler(), data, batch_size=16, max_steps=64, log_every=64)
-    for _ in range(40):
-        trainer.step()
-    losses = trainer.losses()
-    assert len(losses) == 40 and all(map(torch.isfinite, torch.tensor(losses)))
-    assert sum(losses[-10:]) < sum(losses[:10])

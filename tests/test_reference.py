@@ -72,7 +72,7 @@ def test_loss_sequence_matches_diffusers_tutorial_loop():
         log=None,
     )
     state = make_train_state(
-        TINY, ours, DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+        TINY, ours, DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"), STEPS
     )
     our_losses = [train_step(state, [(x, n, t)]).item() for x, (n, t) in zip(batches, draws)]
 

@@ -115,7 +115,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     results = []
     for micro_batches in ([(x, noise, t)], [(x[:4], noise[:4], t[:4]), (x[4:], noise[4:], t[4:])]):
         state = make_train_state(
-            config, build_unet(config, 1), DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+            config, build_unet(config, 1), DDPMScheduler(beta_schedule="squaredcos_cap_v2"), total_steps=10
         )
         grads = []  # the gradients AdamW sees, caught just before its step
         params = list(state.unet.parameters())
@@ -132,19 +132,26 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 def test_warmup_ema_and_mixed_precision_steps():
     config = TrainConfig(**TINY_NET, lr=1e-3, warmup_steps=4, ema_decay=0.99, device="cpu")
-    state = make_train_state(config, build_unet(config, 1), DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
+    state = make_train_state(
+        config, build_unet(config, 1), DDPMScheduler(beta_schedule="squaredcos_cap_v2"), total_steps=10
+    )
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 4)  # step 1 of the warm-up
-    before = [p.detach().clone() for p in state.ema.model.parameters()]
     train_step(state, [_batch(1)])
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 / 4)
-    d = min(0.99, 2 / 11)  # EMA warm-up: d_1 = min(decay, (1 + 1) / (10 + 1))
+    # diffusers' EMAModel: the first update moves the EMA onto the weights (d_1 = 0; e - 1 * (e - p) = p up
+    # to one rounding), the second uses d_2 = 2 / 11
+    for e, p in zip(state.ema.model.parameters(), state.unet.parameters()):
+        torch.testing.assert_close(e, p, rtol=1e-6, atol=1e-7)
+    before = [p.detach().clone() for p in state.ema.model.parameters()]
+    train_step(state, [_batch(2)])
+    d = min(0.99, 2 / 11)
     for e0, e1, p in zip(before, state.ema.model.parameters(), state.unet.parameters()):
         torch.testing.assert_close(e1, d * e0 + (1 - d) * p, rtol=1e-6, atol=1e-7)  # one lerp: rounding only
 
     for precision in ("bf16", "fp16"):
         config = dataclasses.replace(config, mixed_precision=precision)
         state = make_train_state(
-            config, build_unet(config, 1), DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+            config, build_unet(config, 1), DDPMScheduler(beta_schedule="squaredcos_cap_v2"), total_steps=10
         )
         loss = train_step(state, [_batch(2)])
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -203,4 +210,4 @@ def test_ema_state_round_trip():
     ema.update(model)
     other = EMA(torch.nn.Linear(2, 2), 0.9)
     other.load_state_dict(ema.state_dict())
-    assert other.num_updates == 1 and torch.equal(other.model.weight, ema.model.weight)
+    assert other.optimization_step == 1 and torch.equal(other.model.weight, ema.model.weight)

@@ -1,41 +1,61 @@
-"""Fast DDPM training: the whole step on the device, replayed as one CUDA graph.
+"""The fast training engine: the same rules as the plain one, the data on the device, each step one
+CUDA graph.
 
-The plain loop (minidiff.training) spends most of a batch-64 step in Python and kernel launches:
-a DataLoader decoding and flipping images on the CPU, a host->device copy, ~2,400 eager kernels for
-forward + backward + AdamW, a per-step `loss.item()` sync. `FastTrainer.step()` instead replays one
-CUDA graph that does, with no host input and no host sync:
+The plain engine spends most of a batch-64 step in Python and kernel launches: ~2,400 eager kernels for
+forward + backward + AdamW, a host->device copy of every batch. `FastTrainer.step()` replays one CUDA
+graph that runs, with no host input and no host sync, the rules of `minidiff.train_rules`:
 
-1. batch: indices from an on-device permutation (drawn once per epoch), gather uint8 images from the
-   data set resident on the GPU, random horizontal flips, [0, 255] -> [-1, 1]  (the tutorial's transform)
-2. forward process (Ho et al. 2020, eq. 4): t ~ U{0..T-1}, eps ~ N(0, I),
-   x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
-3. loss (eq. 14, L_simple): || eps - eps_theta(x_t, t) ||^2, under bf16 autocast (fp32 master weights),
-   channels_last activations, the UNet optionally compiled by torch.compile inside the graph
-4. backward, gradient-norm clipping, fused AdamW (capturable: lr is a device tensor read from a table)
-5. EMA of the weights with foreach ops (diffusers' EMAModel update: ema -= (1 - decay) (ema - param))
-6. the loss is written to an on-device log; `losses()` reads it back (one sync per call, not per step).
+1. the batch: gather uint8 images of the device-resident data set at the epoch's order (`epoch_order`,
+   copied to the device once per epoch), mirror the flipped ones, [0, 255] -> [-1, 1]; eps ~ N(0, I),
+   t ~ U{0..T-1} from the run's noise generator (`draw_batch`)
+2. the loss (`loss_fn`: `add_noise`, the target of the scheduler's prediction_type, MSE) under bf16
+   autocast with fp32 master weights, channels_last activations, optionally torch.compile'd
+3. backward, `clip_gradients`, fused capturable AdamW (`make_optimizer`; lr is a device tensor)
+4. the EMA update (`EMA.apply`, 1 - d_n a device tensor)
 
-On CPU the same stages run eagerly in fp32 (`draw_batch` + `train_step`), which is what the tests compare
-with the plain loss: same x_0, eps and t in, same loss out.
+What changes between steps comes from the host as two tiny fills before each replay: the batch's
+position in the epoch, the lr of the run's torch lr scheduler (stepped on a host-side twin of the
+optimizer) and the EMA's 1 - d_n. On CPU the same stages run eagerly, and a run is bit for bit the plain
+engine's (tests/test_engines.py).
 """
 
 from __future__ import annotations
 
-import copy
+import math
 import time
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+from minidiff.train_config import TrainConfig
+from minidiff.train_rules import EMA, clip_gradients, draw_batch, loss_fn, make_lr_scheduler, make_optimizer
+
+
+def check_fast_supported(config: TrainConfig) -> None:
+    """What the fast engine does not do: a ValueError naming each."""
+    from minidiff import distributed
+
+    unsupported = {
+        "grad_accum > 1": config.grad_accum != 1,
+        "mixed_precision='fp16' (use 'bf16')": config.mixed_precision == "fp16",
+        "several processes (torchrun)": distributed.world_size() > 1,
+    }
+    named = [name for name, used in unsupported.items() if used]
+    if named:
+        raise ValueError(f"fast=True does not support {', '.join(named)}; train without --fast for those")
 
 
 class FastTrainer:
-    """trainer = FastTrainer(unet, noise_scheduler, images_uint8, batch_size=64, learning_rate=1e-4)
-    for _ in range(n): trainer.step()          # no host sync
-    trainer.losses()                           # the per-step losses since the last call (one sync)
+    """The fast engine, driven like the plain one:
+
+        trainer = FastTrainer(unet, noise_scheduler, images_uint8, config)
+        trainer.start_epoch(*epoch_order(len(images_uint8), config.seed, 0, config.flip))
+        loss = trainer.step(batch_in_epoch)     # a 0-d device tensor: no host sync
+
+    images_uint8: the whole data set (N, C, H, W) as uint8 (`minidiff.data.load_dataset_uint8`).
+    total_steps: the length of the lr schedule (default: config.max_steps, else config.epochs epochs).
+    Engine options: use_cuda_graph / channels_last (default: on CUDA), compile (torch.compile the loss).
+    Mixed precision, lr, EMA, clipping and the rest come from `config`, as for the plain engine.
     """
 
     def __init__(
@@ -43,30 +63,20 @@ class FastTrainer:
         unet: nn.Module,
         noise_scheduler,
         images_uint8: torch.Tensor,
-        batch_size: int,
-        learning_rate: float = 1e-4,
-        lr_at_step: Callable[[int], float] | None = None,
-        max_steps: int = 100_000,
-        adam_betas: tuple[float, float] = (0.9, 0.999),
-        adam_eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        max_grad_norm: float | None = 1.0,
-        ema_decay_at_step: Callable[[int], float] | None = None,
-        flip: bool = True,
-        mixed_precision: bool | None = None,
-        channels_last: bool | None = None,
+        config: TrainConfig,
+        total_steps: int | None = None,
+        *,
+        noise_generator: torch.Generator | None = None,
         use_cuda_graph: bool | None = None,
+        channels_last: bool | None = None,
         compile: bool = False,
         compile_mode: str | None = "max-autotune-no-cudagraphs",
-        log_every: int = 100,
-        generator: torch.Generator | None = None,
     ) -> None:
-        self.unet = unet.train()
+        check_fast_supported(config)
         self.device = next(unet.parameters()).device
         on_cuda = self.device.type == "cuda"
-        self.mixed_precision = on_cuda if mixed_precision is None else mixed_precision
-        self.channels_last = on_cuda if channels_last is None else channels_last
         self.use_cuda_graph = on_cuda if use_cuda_graph is None else use_cuda_graph
+        self.channels_last = on_cuda if channels_last is None else channels_last
         if self.use_cuda_graph and not on_cuda:
             raise ValueError(f"use_cuda_graph=True needs the UNet on a CUDA device; it is on {self.device}")
         if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
@@ -74,182 +84,151 @@ class FastTrainer:
                 f"images_uint8 of dtype {images_uint8.dtype} and shape {tuple(images_uint8.shape)}; "
                 "expected a uint8 tensor (N, C, H, W) as data.load_dataset_uint8 returns"
             )
-        if not 1 <= batch_size <= images_uint8.shape[0]:
+        num_images = images_uint8.shape[0]
+        if not 1 <= config.batch_size <= num_images:
             raise ValueError(
-                f"batch_size {batch_size}; expected 1 .. {images_uint8.shape[0]} (the data set size)"
+                f"batch_size {config.batch_size}; expected 1 .. {num_images} (the data set size)"
             )
-        config = noise_scheduler.config
-        if config.prediction_type not in SUPPORTED_PREDICTION_TYPES:
-            raise ValueError(
-                f"prediction_type {config.prediction_type!r}; expected one of {list(SUPPORTED_PREDICTION_TYPES)}"
-            )
-        self.prediction_type = config.prediction_type
-        self.num_train_timesteps = int(config.num_train_timesteps)
-        self.batch_size, self.max_grad_norm, self.flip = batch_size, max_grad_norm, flip
+        self.config, self.noise_scheduler = config, noise_scheduler
+        self.unet = unet.train()
         if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
-
-        # 1. device-resident data and tables: the data set as uint8, sqrt(abar) and sqrt(1 - abar), lr, EMA decay
         self.data = images_uint8.to(self.device)
-        self.steps_per_epoch = self.data.shape[0] // batch_size  # the last partial batch is dropped
-        alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod).to(self.device, torch.float32)
-        self.sqrt_alpha_prod = alphas_cumprod**0.5  # (T,)
-        self.sqrt_one_minus_alpha_prod = (1 - alphas_cumprod) ** 0.5  # (T,)
-        lr_values = [lr_at_step(s) if lr_at_step else learning_rate for s in range(max_steps)]
-        self.lr_values = lr_values
-        self.lr_table = torch.tensor(lr_values, dtype=torch.float32, device=self.device)  # (max_steps,)
-        self.max_steps = max_steps
+        self.batches_per_epoch = math.ceil(num_images / config.batch_size)
+        if total_steps is None:
+            total_steps = config.max_steps or config.epochs * self.batches_per_epoch
+        self.noise_generator = noise_generator or torch.Generator(self.device).manual_seed(config.seed + 1)
+        if self.noise_generator.device.type != self.device.type:
+            raise ValueError(f"noise_generator is on {self.noise_generator.device}; expected {self.device}")
 
-        # 2. optimizer: fused AdamW on CUDA, capturable when graphed, lr a device tensor updated in the graph
-        self.lr = torch.tensor(lr_values[0], dtype=torch.float32, device=self.device)
+        # optimizer (fused on CUDA, capturable in a graph: then lr is a device tensor) and its lr schedule,
+        # which steps a host-side twin optimizer: the graph reads the lr, the host never reads the device
         self.params = [p for p in self.unet.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=self.lr if self.use_cuda_graph else lr_values[0],
-            betas=adam_betas,
-            eps=adam_eps,
-            weight_decay=weight_decay,
-            fused=on_cuda or None,
-            capturable=self.use_cuda_graph,
-        )
+        self.lr = torch.tensor(config.lr, dtype=torch.float32, device=self.device)
+        lr = self.lr if self.use_cuda_graph else None
+        self.optimizer = make_optimizer(self.params, config, on_cuda or None, self.use_cuda_graph, lr)
+        self._lr_twin = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+        self.lr_scheduler = make_lr_scheduler(self._lr_twin, config, total_steps)
+        self.grad_scaler = None  # bf16 needs none
+        self.ema = EMA.from_config(self.unet, config)
+        self.ema_factor: float | torch.Tensor = torch.zeros((), device=self.device)  # 1 - d_n
 
-        # 3. EMA copy of the weights (diffusers' EMAModel update rule), decay from a table
-        self.ema_unet = None
-        if ema_decay_at_step is not None:
-            memo = {
-                id(m._internal_dict): m._internal_dict for m in unet.modules() if hasattr(m, "_internal_dict")
-            }
-            self.ema_unet = copy.deepcopy(self.unet, memo).eval().requires_grad_(False)
-            trainable = [p.requires_grad for p in self.unet.parameters()]
-            self.ema_params = [
-                e for e, t in zip(self.ema_unet.parameters(), trainable) if t
-            ]  # as self.params
-            decays = [ema_decay_at_step(s) for s in range(max_steps)]
-            self.one_minus_decay = 1 - torch.tensor(decays, dtype=torch.float32, device=self.device)
-
-        # 4. counters and logs, all device tensors (the graph reads and increments them)
-        self.global_step = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self.batch_in_epoch = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self.order = torch.zeros(self.steps_per_epoch * batch_size, dtype=torch.int64, device=self.device)
-        self.log_every = log_every
-        self.loss_log = torch.zeros(log_every, dtype=torch.float32, device=self.device)
-        self.steps_done = 0  # host-side count: decides epochs and log reads without asking the device
-        self.steps_logged = 0
-        self.generator = generator if generator is not None else torch.Generator(self.device).manual_seed(0)
-        if self.generator.device.type != self.device.type:
-            raise ValueError(f"generator is on {self.generator.device}; expected {self.device}")
-
+        # device copies of the epoch's order and flips, and the batch position the graph reads
+        self.order = torch.zeros(num_images, dtype=torch.int64, device=self.device)
+        self.flips = torch.zeros(num_images, dtype=torch.bool, device=self.device) if config.flip else None
+        self.batch_index = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._loss = torch.compile(loss_fn, mode=compile_mode) if compile else loss_fn
         self.compiled = compile
-        self._loss = torch.compile(self.loss, mode=compile_mode) if compile else self.loss
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # batch rows -> graph, loss
         self.capture_seconds = 0.0
 
-    # ---- the stages ----------------------------------------------------------------------------------
-    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stage 1 + the random part of 2: (x_0 in [-1, 1], eps, t), all drawn on the device."""
-        batch = self.batch_size
-        index = self.order.view(-1, batch).index_select(0, self.batch_in_epoch).view(batch)  # (B,)
-        images = self.data.index_select(0, index).float() / 255  # (B, C, H, W) in [0, 1], as ToTensor
-        if self.flip:  # RandomHorizontalFlip, p = 0.5 per image
-            flipped = torch.rand(batch, generator=self.generator, device=self.device) < 0.5  # (B,)
-            images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
-        clean = (images - 0.5) / 0.5  # Normalize([0.5], [0.5]): [0, 1] -> [-1, 1]
-        noise = torch.randn(clean.shape, generator=self.generator, device=self.device)
-        timesteps = torch.randint(
-            0, self.num_train_timesteps, (batch,), generator=self.generator, device=self.device
+    @property
+    def sampling_model(self) -> nn.Module:
+        """What the run samples from and saves: the EMA weights when EMA is on."""
+        return self.ema.model if self.ema is not None else self.unet
+
+    # ---- the stages, written once for the eager and the captured step ---------------------------------
+    def _rows(self, first_batch: int) -> int:
+        """Images in batch `first_batch` of the epoch: batch_size, or fewer for the last one."""
+        size = self.config.batch_size
+        return min(size, self.data.shape[0] - first_batch * size)
+
+    def _index(self, rows: int) -> torch.Tensor:
+        """The image indices of the batch at `self.batch_index`, read on the device."""
+        size = self.config.batch_size
+        if rows < size:  # the epoch's last, short batch: a fixed slice
+            return self.order[self.order.numel() - rows :]
+        full = self.order[: (self.order.numel() // size) * size].view(-1, size)  # (full batches, B)
+        return full.index_select(0, self.batch_index).view(size)
+
+    def _optimize(self, rows: int) -> torch.Tensor:
+        """Stages 1-4 on the batch at `self.batch_index`; returns the loss (a device tensor)."""
+        T = self.config.num_train_timesteps
+        index = self._index(rows)
+        clean, noise, timesteps = draw_batch(
+            self.data, index, self.flips, self.noise_generator, T, self.device
         )
-        return clean, noise, timesteps
-
-    def loss(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Stages 2 + 3: forward process and L_simple (mean over every element, in fp32)."""
-        sqrt_a = self.sqrt_alpha_prod.index_select(0, timesteps)[:, None, None, None]  # (B, 1, 1, 1)
-        sqrt_1ma = self.sqrt_one_minus_alpha_prod.index_select(0, timesteps)[:, None, None, None]
-        noisy = sqrt_a * clean + sqrt_1ma * noise  # eq. 4
-        if self.prediction_type == "epsilon":
-            target = noise
-        elif self.prediction_type == "v_prediction":
-            target = sqrt_a * noise - sqrt_1ma * clean
-        else:
-            target = clean
-        if self.channels_last:
-            noisy = noisy.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            self.device.type, torch.bfloat16, enabled=self.mixed_precision, cache_enabled=False
-        ):
-            prediction = self.unet(noisy, timesteps).sample
-        return F.mse_loss(prediction.float(), target.float())
-
-    def train_step(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Stages 3-5 on a given batch; returns the loss as a device tensor (no sync)."""
-        step = self.global_step
-        if self.use_cuda_graph:  # the graph reads lr from the table at the device-side step counter
-            self.lr.copy_(self.lr_table.index_select(0, step).reshape(()))
-        else:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_values[self.steps_done]
-        loss = self._loss(clean, noise, timesteps)
+        if self.channels_last:  # same values, the layout the channels_last convolutions want
+            clean, noise = (x.contiguous(memory_format=torch.channels_last) for x in (clean, noise))
+        bf16 = self.config.mixed_precision == "bf16"
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+            loss = self._loss(self.unet, self.noise_scheduler, clean, noise, timesteps)
         loss.backward()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
+        clip_gradients(self.params, self.config.grad_clip)
         self.optimizer.step()
-        if self.ema_unet is not None:  # ema <- ema - (1 - decay) * (ema - param)
-            ema_params = self.ema_params
-            diffs = torch._foreach_sub(ema_params, [p.detach() for p in self.params])
-            torch._foreach_mul_(diffs, self.one_minus_decay.index_select(0, step).reshape(()))
-            torch._foreach_sub_(ema_params, diffs)
+        if self.ema is not None:
+            self.ema.apply(self.unet, self.ema_factor)
         return loss.detach()
 
-    def _full_step(self) -> None:
-        loss = self.train_step(*self.draw_batch())
-        slot = torch.remainder(self.global_step, self.log_every)
-        self.loss_log.index_copy_(0, slot, loss.view(1))
-        self.global_step.add_(1)
-        self.batch_in_epoch.add_(1)
+    # ---- driving it -----------------------------------------------------------------------------------
+    def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None) -> None:
+        """The epoch's image order (N,) and flips (N,) bool, from `train_rules.epoch_order`."""
+        self.order.copy_(order)
+        if self.flips is not None:
+            self.flips.copy_(flips)
 
-    # ---- driving it -------------------------------------------------------------------------------
-    def _start_epoch_if_due(self) -> None:
-        if self.steps_done % self.steps_per_epoch == 0:  # host-side arithmetic: no device read
-            permutation = torch.randperm(self.data.shape[0], generator=self.generator, device=self.device)
-            self.order.copy_(permutation[: self.order.numel()])
-            self.batch_in_epoch.zero_()
+    def step(self, first_batch: int, count: int = 1) -> torch.Tensor:
+        """One optimizer step on batch `first_batch` of the epoch: a graph replay on CUDA (captured at
+        the first batch of each size), eager elsewhere. Returns the loss as a 0-d device tensor."""
+        if count != 1:
+            raise ValueError(f"the fast engine takes one batch per step; got {count} (grad_accum is refused)")
+        if not 0 <= first_batch < self.batches_per_epoch:
+            raise ValueError(f"batch {first_batch}; an epoch has batches 0 .. {self.batches_per_epoch - 1}")
+        rows = self._rows(first_batch)
+        self.batch_index.fill_(first_batch)
+        lr = self._lr_twin.param_groups[0]["lr"]
+        one_minus_decay = self.ema.next_one_minus_decay() if self.ema is not None else 0.0
+        if self.use_cuda_graph:
+            self.lr.fill_(lr)
+            self.ema_factor.fill_(one_minus_decay)
+            if rows not in self.graphs:
+                self.capture(rows)
+            graph, loss = self.graphs[rows]
+            graph.replay()
+            loss = loss.clone()  # the graph's output is overwritten by the next replay
+        else:
+            self.optimizer.param_groups[0]["lr"] = lr
+            self.ema_factor = one_minus_decay
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._optimize(rows)
+        self._lr_twin.step()
+        self.lr_scheduler.step()
+        return loss
 
-    def capture(self, warmup_steps: int = 3) -> float:
-        """Warm up on a side stream (compiles, autotunes, creates AdamW's state), then capture one step.
-
-        The warm-up steps are undone afterwards: weights, EMA, AdamW state, counters and the generator
-        go back to where they were, so the first replay is the next real step and `step()` / `losses()`
-        count exactly the steps the caller asked for.
-        """
+    def capture(self, rows: int, warmup_steps: int = 3) -> float:
+        """Warm up on a side stream (compile, autotune, AdamW's state), then capture one step on batches
+        of `rows` images. The warm-up steps are undone: weights, EMA, AdamW state and the generator go
+        back to where they were, so the first replay is the next real step."""
         start = time.perf_counter()
         snapshot = self._snapshot()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(warmup_steps):
-                self._eager_step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self._optimize(rows)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._restore(snapshot)
-        self.graph = torch.cuda.CUDAGraph()
-        if self.generator is not torch.cuda.default_generators[self.device.index or 0]:
-            self.graph.register_generator_state(self.generator)
+        graph = torch.cuda.CUDAGraph()
+        if self.noise_generator is not torch.cuda.default_generators[self.device.index or 0]:
+            graph.register_generator_state(self.noise_generator)
         self.optimizer.zero_grad(set_to_none=True)  # gradients then live in the graph's memory pool
-        with torch.cuda.graph(self.graph):
-            self._full_step()
+        with torch.cuda.graph(graph):
+            loss = self._optimize(rows)
         torch.cuda.synchronize(self.device)
-        self.capture_seconds = time.perf_counter() - start
+        self.graphs[rows] = (graph, loss)
+        self.capture_seconds += time.perf_counter() - start
         return self.capture_seconds
 
     def _snapshot(self) -> dict:
-        """Copies of everything a training step changes (AdamW state only if it exists yet)."""
-        modules = [self.unet] + ([self.ema_unet] if self.ema_unet is not None else [])
+        """Copies of every tensor a step changes (AdamW state only if it exists yet)."""
+        modules = [self.unet] + ([self.ema.model] if self.ema is not None else [])
         tensors = [t for m in modules for t in m.state_dict().values()]
-        tensors += [self.global_step, self.batch_in_epoch, self.order, self.loss_log]
-        optimizer_state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        tensors += [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         return dict(
-            tensors=[(t, t.detach().clone()) for t in tensors + optimizer_state],
+            tensors=[(t, t.detach().clone()) for t in tensors],
             had_state=set(self.optimizer.state),
-            generator=self.generator.get_state(),
-            counts=(self.steps_done, self.steps_logged),
+            generator=self.noise_generator.get_state(),
         )
 
     @torch.no_grad()
@@ -261,37 +240,4 @@ class FastTrainer:
                 for value in state.values():
                     if torch.is_tensor(value):
                         value.zero_()
-        self.generator.set_state(snapshot["generator"])
-        self.steps_done, self.steps_logged = snapshot["counts"]
-
-    def _eager_step(self) -> None:
-        self._start_epoch_if_due()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._full_step()
-        self.steps_done += 1
-
-    def step(self) -> None:
-        """One training step: one graph replay on CUDA (captured on the first call), eager elsewhere."""
-        if self.steps_done >= self.max_steps:
-            raise ValueError(f"max_steps {self.max_steps} reached: the lr / EMA tables end there")
-        if self.use_cuda_graph and self.graph is None:
-            self.capture()
-        if self.graph is None:
-            self._eager_step()
-            return
-        self._start_epoch_if_due()
-        self.graph.replay()
-        self.steps_done += 1
-
-    def losses(self) -> list[float]:
-        """The losses of the steps since the last call (at most `log_every` of them): one host sync."""
-        count = self.steps_done - self.steps_logged
-        if count > self.log_every:
-            raise ValueError(
-                f"{count} steps since the last losses() call but the log holds {self.log_every}; "
-                "call losses() at least every log_every steps"
-            )
-        values = self.loss_log.tolist()
-        slots = [(self.steps_logged + i) % self.log_every for i in range(count)]
-        self.steps_logged = self.steps_done
-        return [values[s] for s in slots]
+        self.noise_generator.set_state(snapshot["generator"])

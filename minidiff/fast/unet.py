@@ -63,9 +63,7 @@ def prepare_unet_for_sampling(
     unet: nn.Module, dtype: torch.dtype, channels_last: bool, fuse_qkv: bool = True
 ) -> nn.Module:
     """A frozen eval-mode copy of `unet` in `dtype` (and channels_last), with q/k/v fused when asked."""
-    # configs are read-only (FrozenConfig refuses deepcopy's item assignment): share them, copy the rest
-    memo = {id(m._internal_dict): m._internal_dict for m in unet.modules() if hasattr(m, "_internal_dict")}
-    model = copy.deepcopy(unet, memo).eval().requires_grad_(False)
+    model = copy.deepcopy(unet).eval().requires_grad_(False)
     if fuse_qkv:
         fuse_qkv_projections(model)
     model = model.to(dtype=dtype)

@@ -1,0 +1,220 @@
+"""The rules of DDPM training, each written once and used by both engines (plain and fast).
+
+DDPM Algorithm 1 (Ho et al. 2020), one optimizer step:
+    x_0 ~ data (epoch order and flips: `epoch_order`, `draw_batch`),  t ~ U{0..T-1},  eps ~ N(0, I)
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                  (eq. 4, `scheduler.add_noise`)
+    L = || target - model(x_t, t) ||^2                              (eq. 14; `training_target`, `loss_fn`)
+    theta <- AdamW(theta, clip(grad L))                             (`make_optimizer`, `clip_gradients`)
+    lr from a warm-up and a schedule                                (`make_lr_scheduler`)
+    theta_ema <- theta_ema - (1 - d_n) (theta_ema - theta)          (`EMA`, diffusers' EMAModel rule)
+
+An engine decides how these run (eager or one CUDA graph, fp32 or bf16 autocast, fused AdamW); what
+they compute is decided here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+# ---- what the model learns to predict ---------------------------------------------------------------
+def training_target(
+    noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The regression target of `noise_scheduler.config.prediction_type`:
+    epsilon -> eps (DDPM eq. 14), sample -> x_0, v_prediction -> v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+    (Salimans & Ho 2022), the last from the scheduler's own forward-process tables."""
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return clean
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(clean, noise, timesteps)
+    raise ValueError(f"prediction_type {prediction_type!r}; expected one of {list(PREDICTION_TYPES)}")
+
+
+def loss_fn(
+    unet: nn.Module, noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """mean || target - model(x_t, t) ||^2 with x_t = add_noise(x_0, eps, t) (eq. 4 and 14).
+    The mean is taken in fp32 even under autocast."""
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)  # x_t
+    prediction = unet(noisy, timesteps, return_dict=False)[0]
+    target = training_target(noise_scheduler, clean, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float())
+
+
+# ---- the data: which images, in which order, flipped or not ---------------------------------------------
+def epoch_order(
+    num_images: int, seed: int, epoch: int, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The shuffled image order of `epoch` (N,) and which images it flips (N,) bool, from a CPU
+    generator seeded by (seed, epoch): the same on every engine, device and process."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_images, generator=generator)
+    flips = torch.rand(num_images, generator=generator) < 0.5 if flip else None
+    return order, flips
+
+
+def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> floats in [-1, 1], as the tutorial's ToTensor() + Normalize([0.5], [0.5]) compute it."""
+    return (pixels.float().div(255) - 0.5) / 0.5
+
+
+def draw_batch(
+    images: torch.Tensor,
+    index: torch.Tensor,
+    flips: torch.Tensor | None,
+    noise_generator: torch.Generator,
+    num_train_timesteps: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_0, eps, t) of one batch: the uint8 `images` (N, C, H, W) at `index` (B,), mirrored where `flips`
+    says, in [-1, 1] on `device`; then eps ~ N(0, I) and t ~ U{0..T-1} from `noise_generator`, in that
+    order (the tutorial's). No host sync: a graph can capture it when everything is on the device."""
+    pixels = images.index_select(0, index)  # (B, C, H, W) uint8
+    if flips is not None:
+        mirror = flips.index_select(0, index).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        pixels = torch.where(mirror, pixels.flip(-1), pixels)
+    clean = to_model_range(pixels.to(device, non_blocking=True))
+    noise = torch.randn(clean.shape, generator=noise_generator, device=device)
+    timesteps = torch.randint(0, num_train_timesteps, (len(index),), generator=noise_generator, device=device)
+    return clean, noise, timesteps
+
+
+# ---- the optimizer, its learning rate and the gradient clip -----------------------------------------------
+def make_optimizer(params, config, fused: bool | None = None, capturable: bool = False, lr=None):
+    """AdamW with the run's lr, betas, eps and weight decay (`lr` may be a device tensor for a graph)."""
+    return torch.optim.AdamW(
+        params,
+        lr=config.lr if lr is None else lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+        fused=fused,
+        capturable=capturable,
+    )
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, config, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The lr of every step as a torch scheduler: a linear warm-up over `warmup_steps` (lr / w, 2 lr / w,
+    ..., lr), then `lr_scheduler`: constant, linear decay to 0, or cosine decay to 0 at `total_steps`."""
+    warmup = config.warmup_steps  # not capped by total_steps: a shorter run has the same first lrs
+    decay_steps = max(1, total_steps - warmup)
+    schedules = torch.optim.lr_scheduler
+    if config.lr_scheduler == "linear":
+        main = schedules.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=decay_steps)
+    elif config.lr_scheduler == "cosine":
+        main = schedules.CosineAnnealingLR(optimizer, T_max=decay_steps)
+    else:
+        main = schedules.LambdaLR(optimizer, lambda step: 1.0)
+    if warmup == 0:
+        return main
+    start = schedules.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return schedules.SequentialLR(optimizer, [start, main], milestones=[warmup])
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float | None) -> None:
+    """Scale the gradients so that their global L2 norm is at most `max_norm` (None: no clipping)."""
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+# ---- the EMA of the weights ---------------------------------------------------------------------------------
+class EMA:
+    """An exponential moving average of a model's weights, number for number diffusers' `EMAModel`
+    (training_utils.py) as its train_unconditional.py example configures it:
+
+        d_n = 0 for n <= update_after_step + 1, else with k = n - update_after_step - 1
+              min(decay, 1 - (1 + k / inv_gamma) ** -power)   if use_warmup
+              min(decay, (1 + k) / (10 + k))                 otherwise,   then max(d_n, min_decay)
+        theta_ema <- theta_ema - (1 - d_n) (theta_ema - theta)     (non-trainable tensors are copied)
+
+    `model` is a frozen copy of the trained network (what the run saves and samples from).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float,
+        min_decay: float = 0.0,
+        update_after_step: int = 0,
+        use_warmup: bool = False,
+        inv_gamma: float = 1.0,
+        power: float = 3 / 4,
+    ):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.min_decay, self.update_after_step = decay, min_decay, update_after_step
+        self.use_warmup, self.inv_gamma, self.power = use_warmup, inv_gamma, power
+        self.optimization_step = 0
+        trainable = [p.requires_grad for p in model.parameters()]
+        self._params = [e for e, t in zip(self.model.parameters(), trainable) if t]
+        self._copied = [e for e, t in zip(self.model.parameters(), trainable) if not t]
+        self._copied += list(self.model.buffers())
+
+    @classmethod
+    def from_config(cls, model: nn.Module, config) -> EMA | None:
+        """The EMA a TrainConfig asks for (None when ema_decay is 0)."""
+        if config.ema_decay == 0:
+            return None
+        return cls(
+            model, config.ema_decay, config.ema_min_decay, config.ema_update_after_step,
+            config.ema_warmup, config.ema_inv_gamma, config.ema_power,
+        )  # fmt: skip
+
+    def get_decay(self, optimization_step: int) -> float:
+        """d_n of update n (1-based), diffusers' `EMAModel.get_decay`."""
+        step = max(0, optimization_step - self.update_after_step - 1)
+        if step <= 0:
+            return 0.0
+        if self.use_warmup:
+            value = 1 - (1 + step / self.inv_gamma) ** -self.power
+        else:
+            value = (1 + step) / (10 + step)
+        return max(min(value, self.decay), self.min_decay)
+
+    def next_one_minus_decay(self) -> float:
+        """Count one update and return its 1 - d_n."""
+        self.optimization_step += 1
+        return 1 - self.get_decay(self.optimization_step)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module, one_minus_decay: float | torch.Tensor) -> None:
+        """theta_ema -= (1 - d) (theta_ema - theta) for the trainable tensors; copy the others.
+        `one_minus_decay` may be a 0-d device tensor, so that a CUDA graph can capture the update."""
+        trainable = [p.detach() for p in model.parameters() if p.requires_grad]
+        others = [p.detach() for p in model.parameters() if not p.requires_grad] + list(model.buffers())
+        diffs = torch._foreach_sub(self._params, trainable)
+        torch._foreach_mul_(diffs, one_minus_decay)
+        torch._foreach_sub_(self._params, diffs)
+        for ema_tensor, tensor in zip(self._copied, others):
+            ema_tensor.copy_(tensor)
+
+    def update(self, model: nn.Module) -> None:
+        """One EMA update after an optimizer step (diffusers' `EMAModel.step`)."""
+        self.apply(model, self.next_one_minus_decay())
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimization_step": self.optimization_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimization_step = int(state["optimization_step"])
+
+
+def check_finite(values: list[float], first_step: int) -> None:
+    """Stop a run whose loss is nan or inf, naming the step (the last checkpoint stays the good one)."""
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {first_step + i}; training stopped")

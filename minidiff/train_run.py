@@ -1,0 +1,181 @@
+"""What every training run shares, whichever engine steps it: the model, the noise schedule and the
+data it starts from, where it stands (`Progress`), the loss log, and the files it leaves behind."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from minidiff.train_config import TrainConfig
+from minidiff.train_rules import check_finite
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the per-step losses and where every file went."""
+
+    losses: list[float]
+    steps: int
+    epochs_completed: int
+    seconds: float
+    out_dir: Path
+    model_dir: Path
+    loss_csv: Path
+    loss_png: Path
+    samples_png: Path
+    sample_grids: list[Path] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+# ---- what a run starts from ---------------------------------------------------------------------------
+def build_unet(config: TrainConfig, channels: int):
+    """The UNet2DModel of `config`, its initial weights drawn after torch.manual_seed(config.seed)
+    (inside fork_rng: the caller's global RNG is left as it was)."""
+    from minidiff.unet_2d import UNet2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return UNet2DModel(
+            sample_size=config.image_size,
+            in_channels=channels,
+            out_channels=channels,
+            layers_per_block=config.layers_per_block,
+            block_out_channels=tuple(config.block_out_channels),
+            down_block_types=tuple(config.down_block_types),
+            up_block_types=tuple(config.up_block_types),
+            norm_num_groups=config.norm_num_groups,
+        )
+
+
+def build_noise_scheduler(config: TrainConfig):
+    """The DDPMScheduler of the run; saved with the model, so sampling uses its prediction_type."""
+    from minidiff.scheduling_ddpm import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+    )
+
+
+def make_noise_generator(config: TrainConfig, device: torch.device) -> torch.Generator:
+    """The generator of eps and t: on the training device, seeded with seed + 1."""
+    return torch.Generator(device).manual_seed(config.seed + 1)
+
+
+def load_images(config: TrainConfig) -> torch.Tensor:
+    """The whole data set as uint8 (N, C, H, W), resized, neither flipped nor normalised."""
+    from minidiff.data import load_dataset_uint8
+
+    return load_dataset_uint8(
+        config.data, config.image_size, channels=config.channels, limit=config.limit, progress=config.progress
+    )
+
+
+@dataclass
+class Progress:
+    """Where a run stands: optimizer steps taken, epochs completed, micro-batches of this epoch used."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+    def advance(self, micro_batches: int, batches_per_epoch: int) -> bool:
+        """Count one optimizer step over `micro_batches`; True when it completed an epoch."""
+        self.step += 1
+        self.batch_in_epoch += micro_batches
+        if self.batch_in_epoch < batches_per_epoch:
+            return False
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return True
+
+
+def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
+    """max_steps, else epochs x optimizer steps per epoch (the last one may take fewer micro-batches)."""
+    if config.max_steps is not None:
+        return config.max_steps
+    return config.epochs * math.ceil(batches_per_epoch / config.grad_accum)
+
+
+# ---- the loss log: loss.csv, the progress bar, the non-finite check ------------------------------------------
+class LossLog:
+    """Losses stay on the device until `flush` (every log_every steps): one host sync per flush.
+    `loss.csv` is rewritten at the start (a resumed run keeps the rows up to its checkpoint) and
+    appended at each flush; only `write=True` (rank 0) writes it."""
+
+    def __init__(
+        self, path: Path, losses: list[float], bar, images_per_step: int, write: bool, skip_nonfinite: bool
+    ):
+        self.path, self.losses, self.bar = path, losses, bar
+        self.images_per_step, self.write, self.skip_nonfinite = images_per_step, write, skip_nonfinite
+        self.pending: list[torch.Tensor] = []
+        self.since = time.perf_counter()
+        if write:
+            rows = "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses))
+            path.write_text("step,loss\n" + rows, encoding="utf-8")
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+        self.bar.update(1)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values, first = torch.stack(self.pending).tolist(), len(self.losses) + 1
+        if not self.skip_nonfinite:  # fp16: the GradScaler skips such steps itself
+            check_finite(values, first)
+        self.losses.extend(values)
+        if self.write:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(f"{first + i},{v!r}\n" for i, v in enumerate(values)))
+        seconds = max(time.perf_counter() - self.since, 1e-9)
+        images_per_s = len(self.pending) * self.images_per_step / seconds
+        self.bar.set_postfix(loss=f"{values[-1]:.4f}", img_s=f"{images_per_s:.0f}")
+        self.pending.clear()
+        self.since = time.perf_counter()
+
+
+# ---- what a run leaves behind -----------------------------------------------------------------------------
+def sampler_from_config(scheduler_class, config):
+    """`scheduler_class` built from another scheduler's config, keeping only the keys it takes (DDIM has no
+    `variance_type`, for one), as diffusers does when it swaps compatible schedulers."""
+    accepted = set(scheduler_class.init_keywords())
+    return scheduler_class.from_config({k: v for k, v in config.items() if k in accepted})
+
+
+def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainConfig) -> Path:
+    """A grid of `config.num_samples` images from `unet` (DDPM or DDIM, `config.sample_steps` steps),
+    drawn from a generator seeded by `config.seed`, so every grid of a run starts from the same noise."""
+    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.scheduling_ddim import DDIMScheduler
+    from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.viz import enlarged, save_grid
+
+    # a fresh scheduler: set_timesteps must not touch the one training uses
+    sampler_class = DDIMScheduler if config.sampler == "ddim" else DDPMScheduler
+    pipeline = DDPMPipeline(unet=unet, scheduler=sampler_from_config(sampler_class, noise_scheduler.config))
+    pipeline.set_progress_bar_config(disable=not config.progress, desc="sampling", leave=False)
+    generator = torch.Generator(unet.device).manual_seed(config.seed)
+    was_training = unet.training
+    images = pipeline(
+        batch_size=config.num_samples, generator=generator, num_inference_steps=config.sample_steps
+    ).images
+    unet.train(was_training)
+    return save_grid(enlarged(images), path)
+
+
+def save_outputs(final_unet, noise_scheduler, losses: list[float], out_dir: Path, config: TrainConfig):
+    """model/ (a pipeline folder diffusers loads too), samples.png and loss.png; returns their paths."""
+    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.viz import plot_losses
+
+    final_unet = final_unet.to(memory_format=torch.contiguous_format)
+    model_dir = DDPMPipeline(unet=final_unet, scheduler=noise_scheduler).save_pretrained(out_dir / "model")
+    samples_png = save_samples(final_unet, noise_scheduler, out_dir / "samples.png", config)
+    loss_png = Path(plot_losses(losses, out_dir / "loss.png"))
+    return model_dir, samples_png, loss_png
