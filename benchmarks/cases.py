@@ -24,7 +24,7 @@ from minidiff.fast import (
 from minidiff.scheduling_ddpm import DDPMScheduler
 from minidiff.unet_2d import UNet2DModel
 
-# The tutorial's UNet (= minidiff.train_config's "tutorial" preset, 18.5 M parameters, 32x32 RGB).
+# The tutorial's UNet (= minidiff.training.config's "tutorial" preset, 18.5 M parameters, 32x32 RGB).
 TUTORIAL_UNET = dict(
     sample_size=32,
     in_channels=3,

@@ -13,8 +13,8 @@ from benchmarks.cases import Settings, _compile_row, _copy
 from benchmarks.harness import Row, alternate, fill, peak_memory_mb, rel_err, synchronize, time_once
 from minidiff.fast import FastDDPMSampler, FastTrainer
 from minidiff.scheduling_ddpm import DDPMScheduler
-from minidiff.train_config import TrainConfig
-from minidiff.train_rules import epoch_order, loss_fn
+from minidiff.training.config import TrainConfig
+from minidiff.training.rules import epoch_order, loss_fn
 
 LEARNING_RATE = 1e-4  # the tutorial's
 

@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-from minidiff import __version__
-
 
 class _TqdmHandler(logging.Handler):
     """Log lines through tqdm.write, so they do not tear the progress bar."""
@@ -138,8 +136,8 @@ def _report(result, extra: dict[str, Path] | None = None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from minidiff.distributed import is_main
     from minidiff.training import train
+    from minidiff.training.distributed import is_main
 
     _setup_logging()
     result = train(_config_from_args(args, args.preset))
@@ -187,10 +185,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.preflight import pick_device
     from minidiff.scheduling_ddim import DDIMScheduler
     from minidiff.scheduling_ddpm import DDPMScheduler
     from minidiff.training import sampler_from_config
+    from minidiff.training.preflight import pick_device
     from minidiff.viz import enlarged, save_grid
 
     pipeline = DDPMPipeline.from_pretrained(args.model)
@@ -268,6 +266,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 # ---- the parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from minidiff import __version__
+
     parser = argparse.ArgumentParser(
         prog="minidiff",
         description="DDPM diffusion in plain PyTorch: train, sample, inspect, compare with diffusers.",

@@ -260,7 +260,7 @@ def load_dataset_uint8(
     """All images of `source` as one uint8 tensor (N, C, image_size, image_size): converted and resized
     exactly as `load_dataset` does (same PIL resize), but neither flipped nor normalised.
 
-    `minidiff.train_rules.to_model_range(x)` gives `load_dataset(..., flip=False)`'s values, bit for bit.
+    `minidiff.training.rules.to_model_range(x)` gives `load_dataset(..., flip=False)`'s values, bit for bit.
     progress: a tqdm bar over the images.
     """
     from tqdm.auto import tqdm

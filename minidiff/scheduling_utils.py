@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from minidiff import schedules
+import minidiff.schedules as schedules
 from minidiff.schedules import check_choice
 
 # ---- 1. pieces of a reverse step shared by DDPM and DDIM ----------------------------------------

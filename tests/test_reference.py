@@ -15,8 +15,8 @@ from PIL import Image
 from minidiff.data import load_dataset
 from minidiff.parity import to_diffusers_unet
 from minidiff.scheduling_ddpm import DDPMScheduler
-from minidiff.train_config import TrainConfig
 from minidiff.training import build_unet, loss_fn, make_train_state, train_step
+from minidiff.training.config import TrainConfig
 from reference import tutorial
 
 diffusers = pytest.importorskip("diffusers")

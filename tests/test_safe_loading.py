@@ -18,10 +18,10 @@ import torch
 from tiny import TINY_TRAIN, TINY_UNET
 
 from minidiff import DDPMPipeline, DDPMScheduler, UNet2DModel
-from minidiff.checkpoint import load_checkpoint
 from minidiff.modeling_utils import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, load_weights
-from minidiff.train_config import preset
 from minidiff.training import train
+from minidiff.training.checkpoint import load_checkpoint
+from minidiff.training.config import preset
 
 
 class _Payload:

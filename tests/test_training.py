@@ -9,10 +9,10 @@ import dataclasses
 import pytest
 import torch
 
-from minidiff.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from minidiff.scheduling_ddpm import DDPMScheduler
-from minidiff.train_config import TrainConfig
 from minidiff.training import EMA, build_unet, make_train_state, preset, train, train_step
+from minidiff.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from minidiff.training.config import TrainConfig
 
 TINY_NET = dict(
     image_size=8,

@@ -3,7 +3,7 @@ CUDA graph.
 
 The plain engine spends most of a batch-64 step in Python and kernel launches: ~2,400 eager kernels for
 forward + backward + AdamW, a host->device copy of every batch. `FastTrainer.step()` replays one CUDA
-graph that runs, with no host input and no host sync, the rules of `minidiff.train_rules`:
+graph that runs, with no host input and no host sync, the rules of `minidiff.training.rules`:
 
 1. the batch: gather uint8 images of the device-resident data set at the epoch's order (`epoch_order`,
    copied to the device once per epoch), mirror the flipped ones, [0, 255] -> [-1, 1]; eps ~ N(0, I),
@@ -27,13 +27,20 @@ import time
 import torch
 from torch import nn
 
-from minidiff.train_config import TrainConfig
-from minidiff.train_rules import EMA, clip_gradients, draw_batch, loss_fn, make_lr_scheduler, make_optimizer
+from minidiff.training.config import TrainConfig
+from minidiff.training.rules import (
+    EMA,
+    clip_gradients,
+    draw_batch,
+    loss_fn,
+    make_lr_scheduler,
+    make_optimizer,
+)
 
 
 def check_fast_supported(config: TrainConfig) -> None:
     """What the fast engine does not do: a ValueError naming each."""
-    from minidiff import distributed
+    import minidiff.training.distributed as distributed
 
     unsupported = {
         "grad_accum > 1": config.grad_accum != 1,

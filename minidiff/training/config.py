@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minidiff.train_rules import LR_SCHEDULES, PREDICTION_TYPES
+from minidiff.training.rules import LR_SCHEDULES, PREDICTION_TYPES
 
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLERS = ("ddpm", "ddim")

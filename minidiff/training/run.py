@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from minidiff.train_config import TrainConfig
-from minidiff.train_rules import check_finite
+from minidiff.training.config import TrainConfig
+from minidiff.training.rules import check_finite
 
 
 @dataclass

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from minidiff.files import atomic_path
-from minidiff.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
-from minidiff.train_run import Progress
+from minidiff.training.config import RESUMABLE_CHANGES, TrainConfig, config_dict
+from minidiff.training.run import Progress
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 

@@ -5,7 +5,7 @@
     result = train(preset("tutorial", fast=True, mixed_precision="bf16"))   # the fast engine
 
 The rules of a step (target, loss, AdamW, lr schedule, clipping, EMA, data order and flips) are in
-minidiff/train_rules.py. An engine runs them: `PlainEngine` (minidiff/train_step.py) one eager step
+minidiff/training/rules.py. An engine runs them: `PlainEngine` (minidiff/training/step.py) one eager step
 at a time, also under torchrun; `FastTrainer` (minidiff/fast/trainer.py) with the data on the device
 and each step replayed as one CUDA graph. This loop drives either: epochs, the loss log, sample grids,
 checkpoints and resume, and the final outputs.
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from minidiff import distributed
-from minidiff.checkpoint import (
+import minidiff.training.distributed as distributed
+from minidiff.training.checkpoint import (
     checkpoint_path,
     checkpoint_to_state,
     latest_checkpoint,
@@ -36,10 +36,10 @@ from minidiff.checkpoint import (
     save_checkpoint,
     state_to_checkpoint,
 )
-from minidiff.preflight import check_free_space, pick_device, writable_dir
-from minidiff.train_config import PRESETS, TrainConfig, preset
-from minidiff.train_rules import EMA, epoch_order, loss_fn
-from minidiff.train_run import (
+from minidiff.training.config import TrainConfig
+from minidiff.training.preflight import check_free_space, pick_device, writable_dir
+from minidiff.training.rules import epoch_order
+from minidiff.training.run import (
     LossLog,
     Progress,
     TrainResult,
@@ -47,29 +47,11 @@ from minidiff.train_run import (
     build_unet,
     load_images,
     make_noise_generator,
-    sampler_from_config,
     save_outputs,
     save_samples,
     total_steps,
 )
-from minidiff.train_step import PlainEngine, TrainState, make_train_state, train_step
-
-__all__ = [
-    "EMA",
-    "PRESETS",
-    "PlainEngine",
-    "TrainConfig",
-    "TrainResult",
-    "TrainState",
-    "build_noise_scheduler",
-    "build_unet",
-    "loss_fn",
-    "make_train_state",
-    "preset",
-    "sampler_from_config",
-    "train",
-    "train_step",
-]
+from minidiff.training.step import PlainEngine
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 
 `train_step` takes the batches, noise and timesteps from its caller, so the parity test can feed it the
 same numbers as the diffusers tutorial's loop; `PlainEngine` draws them by the rules of
-`minidiff.train_rules` and is what the training loop drives (the fast engine, `minidiff.fast.FastTrainer`,
+`minidiff.training.rules` and is what the training loop drives (the fast engine, `minidiff.fast.FastTrainer`,
 has the same interface). Under torchrun the engine trains on its process's rows of each global batch.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from minidiff import distributed
-from minidiff.train_config import MIXED_PRECISION, TrainConfig
-from minidiff.train_rules import (
+import minidiff.training.distributed as distributed
+from minidiff.training.config import MIXED_PRECISION, TrainConfig
+from minidiff.training.rules import (
     EMA,
     clip_gradients,
     draw_batch,
@@ -68,7 +68,7 @@ def train_step(
     host sync). The micro-batches' gradients are averaged (accumulation).
 
     loss_weights: one factor per micro-batch, applied to its loss (and to the returned mean); several
-    processes weight their share of a batch by its size (`minidiff.distributed.shard`)."""
+    processes weight their share of a batch by its size (`minidiff.training.distributed.shard`)."""
     unet, optimizer, scaler = state.unet, state.optimizer, state.grad_scaler
     unet.train()
     device_type = next(unet.parameters()).device.type

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from minidiff.train_config import TrainConfig
+from minidiff.training.config import TrainConfig
 
 
 def writable_dir(path: str | os.PathLike) -> Path:

@@ -1,0 +1,38 @@
+"""Training a DDPM: the rules of a step, two engines that run them, and the one loop around both.
+
+from minidiff.training import preset, train
+result = train(preset("tiny", out_dir="out/tiny"))
+
+config.py       TrainConfig: every setting of a run; the presets "tutorial" and "tiny"
+rules.py        the rules: target per prediction_type, loss, AdamW, lr schedule, clipping, data order, EMA
+step.py         the plain engine: one eager optimizer step (`train_step`), batches drawn on the host
+loop.py         `train`: the loop that drives either engine (the fast one is minidiff.fast.FastTrainer)
+run.py          what every run shares: model, noise schedule, data, progress, loss log, output files
+checkpoint.py   atomic checkpoints with everything a bit-exact resume needs
+distributed.py  torchrun / DistributedDataParallel helpers
+preflight.py    the checks before step 1: device, writable output folder, free disk space
+"""
+
+from minidiff.training.config import PRESETS, TrainConfig, preset
+from minidiff.training.loop import train
+from minidiff.training.rules import EMA, loss_fn, training_target
+from minidiff.training.run import TrainResult, build_noise_scheduler, build_unet, sampler_from_config
+from minidiff.training.step import PlainEngine, TrainState, make_train_state, train_step
+
+__all__ = [
+    "EMA",
+    "PRESETS",
+    "PlainEngine",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "build_noise_scheduler",
+    "build_unet",
+    "loss_fn",
+    "make_train_state",
+    "preset",
+    "sampler_from_config",
+    "train",
+    "train_step",
+    "training_target",
+]
