@@ -186,7 +186,7 @@ def host_timestep(timestep: int | torch.Tensor, num_train_timesteps: int) -> int
             raise ValueError(
                 f"timestep must be an int or a 0-d integer tensor, got shape {tuple(timestep.shape)} {timestep.dtype}"
             )
-        # looked up on the module at call time: tests patch it to run the device path on CPU tensors
+        # only a host tensor is read back; a device timestep stays on the device (no sync)
         if not schedules.is_host_tensor(timestep):
             return None
         timestep = int(timestep)

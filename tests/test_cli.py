@@ -54,6 +54,16 @@ def test_train_prints_where_files_went(tmp_path, capsys):
         assert str(path) in printed
 
 
+def test_train_prediction_type_reaches_the_saved_scheduler(tmp_path, capsys):
+    """--prediction-type sets what the UNet learns and is saved with the model, as diffusers reads it."""
+    diffusers = pytest.importorskip("diffusers")
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--out", str(out), "--max-steps", "2", "--quiet", *TRAIN_TINY]
+    assert main([*argv, "--prediction-type", "v_prediction", "--lr-scheduler", "cosine"]) == 0
+    scheduler = diffusers.DDPMScheduler.from_pretrained(out / "model", subfolder="scheduler")
+    assert scheduler.config.prediction_type == "v_prediction"
+
+
 def test_train_resume(tmp_path, capsys):
     args = [
         "train",
@@ -137,6 +147,7 @@ def test_help(command, capsys):
     "argv, message",
     [
         (["train", "--mixed-precision", "fp8"], "invalid choice: 'fp8'"),
+        (["train", "--prediction-type", "x0"], "invalid choice: 'x0'"),
         (["train", "--max-steps", "0"], "'0' is not a positive integer"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
         (["sample"], "the following arguments are required: --model"),

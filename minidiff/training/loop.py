@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -52,6 +54,9 @@ from minidiff.training.run import (
     total_steps,
 )
 from minidiff.training.step import PlainEngine
+
+if TYPE_CHECKING:
+    from minidiff.fast.trainer import FastTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +93,58 @@ def make_engine(config: TrainConfig, unet, noise_scheduler, images, steps: int, 
     return PlainEngine(unet, noise_scheduler, images, config, steps, generator)
 
 
+@dataclass
+class Run:
+    """One training run as the loop sees it."""
+
+    config: TrainConfig
+    out_dir: Path
+    engine: PlainEngine | FastTrainer
+    noise_scheduler: object
+    num_images: int
+    batches_per_epoch: int
+    total_steps: int
+    progress: Progress
+    log: LossLog
+    main: bool  # rank 0: the process that writes files
+    started: float
+    sample_grids: list[Path] = field(default_factory=list)
+
+    def epoch_order(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return epoch_order(self.num_images, self.config.seed, self.progress.epoch, self.config.flip)
+
+
 def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.device) -> TrainResult:
+    run = _start(config, unet, device)
+    _loop(run)
+    return _finish(run)
+
+
+def _loop(run: Run) -> None:
+    """One optimizer step (up to grad_accum micro-batches) per turn, until total_steps."""
+    config, engine, progress = run.config, run.engine, run.progress
+    engine.start_epoch(*run.epoch_order())
+    while progress.step < run.total_steps:
+        count = min(config.grad_accum, run.batches_per_epoch - progress.batch_in_epoch)
+        run.log.add(engine.step(progress.batch_in_epoch, count))
+        epoch_done = progress.advance(count, run.batches_per_epoch)
+        if progress.step % config.log_every == 0:
+            run.log.flush()
+        if epoch_done:
+            engine.start_epoch(*run.epoch_order())
+            _end_of_epoch(run)
+        every = config.checkpoint_every
+        if every and (progress.step % every == 0 or progress.step == run.total_steps):
+            _save_checkpoint(run)
+    run.log.flush()
+
+
+def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.device) -> Run:
+    """Check the output folder, load the data, build model, schedule and engine, resume, open the log."""
     from tqdm.auto import tqdm
 
-    # 1. check the output folder before spending any time
-    main = distributed.is_main()  # rank 0 writes every file
+    # 1. the output folder first, before any time is spent
+    main = distributed.is_main()
     out_dir = writable_dir(config.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     previous = latest_checkpoint(ckpt_dir)
@@ -126,64 +178,59 @@ def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     distributed.check_same_on_all_ranks(progress.step, "the step to resume from", device)
     if not config.fast:
         engine.wrap_for_processes()
-    bar = tqdm(total=steps, initial=progress.step, desc="training" + " (fast)" * config.fast, unit="step")
-    bar.disable = not (config.progress and main)
-    log = LossLog(
-        out_dir / "loss.csv",
-        losses,
-        bar,
-        config.batch_size * config.grad_accum,
-        main,
-        config.mixed_precision == "fp16",
-    )
 
-    # 4. the loop: one optimizer step = up to grad_accum micro-batches
-    sample_grids: list[Path] = []
-    engine.start_epoch(*epoch_order(images.shape[0], config.seed, progress.epoch, config.flip))
-    while progress.step < steps:
-        count = min(config.grad_accum, batches_per_epoch - progress.batch_in_epoch)
-        log.add(engine.step(progress.batch_in_epoch, count))
-        epoch_done = progress.advance(count, batches_per_epoch)
-        if progress.step % config.log_every == 0:
-            log.flush()
-        if epoch_done:
-            engine.start_epoch(*epoch_order(images.shape[0], config.seed, progress.epoch, config.flip))
-            log.flush()
-            if main and progress.epoch % 5 == 0:  # the tutorial prints the mean loss every 5 epochs
-                recent = losses[-batches_per_epoch:]
-                logger.info("Epoch:%d, loss: %.5f", progress.epoch, sum(recent) / len(recent))
-            if main and config.sample_every is not None and progress.epoch % config.sample_every == 0:
-                path = out_dir / "samples" / f"epoch-{progress.epoch:04d}.png"
-                sample_grids.append(save_samples(engine.sampling_model, noise_scheduler, path, config))
-        if config.checkpoint_every and (
-            progress.step % config.checkpoint_every == 0 or progress.step == steps
-        ):
-            log.flush()  # never checkpoint a run whose loss went non-finite
-            if main:
-                save_checkpoint(
-                    checkpoint_path(ckpt_dir, progress.step),
-                    state_to_checkpoint(engine, progress, config, losses),
-                )
-                prune_checkpoints(ckpt_dir, config.keep_checkpoints)
-    log.flush()
-    bar.close()
+    # 4. the loss log and its progress bar
+    desc, quiet = "training" + " (fast)" * config.fast, not (config.progress and main)
+    bar = tqdm(total=steps, initial=progress.step, desc=desc, unit="step", disable=quiet)
+    images_per_step = config.batch_size * config.grad_accum
+    fp16 = config.mixed_precision == "fp16"
+    log = LossLog(out_dir / "loss.csv", losses, bar, images_per_step, write=main, skip_nonfinite=fp16)
+    return Run(
+        config, out_dir, engine, noise_scheduler, images.shape[0], batches_per_epoch, steps, progress, log,
+        main, started,
+    )  # fmt: skip
 
-    # 5. outputs: the model as a pipeline folder (EMA weights when EMA is on), samples, loss plot
+
+def _end_of_epoch(run: Run) -> None:
+    """The tutorial's mean loss every 5 epochs; a sample grid every sample_every epochs."""
+    run.log.flush()
+    epoch, config = run.progress.epoch, run.config
+    if run.main and epoch % 5 == 0:
+        recent = run.log.losses[-run.batches_per_epoch :]
+        logger.info("Epoch:%d, loss: %.5f", epoch, sum(recent) / len(recent))
+    if run.main and config.sample_every is not None and epoch % config.sample_every == 0:
+        path = run.out_dir / "samples" / f"epoch-{epoch:04d}.png"
+        run.sample_grids.append(save_samples(run.engine.sampling_model, run.noise_scheduler, path, config))
+
+
+def _save_checkpoint(run: Run) -> None:
+    run.log.flush()  # never checkpoint a run whose loss went non-finite
+    if run.main:
+        ckpt_dir = run.out_dir / "checkpoints"
+        checkpoint = state_to_checkpoint(run.engine, run.progress, run.config, run.log.losses)
+        save_checkpoint(checkpoint_path(ckpt_dir, run.progress.step), checkpoint)
+        prune_checkpoints(ckpt_dir, run.config.keep_checkpoints)
+
+
+def _finish(run: Run) -> TrainResult:
+    """The model as a pipeline folder (EMA weights when EMA is on), samples.png, loss.png."""
+    run.log.bar.close()
+    out_dir = run.out_dir
     model_dir, samples_png, loss_png = out_dir / "model", out_dir / "samples.png", out_dir / "loss.png"
-    if main:
+    if run.main:
         model_dir, samples_png, loss_png = save_outputs(
-            engine.sampling_model, noise_scheduler, losses, out_dir, config
+            run.engine.sampling_model, run.noise_scheduler, run.log.losses, out_dir, run.config
         )
     return TrainResult(
-        losses=losses,
-        steps=progress.step,
-        epochs_completed=progress.epoch,
-        seconds=time.perf_counter() - started,
+        losses=run.log.losses,
+        steps=run.progress.step,
+        epochs_completed=run.progress.epoch,
+        seconds=time.perf_counter() - run.started,
         out_dir=out_dir,
         model_dir=model_dir,
         loss_csv=out_dir / "loss.csv",
         loss_png=loss_png,
         samples_png=samples_png,
-        sample_grids=sample_grids,
-        checkpoints=list_checkpoints(ckpt_dir),
+        sample_grids=run.sample_grids,
+        checkpoints=list_checkpoints(out_dir / "checkpoints"),
     )

@@ -2,8 +2,8 @@
 
     loss = train_step(state, [(x_0, eps, t), ...])     # one optimizer step over micro-batches
 
-`train_step` takes the batches, noise and timesteps from its caller, so the parity test can feed it the
-same numbers as the diffusers tutorial's loop; `PlainEngine` draws them by the rules of
+`train_step` takes the batches, noise and timesteps from its caller, so it can be fed exactly what the
+diffusers tutorial's loop sees; `PlainEngine` draws them by the rules of
 `minidiff.training.rules` and is what the training loop drives (the fast engine, `minidiff.fast.FastTrainer`,
 has the same interface). Under torchrun the engine trains on its process's rows of each global batch.
 """
