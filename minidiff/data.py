@@ -36,13 +36,19 @@ _MODES = {1: "L", 3: "RGB"}
 
 # ---- preprocessing ------------------------------------------------------------------------------
 class ConvertMode:
-    """PIL image -> mode "L" (1 channel) or "RGB" (3 channels). A class, not a lambda, so it pickles
-    into DataLoader worker processes."""
+    """PIL image -> mode "L" (1 channel) or "RGB" (3 channels), without losing range or colours:
+    16-bit images are scaled to 8 bits (v / 257, rounded) instead of clipped at 255, and palette images
+    are expanded through their palette. A class, not a lambda, so it pickles into DataLoader workers."""
 
     def __init__(self, mode: str):
         self.mode = mode
 
     def __call__(self, image: Image.Image) -> Image.Image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grey (PNG) and 32-bit int
+            values = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+        elif image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         return image if image.mode == self.mode else image.convert(self.mode)
 
     def __repr__(self) -> str:
@@ -60,10 +66,24 @@ def _check_size(image_size: int) -> None:
         raise ValueError(f"image_size={image_size!r}; expected a positive int")
 
 
-def tutorial_transform(image_size: int, flip: bool = True, channels: int = 3) -> transforms.Compose:
-    """The tutorial's preprocessing: PIL image -> float tensor (channels, image_size, image_size) in [-1, 1]."""
+def resize_transform(image_size: int, channels: int = 3, center_crop: bool = False) -> transforms.Compose:
+    """PIL image -> PIL image of `channels` at image_size x image_size: the tutorial's Resize((s, s)),
+    which squashes a non-square photo, or with `center_crop` diffusers' train_unconditional.py way:
+    the shorter side to s (bilinear), then the central s x s."""
     _check_size(image_size)
-    steps: list[Any] = [ConvertMode(_check_channels(channels)), transforms.Resize((image_size, image_size))]
+    steps: list[Any] = [ConvertMode(_check_channels(channels))]
+    if center_crop:
+        steps += [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    else:
+        steps.append(transforms.Resize((image_size, image_size)))
+    return transforms.Compose(steps)
+
+
+def tutorial_transform(
+    image_size: int, flip: bool = True, channels: int = 3, center_crop: bool = False
+) -> transforms.Compose:
+    """The tutorial's preprocessing: PIL image -> float tensor (channels, image_size, image_size) in [-1, 1]."""
+    steps: list[Any] = list(resize_transform(image_size, channels, center_crop).transforms)
     if flip:
         steps.append(transforms.RandomHorizontalFlip())  # the data set's only augmentation
     steps += [transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]  # [0, 255] -> [0, 1] -> [-1, 1]
@@ -195,7 +215,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def load_image(self, index: int) -> Image.Image:
+    def load_image(self, index: int, header_only: bool = False) -> Image.Image:
+        """Image `index`, decoded (or with `header_only`, only its header read: a cheap first check)."""
         record = self.dataset[index][self.column]  # {"bytes": ... or None, "path": ... or None}
         where = record.get("path") or f"row {index} of {self.source!r}"
         try:
@@ -203,10 +224,19 @@ class ImageDataset(torch.utils.data.Dataset):
                 image = Image.open(io.BytesIO(record["bytes"]))
             else:
                 image = Image.open(record["path"])
-            image.load()  # decode now, inside the try
+            if not header_only:
+                image.load()  # decode now, inside the try
         except Exception as err:
             raise ValueError(f"cannot read image {where}: {err}") from err
         return image
+
+    def check_header(self, index: int) -> str | None:
+        """None when image `index` opens, else why not ('path: reason')."""
+        try:
+            self.load_image(index, header_only=True)
+        except ValueError as err:
+            return str(err).removeprefix("cannot read image ")
+        return None
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(self.load_image(index))
@@ -237,6 +267,7 @@ def load_dataset(
     channels: int | None = None,
     split: str = "train",
     limit: int | None = None,
+    center_crop: bool = False,
 ) -> torch.utils.data.Dataset:
     """Images from `source` as float tensors (C, image_size, image_size) in [-1, 1].
 
@@ -245,8 +276,48 @@ def load_dataset(
     channels: None means 1 for the digits and 3 otherwise. limit: keep only the first `limit` images.
     """
     _check_limit(limit)
-    channels = (1 if str(source) == DEFAULT_DATASET else 3) if channels is None else channels
-    return _open(source, tutorial_transform(image_size, flip=flip, channels=channels), split, limit)
+    transform = tutorial_transform(image_size, flip, default_channels(source, channels), center_crop)
+    return _open(source, transform, split, limit)
+
+
+def default_channels(source: str, channels: int | None) -> int:
+    """channels None means 1 for the embedded digits and 3 (RGB) for anything else."""
+    return (1 if str(source) == DEFAULT_DATASET else 3) if channels is None else channels
+
+
+def open_images(
+    source: str = DEFAULT_DATASET,
+    image_size: int = 32,
+    channels: int | None = None,
+    limit: int | None = None,
+    split: str = "train",
+    center_crop: bool = False,
+) -> torch.utils.data.Dataset:
+    """The images of `source` as resized PIL images, decoded on access (what a streaming loader reads)."""
+    _check_limit(limit)
+    return _open(
+        source, resize_transform(image_size, default_channels(source, channels), center_crop), split, limit
+    )
+
+
+def to_uint8(image: Image.Image) -> torch.Tensor:
+    """A PIL image -> uint8 tensor (C, H, W)."""
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]  # (H, W, 1)
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (C, H, W)
+
+
+MAX_NAMED = 20  # bad images named one by one in an error; the rest are counted
+
+
+def describe_bad_images(bad: list[str], total: int, source: str) -> str:
+    """'3 of 120 images in ... cannot be read:' and the first MAX_NAMED reasons, one per line."""
+    lines = [f"{len(bad)} of {total} images in {source!r} cannot be read:"]
+    lines += [f"  {reason}" for reason in bad[:MAX_NAMED]]
+    if len(bad) > MAX_NAMED:
+        lines.append(f"  ... and {len(bad) - MAX_NAMED} more")
+    return "\n".join(lines)
 
 
 def load_dataset_uint8(
@@ -256,24 +327,39 @@ def load_dataset_uint8(
     limit: int | None = None,
     split: str = "train",
     progress: bool = False,
+    center_crop: bool = False,
+    skip_bad_images: bool = False,
 ) -> torch.Tensor:
     """All images of `source` as one uint8 tensor (N, C, image_size, image_size): converted and resized
     exactly as `load_dataset` does (same PIL resize), but neither flipped nor normalised.
 
     `minidiff.training.rules.to_model_range(x)` gives `load_dataset(..., flip=False)`'s values, bit for bit.
-    progress: a tqdm bar over the images.
     """
+    dataset = open_images(source, image_size, channels, limit, split, center_crop)
+    return decode_all(dataset, str(source), progress, skip_bad_images)
+
+
+def decode_all(
+    dataset: torch.utils.data.Dataset, source: str, progress: bool = False, skip_bad_images: bool = False
+) -> torch.Tensor:
+    """Every image of `dataset` (PIL images) as one uint8 tensor (N, C, H, W). All images are decoded
+    before an error is raised, so it names every unreadable one at once; `skip_bad_images` leaves them
+    out with a warning instead. progress: a tqdm bar over the images."""
+    import warnings
+
     from tqdm.auto import tqdm
 
-    _check_size(image_size)
-    _check_limit(limit)
-    channels = (1 if str(source) == DEFAULT_DATASET else 3) if channels is None else channels
-    resize = transforms.Compose(
-        [ConvertMode(_check_channels(channels)), transforms.Resize((image_size, image_size))]
-    )
-    dataset = _open(source, resize, split, limit)
-    bar = tqdm(range(len(dataset)), desc="loading images", disable=not progress, leave=False)
-    pixels = np.stack([np.asarray(dataset[i]) for i in bar])  # (N, H, W) or (N, H, W, C)
-    if pixels.ndim == 3:
-        pixels = pixels[..., None]  # (N, H, W, 1)
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    pixels, bad = [], []
+    for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress, leave=False):
+        try:
+            pixels.append(to_uint8(dataset[i]))
+        except ValueError as err:  # ImageDataset names the file
+            bad.append(str(err).removeprefix("cannot read image "))
+    if bad:
+        message = describe_bad_images(bad, len(dataset), source)
+        if not skip_bad_images or not pixels:
+            raise ValueError(
+                message + "\nfix or remove them, or skip them (skip_bad_images / --skip-bad-images)"
+            )
+        warnings.warn(f"{message}\nskipped; training on the other {len(pixels)}", stacklevel=2)
+    return torch.stack(pixels)  # (N, C, H, W)

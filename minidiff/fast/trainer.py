@@ -168,8 +168,9 @@ class FastTrainer:
         return loss.detach()
 
     # ---- driving it -----------------------------------------------------------------------------------
-    def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None) -> None:
-        """The epoch's image order (N,) and flips (N,) bool, from `train_rules.epoch_order`."""
+    def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None, first_batch: int = 0) -> None:
+        """The epoch's image order (N,) and flips (N,) bool, from `rules.epoch_order` (any batch may come
+        first: the data is resident)."""
         self.order.copy_(order)
         if self.flips is not None:
             self.flips.copy_(flips)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,44 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} could not be read: the file is empty (0 bytes)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, not a torch file, or a pickled object that is not data
-        raise ValueError(f"checkpoint {str(path)!r} could not be read: {type(err).__name__}: {err}") from err
+        why = str(err).strip() or "the file ends too early (truncated?)"
+        raise ValueError(
+            f"checkpoint {str(path)!r} ({size} bytes) could not be read: {type(err).__name__}: {why}"
+        ) from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a dict")
     return state
+
+
+def checkpoint_to_resume(
+    folder: str | os.PathLike, resume: bool | str, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """(path, contents) of the checkpoint `resume` names: a path (damaged: an error with the reason), or
+    for True / "latest" / "auto" the newest intact one in `folder`, skipping damaged newer ones with a
+    warning naming each. None when `folder` holds no checkpoint and resume is "auto"; an error otherwise."""
+    if isinstance(resume, str) and resume not in ("latest", "auto"):
+        return Path(resume), load_checkpoint(resume, map_location)
+    damaged = []
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except ValueError as err:
+            warnings.warn(f"{err}; trying the one before", stacklevel=2)
+            damaged.append(str(err))
+    if damaged:  # never start afresh over checkpoints that exist but cannot be read
+        raise ValueError(f"no intact checkpoint in {str(folder)!r}:\n  " + "\n  ".join(damaged))
+    if resume == "auto":
+        return None
+    raise FileNotFoundError(
+        f"no checkpoint in {str(folder)!r} to resume from; run without resume (--resume) to start fresh, "
+        "or with resume='auto' (--resume auto) to resume when there is one"
+    )
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:

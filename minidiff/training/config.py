@@ -16,6 +16,8 @@ from minidiff.training.rules import LR_SCHEDULES, PREDICTION_TYPES
 
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLERS = ("ddpm", "ddim")
+LOGGERS = ("none", "tensorboard")
+QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 
@@ -27,8 +29,13 @@ class TrainConfig:
     data: str = TUTORIAL_DATASET
     image_size: int = 32
     channels: int | None = None
+    center_crop: bool = False  # False: squash to image_size^2 (the tutorial); True: shorter side, then crop
     flip: bool = True  # random horizontal flips (the tutorial's only augmentation)
     limit: int | None = None  # use only the first `limit` images
+    skip_bad_images: bool = False  # train on the readable images instead of stopping (and naming them)
+    stream: bool | None = None  # None: decode up front when the uint8 data fits data_budget_mb, else stream
+    data_budget_mb: int = 2048
+    num_workers: int | None = None  # decoding workers when streaming (None: one per core, at most 4)
     # model: UNet2DModel keywords
     block_out_channels: tuple[int, ...] = (64, 128, 128, 256)
     layers_per_block: int = 2
@@ -67,14 +74,18 @@ class TrainConfig:
     )
     # outputs
     out_dir: str = "out/train"
-    checkpoint_every: int | None = None  # steps
+    overwrite: bool = False  # replace what another run left in out_dir (its model, checkpoints, logs)
+    checkpoint_every: int | None = 500  # steps (diffusers' default); None = no checkpoints
     keep_checkpoints: int = 3
-    resume: bool = False  # continue from the newest checkpoint in out_dir/checkpoints
+    resume: bool | str = False  # True / "latest": the newest intact checkpoint; "auto": that or a fresh
+    # start; a path: that checkpoint
     sample_every: int | None = None  # epochs -> out_dir/samples/epoch-XXXX.png
+    save_model_every: int | None = None  # epochs -> out_dir/model (the EMA weights when EMA is on)
     num_samples: int = 16
-    sample_steps: int = 1000  # num_inference_steps of the sample grids
-    sampler: str = "ddpm"  # "ddpm" | "ddim"
+    sampler: str | None = None  # "ddpm" | "ddim"; None: DDIM for runs under QUICK_RUN steps, else DDPM
+    sample_steps: int | None = None  # None: 50 for DDIM, num_train_timesteps for DDPM
     log_every: int = 10  # steps between loss.csv writes / progress updates (one host sync each)
+    logger: str = "none"  # "none" | "tensorboard" (loss, lr and sample grids in out_dir/logs)
     progress: bool = True
 
     def validate(self) -> None:
@@ -87,16 +98,30 @@ class TrainConfig:
 
         for name in ("image_size", "layers_per_block", "num_train_timesteps", "epochs", "batch_size"):
             positive(name)
-        for name in ("grad_accum", "keep_checkpoints", "num_samples", "sample_steps", "log_every"):
+        for name in ("grad_accum", "keep_checkpoints", "num_samples", "log_every", "data_budget_mb"):
             positive(name)
-        for name in ("max_steps", "checkpoint_every", "sample_every", "limit"):
+        for name in (
+            "max_steps",
+            "checkpoint_every",
+            "sample_every",
+            "save_model_every",
+            "limit",
+            "sample_steps",
+        ):
             positive(name, allow_none=True)
+        if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise ValueError(f"num_workers={self.num_workers!r}; expected None or an int >= 0")
+        if not isinstance(self.resume, bool | str) or self.resume == "":
+            raise ValueError(
+                f"resume={self.resume!r}; expected True, False, 'latest', 'auto' or a checkpoint path"
+            )
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
                 f"mixed_precision {self.mixed_precision!r}; expected one of {list(MIXED_PRECISION)}"
             )
         for name, allowed in (
-            ("sampler", SAMPLERS),
+            ("sampler", (*SAMPLERS, None)),
+            ("logger", LOGGERS),
             ("prediction_type", PREDICTION_TYPES),
             ("lr_scheduler", LR_SCHEDULES),
         ):
@@ -158,7 +183,7 @@ PRESETS: dict[str, TrainConfig] = {
         warmup_steps=100,
         ema_decay=0.995,
         out_dir="out/tiny",
-        sample_steps=1000,
+        checkpoint_every=250,  # 25 s to 2 minutes of a 2-core CPU's time
     ),
 }
 
@@ -176,8 +201,17 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 RESUMABLE_CHANGES = {  # fields that may differ between a run and its resumption
     "epochs", "max_steps", "out_dir", "resume", "device", "checkpoint_every", "keep_checkpoints",
-    "sample_every", "num_samples", "sample_steps", "sampler", "log_every", "progress",
+    "sample_every", "save_model_every", "num_samples", "sample_steps", "sampler", "log_every", "logger",
+    "progress", "overwrite", "stream", "data_budget_mb", "num_workers",
 }  # fmt: skip
+
+
+def sampling_settings(config: TrainConfig, total_steps: int) -> tuple[str, int]:
+    """(sampler, steps) of the sample grids: as set, else DDIM with 50 steps for a quick run (fewer than
+    QUICK_RUN steps) and DDPM with every training timestep for a longer one."""
+    sampler = config.sampler or ("ddim" if total_steps < QUICK_RUN else "ddpm")
+    steps = config.sample_steps or (50 if sampler == "ddim" else config.num_train_timesteps)
+    return sampler, steps
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -17,8 +17,10 @@ uninterrupted one draws, and its weights come out bit-identical.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,29 +31,31 @@ import torch
 import minidiff.training.distributed as distributed
 from minidiff.training.checkpoint import (
     checkpoint_path,
+    checkpoint_to_resume,
     checkpoint_to_state,
-    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     prune_checkpoints,
     remove_stale_temporary_files,
     save_checkpoint,
     state_to_checkpoint,
 )
-from minidiff.training.config import TrainConfig
-from minidiff.training.preflight import check_free_space, pick_device, writable_dir
+from minidiff.training.config import QUICK_RUN, TrainConfig, sampling_settings
+from minidiff.training.data import ResidentImages, StreamedImages, open_training_images
+from minidiff.training.preflight import check_free_space, claim_out_dir, pick_device
 from minidiff.training.rules import epoch_order
 from minidiff.training.run import (
     LossLog,
     Progress,
+    TensorBoard,
     TrainResult,
     build_noise_scheduler,
     build_unet,
-    load_images,
     make_noise_generator,
+    save_model,
     save_outputs,
     save_samples,
     total_steps,
+    write_run_config,
 )
 from minidiff.training.step import PlainEngine
 
@@ -61,12 +65,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint and the model folder."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, model_dir: Path | None):
+        self.signum, self.step, self.checkpoint, self.model_dir = signum, step, checkpoint, model_dir
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as shells report them
+        saved = f"checkpoint {checkpoint} and model {model_dir}" if checkpoint else f"model {model_dir}"
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: saved {saved}")
+
+
 def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResult:
-    """Train as `config` says and write everything into `config.out_dir`: loss.csv, loss.png,
+    """Train as `config` says and write everything into `config.out_dir`: config.json, loss.csv, loss.png,
     samples.png, samples/epoch-*.png, checkpoints/step-*.pt and model/ (a pipeline folder).
 
     `unet`: start from these weights instead of a fresh `build_unet(config)` (resume still loads the
     checkpoint). Under torchrun (WORLD_SIZE > 1) the plain engine trains with DistributedDataParallel.
+    SIGINT / SIGTERM stop the run after the current step with a checkpoint and the model folder saved,
+    then raise `TrainingInterrupted`.
     """
     config.validate()
     if config.fast:
@@ -83,47 +99,63 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
     return result
 
 
-def make_engine(config: TrainConfig, unet, noise_scheduler, images, steps: int, device: torch.device):
+def make_engine(config: TrainConfig, unet, noise_scheduler, data, steps: int, device: torch.device):
     """The engine `config.fast` asks for, built on the same model, schedule, data and seed."""
     generator = make_noise_generator(config, device)
     if config.fast:
         from minidiff.fast.trainer import FastTrainer
 
-        return FastTrainer(unet, noise_scheduler, images, config, steps, noise_generator=generator)
-    return PlainEngine(unet, noise_scheduler, images, config, steps, generator)
+        return FastTrainer(unet, noise_scheduler, data.images, config, steps, noise_generator=generator)
+    return PlainEngine(unet, noise_scheduler, data, config, steps, generator)
 
 
 @dataclass
 class Run:
     """One training run as the loop sees it."""
 
-    config: TrainConfig
+    config: TrainConfig  # with the sample grids' sampler and steps resolved
     out_dir: Path
     engine: PlainEngine | FastTrainer
+    data: ResidentImages | StreamedImages
     noise_scheduler: object
-    num_images: int
     batches_per_epoch: int
     total_steps: int
     progress: Progress
     log: LossLog
     main: bool  # rank 0: the process that writes files
     started: float
+    stop_signal: int | None = None  # set by the SIGINT / SIGTERM handler
     sample_grids: list[Path] = field(default_factory=list)
 
-    def epoch_order(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return epoch_order(self.num_images, self.config.seed, self.progress.epoch, self.config.flip)
+    def start_epoch(self) -> None:
+        config, progress = self.config, self.progress
+        order, flips = epoch_order(len(self.data), config.seed, progress.epoch, config.flip)
+        self.engine.start_epoch(order, flips, progress.batch_in_epoch)
 
 
 def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.device) -> TrainResult:
-    run = _start(config, unet, device)
-    _loop(run)
+    created = not Path(config.out_dir).exists()
+    try:
+        run = _start(config, unet, device)
+    except BaseException:
+        if created and distributed.is_main():  # a refused run leaves no empty folder behind
+            _remove_if_empty(Path(config.out_dir))
+        raise
+    previous = {
+        s: signal.signal(s, lambda signum, frame: setattr(run, "stop_signal", signum)) for s in _signals()
+    }
+    try:
+        _loop(run)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return _finish(run)
 
 
 def _loop(run: Run) -> None:
-    """One optimizer step (up to grad_accum micro-batches) per turn, until total_steps."""
+    """One optimizer step (up to grad_accum micro-batches) per turn, until total_steps or a signal."""
     config, engine, progress = run.config, run.engine, run.progress
-    engine.start_epoch(*run.epoch_order())
+    run.start_epoch()
     while progress.step < run.total_steps:
         count = min(config.grad_accum, run.batches_per_epoch - progress.batch_in_epoch)
         run.log.add(engine.step(progress.batch_in_epoch, count))
@@ -131,85 +163,154 @@ def _loop(run: Run) -> None:
         if progress.step % config.log_every == 0:
             run.log.flush()
         if epoch_done:
-            engine.start_epoch(*run.epoch_order())
+            run.start_epoch()
             _end_of_epoch(run)
         every = config.checkpoint_every
         if every and (progress.step % every == 0 or progress.step == run.total_steps):
             _save_checkpoint(run)
+        if _stop_requested(run):
+            _stop(run)
     run.log.flush()
 
 
 def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.device) -> Run:
-    """Check the output folder, load the data, build model, schedule and engine, resume, open the log."""
-    from tqdm.auto import tqdm
-
-    # 1. the output folder first, before any time is spent
+    """Claim the output folder, load the data, build model, schedule and engine, resume, open the logs."""
+    # 1. the output folder and the checkpoint to resume from, before any time is spent
     main = distributed.is_main()
-    out_dir = writable_dir(config.out_dir)
+    out_dir = claim_out_dir(config) if main else Path(config.out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    previous = latest_checkpoint(ckpt_dir)
-    if previous is not None and not config.resume:
-        raise FileExistsError(
-            f"{str(ckpt_dir)!r} holds checkpoints of an earlier run; resume it (resume=True / --resume) "
-            "or choose another out_dir"
-        )
+    resume_from = checkpoint_to_resume(ckpt_dir, config.resume, device) if config.resume else None
     if main:
         remove_stale_temporary_files(ckpt_dir)  # half-written checkpoints of a killed run
     started = time.perf_counter()
 
-    # 2. data (uint8, on the host), model, noise schedule, engine
-    images = load_images(config)  # (N, C, H, W)
-    unet = (unet if unet is not None else build_unet(config, images.shape[1])).to(device)
+    # 2. data, model, noise schedule, engine
+    data = open_training_images(config, device)
+    unet = (unet if unet is not None else build_unet(config, data.channels)).to(device)
     noise_scheduler = build_noise_scheduler(config)
-    batches_per_epoch = math.ceil(images.shape[0] / config.batch_size)
+    batches_per_epoch = math.ceil(len(data) / config.batch_size)
     steps = total_steps(config, batches_per_epoch)
-    engine = make_engine(config, unet, noise_scheduler, images, steps, device)
+    auto_sampler = config.sampler is None
+    sampler, sample_steps = sampling_settings(config, steps)
+    config = dataclasses.replace(config, sampler=sampler, sample_steps=sample_steps)
+    engine = make_engine(config, unet, noise_scheduler, data, steps, device)
     if main:
         check_free_space(out_dir, config, unet)
 
     # 3. resume: weights, optimizer, schedules, position in the data and the generator
     progress, losses = Progress(), []
-    if config.resume and previous is not None:
-        progress, losses = checkpoint_to_state(load_checkpoint(previous, device), engine, config)
+    if resume_from is not None:
+        progress, losses = checkpoint_to_state(resume_from[1], engine, config)
         if main:
-            logger.info("resumed from %s at step %d", previous, progress.step)
+            logger.info("resumed from %s at step %d", resume_from[0], progress.step)
     elif config.resume and main:
-        logger.info("resume: no checkpoint in %s yet; starting from step 0", ckpt_dir)
+        logger.info("resume='auto': no checkpoint in %s yet; starting from step 0", ckpt_dir)
     distributed.check_same_on_all_ranks(progress.step, "the step to resume from", device)
     if not config.fast:
         engine.wrap_for_processes()
+    if main:
+        write_run_config(out_dir, config, total_steps=steps, num_images=len(data), device=str(device),
+                         streamed=isinstance(data, StreamedImages))  # fmt: skip
+        if auto_sampler and sampler == "ddim":
+            logger.info(
+                "sample grids: DDIM with %d steps, as for every run under %d steps (--sampler ddpm for DDPM's)",
+                sample_steps, QUICK_RUN,
+            )  # fmt: skip
 
-    # 4. the loss log and its progress bar
+    # 4. the loss log, its progress bar and TensorBoard
+    return Run(
+        config, out_dir, engine, data, noise_scheduler, batches_per_epoch, steps, progress,
+        _open_log(config, out_dir, losses, progress, steps, engine, main), main, started,
+    )  # fmt: skip
+
+
+def _open_log(config: TrainConfig, out_dir: Path, losses, progress, steps, engine, main: bool) -> LossLog:
+    from tqdm.auto import tqdm
+
     desc, quiet = "training" + " (fast)" * config.fast, not (config.progress and main)
     bar = tqdm(total=steps, initial=progress.step, desc=desc, unit="step", disable=quiet)
     images_per_step = config.batch_size * config.grad_accum
     fp16 = config.mixed_precision == "fp16"
     log = LossLog(out_dir / "loss.csv", losses, bar, images_per_step, write=main, skip_nonfinite=fp16)
-    return Run(
-        config, out_dir, engine, noise_scheduler, images.shape[0], batches_per_epoch, steps, progress, log,
-        main, started,
-    )  # fmt: skip
+    if main and config.logger == "tensorboard":
+        log.tensorboard = TensorBoard(out_dir / "logs")
+        log.lr = lambda: engine.lr_scheduler.get_last_lr()[0]
+    return log
 
 
 def _end_of_epoch(run: Run) -> None:
-    """The tutorial's mean loss every 5 epochs; a sample grid every sample_every epochs."""
+    """The tutorial's mean loss every 5 epochs; a sample grid and the model folder when they are due."""
     run.log.flush()
     epoch, config = run.progress.epoch, run.config
-    if run.main and epoch % 5 == 0:
+    if not run.main:
+        return
+    if epoch % 5 == 0:
         recent = run.log.losses[-run.batches_per_epoch :]
         logger.info("Epoch:%d, loss: %.5f", epoch, sum(recent) / len(recent))
-    if run.main and config.sample_every is not None and epoch % config.sample_every == 0:
+    if config.sample_every is not None and epoch % config.sample_every == 0:
         path = run.out_dir / "samples" / f"epoch-{epoch:04d}.png"
         run.sample_grids.append(save_samples(run.engine.sampling_model, run.noise_scheduler, path, config))
+        if run.log.tensorboard is not None:
+            run.log.tensorboard.image("samples", path, run.progress.step)
+    if config.save_model_every is not None and epoch % config.save_model_every == 0:
+        save_model(run.engine.sampling_model, run.noise_scheduler, run.out_dir)
 
 
-def _save_checkpoint(run: Run) -> None:
+def _save_checkpoint(run: Run) -> Path | None:
     run.log.flush()  # never checkpoint a run whose loss went non-finite
+    if not run.main:
+        return None
+    ckpt_dir = run.out_dir / "checkpoints"
+    checkpoint = state_to_checkpoint(run.engine, run.progress, run.config, run.log.losses)
+    path = save_checkpoint(checkpoint_path(ckpt_dir, run.progress.step), checkpoint)
+    prune_checkpoints(ckpt_dir, run.config.keep_checkpoints)
+    return path
+
+
+# ---- SIGINT / SIGTERM: stop after the current step, keeping everything ---------------------------------
+def _signals() -> list[int]:
+    """The signals the loop catches: only the main thread may install handlers."""
+    import threading
+
+    return [signal.SIGINT, signal.SIGTERM] if threading.current_thread() is threading.main_thread() else []
+
+
+def _stop_requested(run: Run) -> bool:
+    """Whether to stop now; with several processes they agree at each loss flush (every log_every
+    steps), so that all stop after the same step."""
+    if not distributed.is_distributed():
+        return run.stop_signal is not None
+    if run.progress.step % run.config.log_every != 0:
+        return False
+    signum = distributed.max_over_ranks(run.stop_signal or 0, run.engine.device)
+    run.stop_signal = signum or None
+    return signum > 0
+
+
+def _stop(run: Run) -> None:
+    """Save a checkpoint and the model folder, then raise TrainingInterrupted (a second signal while
+    saving stops at once: every file is written atomically, so nothing is left half-written)."""
+    signum = run.stop_signal
+    for s in _signals():
+        signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+    run.log.flush()
+    checkpoint = _save_checkpoint(run) if run.config.checkpoint_every else None
+    model_dir = None
     if run.main:
-        ckpt_dir = run.out_dir / "checkpoints"
-        checkpoint = state_to_checkpoint(run.engine, run.progress, run.config, run.log.losses)
-        save_checkpoint(checkpoint_path(ckpt_dir, run.progress.step), checkpoint)
-        prune_checkpoints(ckpt_dir, run.config.keep_checkpoints)
+        model_dir = save_model(run.engine.sampling_model, run.noise_scheduler, run.out_dir)
+        if run.log.losses:
+            from minidiff.viz import plot_losses
+
+            plot_losses(run.log.losses, run.out_dir / "loss.png")
+    run.log.bar.close()
+    raise TrainingInterrupted(signum, run.progress.step, checkpoint, model_dir)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only succeeds when nothing was written there
+    except OSError:
+        pass
 
 
 def _finish(run: Run) -> TrainResult:
@@ -221,6 +322,9 @@ def _finish(run: Run) -> TrainResult:
         model_dir, samples_png, loss_png = save_outputs(
             run.engine.sampling_model, run.noise_scheduler, run.log.losses, out_dir, run.config
         )
+        if run.log.tensorboard is not None:
+            run.log.tensorboard.image("samples", samples_png, run.progress.step)
+            run.log.tensorboard.close()
     return TrainResult(
         losses=run.log.losses,
         steps=run.progress.step,

@@ -27,6 +27,33 @@ def writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def claim_out_dir(config: TrainConfig) -> Path:
+    """The output folder, writable, and free of another run's work unless asked.
+
+    A new run (no resume) into a folder that holds a trained model or checkpoints of another run is
+    refused with the reason; `overwrite` removes that run's checkpoints, sample grids and logs first
+    (its model folder is replaced, all at once, when this run saves its own)."""
+    from minidiff.training.checkpoint import list_checkpoints
+
+    out_dir = Path(config.out_dir)
+    checkpoints = list_checkpoints(out_dir / "checkpoints")
+    has_model = (out_dir / "model" / "model_index.json").is_file()
+    if not config.resume and (checkpoints or has_model):
+        if not config.overwrite:
+            held = ([f"{len(checkpoints)} checkpoint(s)"] if checkpoints else []) + (
+                ["a model"] if has_model else []
+            )
+            raise FileExistsError(
+                f"{str(out_dir)!r} holds {' and '.join(held)} of an earlier run; continue it with resume=True "
+                "(--resume), replace it with overwrite=True (--overwrite), or choose another out_dir"
+            )
+        for path in checkpoints:
+            path.unlink()
+        for folder in ("samples", "logs"):
+            shutil.rmtree(out_dir / folder, ignore_errors=True)
+    return writable_dir(out_dir)
+
+
 def check_free_space(out_dir: Path, config: TrainConfig, unet: torch.nn.Module) -> None:
     """Fail before the first step when `out_dir`'s disk cannot hold what the run will write: keep + 1
     checkpoints at a time (weights, EMA, AdamW's two moments each) and the model folder (written twice:

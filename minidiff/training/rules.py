@@ -70,6 +70,26 @@ def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float().div(255) - 0.5) / 0.5
 
 
+def gather_images(images: torch.Tensor, index: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+    """The uint8 `images` (N, C, H, W) at `index` (B,), mirrored where `flips` (N,) says: (B, C, H, W)."""
+    pixels = images.index_select(0, index)
+    if flips is not None:
+        mirror = flips.index_select(0, index).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        pixels = torch.where(mirror, pixels.flip(-1), pixels)
+    return pixels
+
+
+def noisy_batch(
+    pixels: torch.Tensor, noise_generator: torch.Generator, num_train_timesteps: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_0, eps, t) of a batch of uint8 pixels: x_0 in [-1, 1] on `device`, then eps ~ N(0, I) and
+    t ~ U{0..T-1} from `noise_generator`, in that order (the tutorial's). No host sync."""
+    clean = to_model_range(pixels.to(device, non_blocking=True))
+    noise = torch.randn(clean.shape, generator=noise_generator, device=device)
+    timesteps = torch.randint(0, num_train_timesteps, (len(clean),), generator=noise_generator, device=device)
+    return clean, noise, timesteps
+
+
 def draw_batch(
     images: torch.Tensor,
     index: torch.Tensor,
@@ -78,17 +98,9 @@ def draw_batch(
     num_train_timesteps: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_0, eps, t) of one batch: the uint8 `images` (N, C, H, W) at `index` (B,), mirrored where `flips`
-    says, in [-1, 1] on `device`; then eps ~ N(0, I) and t ~ U{0..T-1} from `noise_generator`, in that
-    order (the tutorial's). No host sync: a graph can capture it when everything is on the device."""
-    pixels = images.index_select(0, index)  # (B, C, H, W) uint8
-    if flips is not None:
-        mirror = flips.index_select(0, index).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
-        pixels = torch.where(mirror, pixels.flip(-1), pixels)
-    clean = to_model_range(pixels.to(device, non_blocking=True))
-    noise = torch.randn(clean.shape, generator=noise_generator, device=device)
-    timesteps = torch.randint(0, num_train_timesteps, (len(index),), generator=noise_generator, device=device)
-    return clean, noise, timesteps
+    """(x_0, eps, t) of the images at `index`: `gather_images`, then `noisy_batch`. A graph can capture
+    it when everything is on the device."""
+    return noisy_batch(gather_images(images, index, flips), noise_generator, num_train_timesteps, device)
 
 
 # ---- the optimizer, its learning rate and the gradient clip -----------------------------------------------

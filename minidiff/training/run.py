@@ -68,15 +68,6 @@ def make_noise_generator(config: TrainConfig, device: torch.device) -> torch.Gen
     return torch.Generator(device).manual_seed(config.seed + 1)
 
 
-def load_images(config: TrainConfig) -> torch.Tensor:
-    """The whole data set as uint8 (N, C, H, W), resized, neither flipped nor normalised."""
-    from minidiff.data import load_dataset_uint8
-
-    return load_dataset_uint8(
-        config.data, config.image_size, channels=config.channels, limit=config.limit, progress=config.progress
-    )
-
-
 @dataclass
 class Progress:
     """Where a run stands: optimizer steps taken, epochs completed, micro-batches of this epoch used."""
@@ -106,13 +97,15 @@ def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
 class LossLog:
     """Losses stay on the device until `flush` (every log_every steps): one host sync per flush.
     `loss.csv` is rewritten at the start (a resumed run keeps the rows up to its checkpoint) and
-    appended at each flush; only `write=True` (rank 0) writes it."""
+    appended at each flush; only `write=True` (rank 0) writes it, and the TensorBoard log if there is one."""
 
     def __init__(
         self, path: Path, losses: list[float], bar, images_per_step: int, write: bool, skip_nonfinite: bool
     ):
         self.path, self.losses, self.bar = path, losses, bar
         self.images_per_step, self.write, self.skip_nonfinite = images_per_step, write, skip_nonfinite
+        self.tensorboard: TensorBoard | None = None
+        self.lr = lambda: float("nan")  # the current learning rate, for the TensorBoard log
         self.pending: list[torch.Tensor] = []
         self.since = time.perf_counter()
         if write:
@@ -133,11 +126,59 @@ class LossLog:
         if self.write:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write("".join(f"{first + i},{v!r}\n" for i, v in enumerate(values)))
+        if self.tensorboard is not None:
+            self.tensorboard.losses(values, first, self.lr())
         seconds = max(time.perf_counter() - self.since, 1e-9)
         images_per_s = len(self.pending) * self.images_per_step / seconds
         self.bar.set_postfix(loss=f"{values[-1]:.4f}", img_s=f"{images_per_s:.0f}")
         self.pending.clear()
         self.since = time.perf_counter()
+
+
+class TensorBoard:
+    """`--logger tensorboard`: loss and lr per step, sample grids, in out_dir/logs (torch.utils.tensorboard)."""
+
+    def __init__(self, folder: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ModuleNotFoundError(
+                "logger='tensorboard' needs the tensorboard package: pip install tensorboard  "
+                "(or pip install 'minidiff[tensorboard]')"
+            ) from err
+        self.writer = SummaryWriter(str(folder))
+
+    def losses(self, values: list[float], first_step: int, lr: float) -> None:
+        for i, value in enumerate(values):
+            self.writer.add_scalar("train/loss", value, first_step + i)
+        self.writer.add_scalar("train/lr", lr, first_step + len(values) - 1)
+        self.writer.flush()
+
+    def image(self, tag: str, path: Path, step: int) -> None:
+        import numpy as np
+        from PIL import Image
+
+        self.writer.add_image(tag, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def write_run_config(out_dir: Path, config: TrainConfig, **resolved) -> Path:
+    """out_dir/config.json: every setting of the run as it starts, and what was resolved from them."""
+    import json
+
+    from minidiff import __version__
+    from minidiff.files import atomic_write_text
+    from minidiff.training.config import config_dict
+
+    settings = {
+        **config_dict(config),
+        **{f"_{k}": v for k, v in resolved.items()},
+        "_minidiff_version": __version__,
+    }
+    return atomic_write_text(out_dir / "config.json", json.dumps(settings, indent=2, default=str) + "\n")
 
 
 # ---- what a run leaves behind -----------------------------------------------------------------------------
@@ -169,13 +210,19 @@ def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainCo
     return save_grid(enlarged(images), path)
 
 
-def save_outputs(final_unet, noise_scheduler, losses: list[float], out_dir: Path, config: TrainConfig):
-    """model/ (a pipeline folder diffusers loads too), samples.png and loss.png; returns their paths."""
+def save_model(unet, noise_scheduler, out_dir: Path) -> Path:
+    """out_dir/model: a pipeline folder that minidiff's and diffusers' DDPMPipeline load."""
     from minidiff.pipeline_ddpm import DDPMPipeline
+
+    unet = unet.to(memory_format=torch.contiguous_format)
+    return DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(out_dir / "model")
+
+
+def save_outputs(final_unet, noise_scheduler, losses: list[float], out_dir: Path, config: TrainConfig):
+    """model/, samples.png and loss.png; returns their paths."""
     from minidiff.viz import plot_losses
 
-    final_unet = final_unet.to(memory_format=torch.contiguous_format)
-    model_dir = DDPMPipeline(unet=final_unet, scheduler=noise_scheduler).save_pretrained(out_dir / "model")
+    model_dir = save_model(final_unet, noise_scheduler, out_dir)
     samples_png = save_samples(final_unet, noise_scheduler, out_dir / "samples.png", config)
     loss_png = Path(plot_losses(losses, out_dir / "loss.png"))
     return model_dir, samples_png, loss_png

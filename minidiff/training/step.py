@@ -10,20 +10,20 @@ has the same interface). Under torchrun the engine trains on its process's rows 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 import minidiff.training.distributed as distributed
 from minidiff.training.config import MIXED_PRECISION, TrainConfig
+from minidiff.training.data import ResidentImages, StreamedImages
 from minidiff.training.rules import (
     EMA,
     clip_gradients,
-    draw_batch,
     loss_fn,
     make_lr_scheduler,
     make_optimizer,
+    noisy_batch,
 )
 
 
@@ -97,23 +97,20 @@ def train_step(
 
 
 class PlainEngine:
-    """Batches gathered on the host from uint8 images (N, C, H, W), one eager `train_step` per call."""
+    """Batches from host memory or a streaming loader, one eager `train_step` per call."""
 
     def __init__(
         self,
         unet: torch.nn.Module,
         noise_scheduler,
-        images: torch.Tensor,
+        data: ResidentImages | StreamedImages,
         config: TrainConfig,
         total_steps: int,
         noise_generator: torch.Generator,
     ):
         self.state = make_train_state(config, unet, noise_scheduler, total_steps)
-        self.images, self.config, self.noise_generator = images, config, noise_generator
+        self.data, self.config, self.noise_generator = data, config, noise_generator
         self.device = next(unet.parameters()).device
-        self.batches_per_epoch = math.ceil(images.shape[0] / config.batch_size)
-        self.order: torch.Tensor | None = None
-        self.flips: torch.Tensor | None = None
 
     # what the loop and the checkpoints read, as on FastTrainer
     unet = property(lambda self: distributed.unwrap(self.state.unet))
@@ -131,17 +128,18 @@ class PlainEngine:
         """DistributedDataParallel around the UNet when several processes train (after a resume)."""
         self.state.unet = distributed.wrap(self.state.unet, self.device)
 
-    def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None) -> None:
-        self.order, self.flips = order, flips
+    def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None, first_batch: int = 0) -> None:
+        """The epoch's image order (N,) and flips (N,) from `rules.epoch_order`; batches from `first_batch`."""
+        self.data.start_epoch(order, flips, self.config.batch_size, first_batch)
 
     def step(self, first_batch: int, count: int = 1) -> torch.Tensor:
         """One optimizer step on micro-batches first_batch .. first_batch + count - 1 of the epoch;
         returns the loss of the whole (global) batch as a 0-d tensor."""
-        size, micro_batches, weights = self.config.batch_size, [], []
+        micro_batches, weights = [], []
         for b in range(first_batch, first_batch + count):
-            index = self.order[b * size : (b + 1) * size]
-            T = self.config.num_train_timesteps
-            batch = draw_batch(self.images, index, self.flips, self.noise_generator, T, self.device)
+            batch = noisy_batch(
+                self.data.batch(b), self.noise_generator, self.config.num_train_timesteps, self.device
+            )
             rows, weight = distributed.shard(batch)  # this process's rows of the global batch
             micro_batches.append(rows)
             weights.append(weight)
