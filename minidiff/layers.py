@@ -69,6 +69,9 @@ class GaussianFourierProjection(nn.Module):
 
     def __init__(self, embedding_size: int, scale: float = 16.0):
         super().__init__()
+        # diffusers draws these weights twice and keeps the second draw (a leftover of a renamed `W`); so do
+        # we, so that the same seed gives the same weights here and in every layer built after this one.
+        torch.randn(embedding_size)
         self.weight = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:

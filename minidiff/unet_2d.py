@@ -112,10 +112,15 @@ class DownBlock(nn.Module):
         self, parts: Parts, cin: int, cout: int, layers: int, attention: bool, downsample: str | None
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(parts.resnet(cin if i == 0 else cout, cout) for i in range(layers))
-        self.attentions = (
-            nn.ModuleList(parts.attention(cout, parts.groups) for _ in range(layers)) if attention else None
-        )
+        # built in diffusers' order (resnet i, then attention i): the same seed gives the same weights
+        resnets, attentions = [], []
+        for i in range(layers):
+            resnets.append(parts.resnet(cin if i == 0 else cout, cout))
+            if attention:
+                attentions.append(parts.attention(cout, parts.groups))
+        # registered attentions first, as diffusers does, so parameters() lists them in the same order
+        self.attentions = nn.ModuleList(attentions) if attention else None
+        self.resnets = nn.ModuleList(resnets)
         self.downsamplers = parts.resampler(downsample, cout, "down")
 
     def forward(
@@ -140,10 +145,13 @@ class UpBlock(nn.Module):
     ):
         super().__init__()
         cins = [cprev] + [cout] * (len(cskips) - 1)  # width of h before each concatenation
-        self.resnets = nn.ModuleList(parts.resnet(cin + cskip, cout) for cin, cskip in zip(cins, cskips))
-        self.attentions = (
-            nn.ModuleList(parts.attention(cout, parts.groups) for _ in cskips) if attention else None
-        )
+        resnets, attentions = [], []
+        for cin, cskip in zip(cins, cskips):  # diffusers' order, as in DownBlock
+            resnets.append(parts.resnet(cin + cskip, cout))
+            if attention:
+                attentions.append(parts.attention(cout, parts.groups))
+        self.attentions = nn.ModuleList(attentions) if attention else None
+        self.resnets = nn.ModuleList(resnets)
         self.upsamplers = parts.resampler(upsample, cout, "up")
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb_act: torch.Tensor) -> torch.Tensor:
@@ -159,8 +167,11 @@ class UNetMidBlock2D(nn.Module):
 
     def __init__(self, parts: Parts, width: int, add_attention: bool, attn_groups: int | None, scale: float):
         super().__init__()
-        self.resnets = nn.ModuleList(parts.resnet(width, width, scale=scale) for _ in range(2))
-        self.attentions = nn.ModuleList([parts.attention(width, attn_groups, scale)] if add_attention else [])
+        # built in diffusers' order: resnet, attention, resnet
+        first = parts.resnet(width, width, scale=scale)
+        attentions = [parts.attention(width, attn_groups, scale)] if add_attention else []
+        self.attentions = nn.ModuleList(attentions)
+        self.resnets = nn.ModuleList([first, parts.resnet(width, width, scale=scale)])
 
     def forward(self, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         h = self.resnets[0](h, temb_act)
@@ -263,8 +274,9 @@ class UNet2DModel(ModelMixin):
             self.class_embedding = nn.Identity()
         else:
             self.class_embedding = None
+        # the three paths are registered here, as diffusers does (parameters() lists down, up, then mid)
+        self.down_blocks, self.mid_block, self.up_blocks = nn.ModuleList(), None, nn.ModuleList()
         # 3. down path: widths[i - 1] -> widths[i], halving H, W after every block but the last
-        self.down_blocks = nn.ModuleList()
         skip_channels = [widths[0]]  # conv_in's output is the first skip
         for i, (attention, resample) in enumerate(downs):
             resample = None if i == n - 1 else (downsample_type if resample == "config" else resample)
@@ -273,7 +285,6 @@ class UNet2DModel(ModelMixin):
             )
             skip_channels += [widths[i]] * (layers_per_block + (resample is not None))
         # 4. middle. diffusers puts a GroupNorm in front of its attention only for "default" (unless told)
-        self.mid_block = None
         if mid_block_type is not None:
             if attn_norm_num_groups is None and resnet_time_scale_shift == "default":
                 attn_norm_num_groups = norm_num_groups
@@ -281,7 +292,6 @@ class UNet2DModel(ModelMixin):
                 parts, widths[-1], add_attention, attn_norm_num_groups, mid_block_scale_factor
             )
         # 5. up path: mirror of the down path, each block consuming layers_per_block + 1 skips
-        self.up_blocks = nn.ModuleList()
         for i, (attention, resample) in enumerate(ups):
             resample = None if i == n - 1 else (upsample_type if resample == "config" else resample)
             cskips = [skip_channels.pop() for _ in range(layers_per_block + 1)]
