@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minidiff.configuration import register_to_config
 from minidiff.layers import (
     ACTIVATIONS,
     Attention,
@@ -105,7 +106,22 @@ def _resample(layers: nn.ModuleList, h: torch.Tensor, temb_act: torch.Tensor) ->
     return layer(h, temb_act) if isinstance(layer, ResnetBlock2D) else layer(h)
 
 
-class DownBlock(nn.Module):
+class Block(nn.Module):
+    """What the three block kinds share: how a resnet runs. With gradient checkpointing on (training only),
+    its activations are not kept but recomputed in the backward pass, as diffusers' blocks do."""
+
+    def __init__(self):
+        super().__init__()
+        self.gradient_checkpointing = False  # set by UNet2DModel.enable_gradient_checkpointing()
+        self._gradient_checkpointing_func = None
+
+    def run_resnet(self, resnet: ResnetBlock2D, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(resnet, h, temb_act)
+        return resnet(h, temb_act)
+
+
+class DownBlock(Block):
     """DownBlock2D / AttnDownBlock2D / ResnetDownsampleBlock2D: resnets [+ attentions], then a downsampler."""
 
     def __init__(
@@ -128,7 +144,7 @@ class DownBlock(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         skips = []
         for i, resnet in enumerate(self.resnets):
-            h = resnet(h, temb_act)
+            h = self.run_resnet(resnet, h, temb_act)
             h = h if self.attentions is None else self.attentions[i](h)
             skips.append(h)
         if self.downsamplers is not None:
@@ -137,7 +153,7 @@ class DownBlock(nn.Module):
         return h, tuple(skips)
 
 
-class UpBlock(nn.Module):
+class UpBlock(Block):
     """UpBlock2D / AttnUpBlock2D / ResnetUpsampleBlock2D: cat(h, skip) -> resnet [+ attention], then an upsampler."""
 
     def __init__(
@@ -157,12 +173,12 @@ class UpBlock(nn.Module):
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb_act: torch.Tensor) -> torch.Tensor:
         for i, resnet in enumerate(self.resnets):
             h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H, W): the skip joins on channels
-            h = resnet(h, temb_act)  # (B, C_out, H, W)
+            h = self.run_resnet(resnet, h, temb_act)  # (B, C_out, H, W)
             h = h if self.attentions is None else self.attentions[i](h)
         return h if self.upsamplers is None else _resample(self.upsamplers, h, temb_act)  # (B, C, 2H, 2W)
 
 
-class UNetMidBlock2D(nn.Module):
+class UNetMidBlock2D(Block):
     """The bottleneck at the lowest resolution: resnet -> self-attention -> resnet."""
 
     def __init__(self, parts: Parts, width: int, add_attention: bool, attn_groups: int | None, scale: float):
@@ -174,15 +190,18 @@ class UNetMidBlock2D(nn.Module):
         self.resnets = nn.ModuleList([first, parts.resnet(width, width, scale=scale)])
 
     def forward(self, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-        h = self.resnets[0](h, temb_act)
+        h = self.run_resnet(self.resnets[0], h, temb_act)
         for attention in self.attentions:
             h = attention(h)
-        return self.resnets[1](h, temb_act)
+        return self.run_resnet(self.resnets[1], h, temb_act)
 
 
 class UNet2DModel(ModelMixin):
     """diffusers' UNet2DModel: same keywords, defaults, module names and numbers (see the module docstring)."""
 
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
     def __init__(
         self,
         sample_size: int | tuple[int, int] | None = None,
@@ -220,8 +239,7 @@ class UNet2DModel(ModelMixin):
         num_train_timesteps: int | None = None,
     ):
         super().__init__()
-        # The config is exactly the constructor's keywords (what config.json stores).
-        self.register_to_config(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.sample_size = sample_size  # diffusers' one config value that is also a plain attribute
         # 0. check the configuration before building anything
         for key, choices in CHOICES.items():
             if self.config[key] not in choices:
