@@ -46,6 +46,6 @@ class DDIMPipeline(DiffusionPipeline):
         check_call(batch_size, output_type, generator)
         if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
             raise ValueError(f"eta={eta!r}; expected a number in [0, 1] (0: DDIM, 1: DDPM's variance)")
-        step_kwargs = {"eta": eta, "use_clipped_model_output": bool(use_clipped_model_output)}
-        image = denoise(self, batch_size, generator, num_inference_steps, output_type, step_kwargs)
+        clipped = bool(use_clipped_model_output)
+        image = denoise(self, batch_size, generator, num_inference_steps, output_type, eta, clipped)
         return ImagePipelineOutput(images=image) if return_dict else (image,)

@@ -42,10 +42,12 @@ def denoise(
     generator: torch.Generator | list[torch.Generator] | None,
     num_inference_steps: int,
     output_type: str,
-    step_kwargs: dict,
+    eta: float | None = None,
+    use_clipped_model_output: bool = False,
     progress: bool | None = None,
 ) -> torch.Tensor | object:
-    """Algorithm 2: x_T ~ N(0, I), then one scheduler step per timestep; images in [0, 1] as `output_type`."""
+    """Algorithm 2: x_T ~ N(0, I), then one scheduler step per timestep; images in [0, 1] as `output_type`.
+    `eta` and `use_clipped_model_output` go to a DDIM step (eta None: a step that takes neither)."""
     unet, scheduler = pipeline.unet, pipeline.scheduler
     # 1. x_T ~ N(0, I) in the UNet's dtype, drawn before anything else (same seed -> same numbers)
     size = unet.config.sample_size
@@ -64,7 +66,18 @@ def denoise(
         # 3. epsilon_theta(x_t, t): the UNet's estimate of the noise in x_t
         model_output = unet(image, t).sample
         # 4. x_t -> x_{t-1}: the scheduler's reverse step (may add sigma_t z from `generator`)
-        image = scheduler.step(model_output, t, image, generator=generator, **step_kwargs).prev_sample
+        if eta is None:
+            image = scheduler.step(model_output, t, image, generator=generator).prev_sample
+        else:
+            step = scheduler.step(
+                model_output,
+                t,
+                image,
+                eta=eta,
+                use_clipped_model_output=use_clipped_model_output,
+                generator=generator,
+            )
+            image = step.prev_sample
 
     # 5. [-1, 1] -> [0, 1]
     image = (image / 2 + 0.5).clamp(0, 1)
@@ -107,6 +120,6 @@ class DDPMPipeline(DiffusionPipeline):
                 f"eta={eta!r} needs a DDIMScheduler; {type(self.scheduler).__name__} has no eta "
                 "(DDPM's ancestral step already uses the full posterior variance)"
             )
-        step_kwargs = {"eta": eta} if step_takes_eta else {}
-        image = denoise(self, batch_size, generator, num_inference_steps, output_type, step_kwargs, progress)
+        eta = eta if step_takes_eta else None
+        image = denoise(self, batch_size, generator, num_inference_steps, output_type, eta, progress=progress)
         return ImagePipelineOutput(images=image) if return_dict else (image,)
