@@ -108,9 +108,8 @@ def register_to_config(init):
 
     @functools.wraps(init)
     def init_with_config(self, *args, **kwargs):
-        passed = signature.bind(
-            self, *args, **kwargs
-        ).arguments  # TypeError for an unknown keyword, as Python
+        # the arguments given, by name (a TypeError for an unknown keyword, as without the decorator)
+        passed = signature.bind(self, *args, **kwargs).arguments
         config, defaulted = {}, []
         for name, parameter in list(signature.parameters.items())[1:]:
             config[name] = passed.get(name, parameter.default)
@@ -217,7 +216,7 @@ class ConfigMixin:
             warnings.warn(
                 f"The config attributes {list(unknown)} were passed to {cls.__name__}, but are not expected "
                 "and will be ignored.",
-                stacklevel=4,
+                stacklevel=3,
             )
         hints = typing.get_type_hints(cls.__init__)
         for key, value in init_dict.items():
