@@ -22,7 +22,10 @@ _EXPORTS = {
     "DDIMScheduler": "minidiff.scheduling_ddim",
     "ModelMixin": "minidiff.modeling_utils",
     "UNet2DModel": "minidiff.unet_2d",
+    "DiffusionPipeline": "minidiff.pipeline_utils",
     "DDPMPipeline": "minidiff.pipeline_ddpm",
+    "DDIMPipeline": "minidiff.pipeline_ddim",
+    "make_image_grid": "minidiff.viz",
     "FastDDPMSampler": "minidiff.fast",
     "FastTrainer": "minidiff.fast",
     "TrainConfig": "minidiff.training",
@@ -33,9 +36,11 @@ _EXPORTS = {
 
 __all__ = [
     "ConfigMixin",
+    "DDIMPipeline",
     "DDIMScheduler",
     "DDPMPipeline",
     "DDPMScheduler",
+    "DiffusionPipeline",
     "FastDDPMSampler",
     "FastTrainer",
     "FrozenConfig",
@@ -45,6 +50,7 @@ __all__ = [
     "TrainResult",
     "UNet2DModel",
     "__version__",
+    "make_image_grid",
     "preset",
     "train",
 ]
@@ -66,8 +72,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
     from minidiff.fast import FastDDPMSampler, FastTrainer
     from minidiff.modeling_utils import ModelMixin
+    from minidiff.pipeline_ddim import DDIMPipeline
     from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.pipeline_utils import DiffusionPipeline
     from minidiff.scheduling_ddim import DDIMScheduler
     from minidiff.scheduling_ddpm import DDPMScheduler
     from minidiff.training import TrainConfig, TrainResult, preset, train
     from minidiff.unet_2d import UNet2DModel
+    from minidiff.viz import make_image_grid

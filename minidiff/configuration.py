@@ -7,11 +7,12 @@ diffusers stores every scheduler and model as its constructor keywords in a JSON
     scheduler.save_config("out/scheduler")          # writes out/scheduler/scheduler_config.json
     DDPMScheduler.from_pretrained("out/scheduler")  # works in minidiff and in diffusers
 
-A class records its keywords by calling `self.register_to_config(...)` at the top of `__init__`.
+A class records its keywords by decorating `__init__` with `@register_to_config`, as in diffusers.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -26,6 +27,9 @@ from minidiff.files import atomic_write_text, resolve_file
 # The diffusers release whose file formats minidiff writes (and whose numbers the tests compare with).
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
 
+
+# Bookkeeping keys that stay in memory only, as in diffusers.
+_NEVER_WRITTEN = ("_use_default_values", "_ignore_files")
 
 # (class name, unknown keys) pairs already warned about: each is reported once per process.
 _WARNED_UNKNOWN: set[tuple[str, tuple[str, ...]]] = set()
@@ -96,18 +100,73 @@ def _to_json_value(value: Any) -> Any:
     return value
 
 
+def register_to_config(init):
+    """Decorator for `__init__`, as diffusers' of the same name: records the call's keywords as `self.config`
+    before `__init__` runs. Keywords the caller left at their defaults are listed under `_use_default_values`,
+    so a config passed on to another class (`from_config`) lets that class use its own defaults for them."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def init_with_config(self, *args, **kwargs):
+        # the arguments given, by name (a TypeError for an unknown keyword, as without the decorator)
+        passed = signature.bind(self, *args, **kwargs).arguments
+        config, defaulted = {}, []
+        for name, parameter in list(signature.parameters.items())[1:]:
+            config[name] = passed.get(name, parameter.default)
+            if name not in passed:
+                defaulted.append(name)
+        if defaulted:
+            config["_use_default_values"] = defaulted
+        self.register_to_config(**config)
+        init(self, *args, **kwargs)
+
+    return init_with_config
+
+
+def config_attribute(obj: Any, name: str, owner: str = "scheduler") -> Any:
+    """`obj.<config key>` for a name that is no attribute: the value, with diffusers' FutureWarning."""
+    config = obj.__dict__.get("_internal_dict")  # not obj._internal_dict: no recursion while unpickling
+    if config is None or name not in config:
+        raise AttributeError(f"'{type(obj).__name__}' object has no attribute '{name}'")
+    warnings.warn(
+        f"Accessing config attribute `{name}` directly via '{type(obj).__name__}' object attribute is deprecated. "
+        f"Please access '{name}' over '{type(obj).__name__}'s config object instead, e.g. "
+        f"'{owner}.config.{name}'.",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return config[name]
+
+
 class ConfigMixin:
-    """Stores constructor keywords as `self.config` and saves / loads them as diffusers-style JSON."""
+    """Stores constructor keywords as `self.config` and saves / loads them as diffusers-style JSON.
+
+    Besides the keywords, a config may hold diffusers' bookkeeping keys: `_class_name` and
+    `_diffusers_version` (in every file, and in the config once it was saved or loaded),
+    `_use_default_values` (never written), and keys kept for a compatible class (DDPM's `variance_type`
+    in a DDIM config, so that DDPM -> DDIM -> DDPM gives the DDPM config back, as in diffusers).
+    """
 
     config_name: str = "config.json"
+    has_compatibles = False  # SchedulerMixin: configs move between the schedulers named in `_compatibles`
+    _compatibles: list[str] = []
+    _deprecated_kwargs: list[str] = []  # diffusers' list of deprecated `__init__` keywords: minidiff has none
 
     def register_to_config(self, **kwargs: Any) -> None:
-        """Record the constructor keywords; called once, at the top of `__init__`."""
-        object.__setattr__(self, "_internal_dict", FrozenConfig(kwargs))
+        """Add keys to the config (a new read-only dict; keys already there are replaced)."""
+        previous = self.__dict__.get("_internal_dict", {})
+        object.__setattr__(self, "_internal_dict", FrozenConfig({**previous, **kwargs}))
 
     @property
     def config(self) -> FrozenConfig:
         return self._internal_dict
+
+    def __getattr__(self, name: str) -> Any:
+        """Only called for names that are no attribute: config keys, as `scheduler.num_train_timesteps`."""
+        return config_attribute(self, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
 
     # ---- reading -------------------------------------------------------------------------------
     @classmethod
@@ -117,11 +176,41 @@ class ConfigMixin:
         return [name for name, p in params.items() if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
 
     @classmethod
-    def extract_init_dict(cls, config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-        """Split a config dict into this class's keywords; unknown public keys are warned about once."""
-        config = {**dict(config), **overrides}
-        accepted = set(cls.init_keywords())
-        unknown = tuple(sorted(k for k in config if k not in accepted and not k.startswith("_")))
+    def _get_compatibles(cls) -> list[type]:
+        """This class and the minidiff classes named in `_compatibles`."""
+        import minidiff
+
+        names = dict.fromkeys([cls.__name__, *cls._compatibles])
+        return [getattr(minidiff, name) for name in names if hasattr(minidiff, name)]
+
+    @classmethod
+    def _keys_set_aside(cls, writer_name: Any) -> set[str]:
+        """Keys that are no keyword here but belong to a compatible class or to the class that wrote the
+        config (its `_class_name`, when minidiff has it): these are kept without a warning."""
+        import minidiff
+
+        classes = cls._get_compatibles() if cls.has_compatibles else []
+        writer = getattr(minidiff, writer_name, None) if isinstance(writer_name, str) else None
+        if isinstance(writer, type) and issubclass(writer, ConfigMixin):
+            classes.append(writer)
+        return {key for c in classes for key in c.init_keywords()}
+
+    @classmethod
+    def extract_init_dict(
+        cls, config: dict[str, Any], **overrides: Any
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Split a config as diffusers does: (keywords for `__init__`, unused keys, hidden keys to keep).
+
+        `overrides` win over the config. Unknown public keys are warned about once; wrong types are
+        refused with the key named.
+        """
+        # keys the writer left at their defaults are dropped: this class uses its own defaults for them
+        defaulted = config.get("_use_default_values", [])
+        config = {k: v for k, v in config.items() if k not in defaulted and k != "_use_default_values"}
+        given = {**config, **overrides}
+        init_dict = {k: given[k] for k in cls.init_keywords() if k in given}
+        known = set(init_dict) | cls._keys_set_aside(config.get("_class_name"))
+        unknown = tuple(sorted(k for k in given if k not in known and not k.startswith("_")))
         if unknown and (cls.__name__, unknown) not in _WARNED_UNKNOWN:
             _WARNED_UNKNOWN.add((cls.__name__, unknown))
             warnings.warn(
@@ -129,8 +218,6 @@ class ConfigMixin:
                 "and will be ignored.",
                 stacklevel=3,
             )
-        init_dict = {k: v for k, v in config.items() if k in accepted}
-        # Wrong types are rejected here with the key named; wrong values by the constructor itself.
         hints = typing.get_type_hints(cls.__init__)
         for key, value in init_dict.items():
             if key in hints and not _matches(value, hints[key]):
@@ -138,17 +225,29 @@ class ConfigMixin:
                     f"{cls.__name__} config key {key!r} has value {value!r} of type {type(value).__name__}; "
                     f"expected {_describe(hints[key])}"
                 )
-        return init_dict
+        unused = {k: v for k, v in given.items() if k not in init_dict}
+        hidden = {k: v for k, v in config.items() if k not in init_dict}  # kept in the new object's config
+        return init_dict, unused, hidden
 
     @classmethod
-    def from_config(cls, config: dict[str, Any] | None = None, **overrides: Any):
-        """Build an object from a config dict (or another object's `.config`), with keyword overrides."""
+    def from_config(
+        cls, config: dict[str, Any] | None = None, return_unused_kwargs: bool = False, **overrides: Any
+    ):
+        """Build an object from a config dict (or another object's `.config`), with keyword overrides.
+
+        The config's other keys (a compatible class's, `_class_name`, ...) stay in the new object's config.
+        """
         if config is not None and not isinstance(config, dict):
             if hasattr(config, "config"):  # an object was passed, as diffusers allows
                 config = config.config
             else:
                 raise TypeError(f"from_config expects a dict or a FrozenConfig, got {type(config).__name__}")
-        return cls(**cls.extract_init_dict(config or {}, **overrides))
+        init_dict, unused, hidden = cls.extract_init_dict(dict(config or {}), **overrides)
+        obj = cls(**init_dict)
+        if "_class_name" in hidden:
+            hidden["_class_name"] = cls.__name__
+        obj.register_to_config(**hidden)
+        return (obj, unused) if return_unused_kwargs else obj
 
     @classmethod
     def load_config(
@@ -167,10 +266,15 @@ class ConfigMixin:
 
     # ---- writing -------------------------------------------------------------------------------
     def to_json_string(self) -> str:
-        config = {k: _to_json_value(v) for k, v in self.config.items()}
+        config = {k: _to_json_value(v) for k, v in self.config.items() if k not in _NEVER_WRITTEN}
         config["_class_name"] = type(self).__name__
         config["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    def _record_saved(self) -> None:
+        """After a save the config names its class and format version, as one loaded from the file does
+        (diffusers adds them while writing), so a saved object and its reloaded copy have equal configs."""
+        self.register_to_config(_class_name=type(self).__name__, _diffusers_version=DIFFUSERS_FORMAT_VERSION)
 
     def save_config(self, save_directory: str | os.PathLike) -> Path:
         """Write `<save_directory>/<config_name>` atomically (a crash never leaves half a file)."""
@@ -180,6 +284,7 @@ class ConfigMixin:
         save_directory.mkdir(parents=True, exist_ok=True)
         path = save_directory / self.config_name
         atomic_write_text(path, self.to_json_string())
+        self._record_saved()
         return path
 
 
@@ -187,6 +292,12 @@ class SchedulerMixin(ConfigMixin):
     """Loading and saving for schedulers: `scheduler_config.json`, as in diffusers."""
 
     config_name = "scheduler_config.json"
+    has_compatibles = True
+
+    @property
+    def compatibles(self) -> list[type]:
+        """The scheduler classes that can be built from this one's config (`DDIMScheduler.from_config(...)`)."""
+        return self._get_compatibles()
 
     @classmethod
     def from_pretrained(

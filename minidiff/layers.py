@@ -69,6 +69,9 @@ class GaussianFourierProjection(nn.Module):
 
     def __init__(self, embedding_size: int, scale: float = 16.0):
         super().__init__()
+        # diffusers draws these weights twice and keeps the second draw (a leftover of a renamed `W`); so do
+        # we, so that the same seed gives the same weights here and in every layer built after this one.
+        torch.randn(embedding_size)
         self.weight = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -184,7 +187,6 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, channels)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
         h = x.flatten(2)  # (B, C, N)
         h = rearrange(h if self.group_norm is None else self.group_norm(h), "b c n -> b n c")  # (B, N, C)
         q, k, v = (
@@ -193,9 +195,10 @@ class Attention(nn.Module):
         )
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
         h = self.to_out[0](rearrange(h, "b heads n d -> b n (heads d)"))  # (B, N, C)
-        # residual connection. The (B, C, H, W) view of h has channels-last strides and, as the first operand,
-        # gives the sum that layout too, as in diffusers: same layout, same kernels, bit-identical numbers.
-        out = rearrange(h, "b (h w) c -> b c h w", h=height, w=width) + x
+        # residual connection. h viewed as (B, C, H, W) has channels-last strides, and as the first operand it
+        # gives the sum that layout too. transpose + reshape makes the same strides as diffusers, also for B = 1
+        # (batch stride C, where a rearrange gives N * C), so the next GroupNorm takes the same CPU kernel.
+        out = h.transpose(1, 2).reshape(x.shape) + x  # (B, C, H, W)
         return out if self.rescale_output_factor == 1.0 else out / self.rescale_output_factor
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from minidiff.configuration import ConfigMixin
+from minidiff.configuration import ConfigMixin, config_attribute
 from minidiff.files import atomic_paths, resolve_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -38,6 +40,11 @@ def rename_old_attention_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, 
             key = f"{match[1]}.{OLD_ATTENTION_KEYS[match[2]]}.{match[3]}"
         renamed[key] = value
     return renamed
+
+
+def _checkpoint(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """Run `module(*args)` without keeping its activations; backward recomputes them (diffusers' default)."""
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -63,9 +70,41 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 class ModelMixin(nn.Module, ConfigMixin):
-    """nn.Module + config: `from_pretrained` / `save_pretrained` in diffusers' format, `device`, `dtype`."""
+    """nn.Module + config: `from_pretrained` / `save_pretrained` in diffusers' format, `device`, `dtype`,
+    gradient checkpointing. `repr(model)` is nn.Module's tree of layers, as in diffusers."""
 
     config_name = "config.json"
+    _supports_gradient_checkpointing = False
+
+    def __getattr__(self, name: str):
+        """A config key that is no attribute (`unet.in_channels`) comes with diffusers' FutureWarning;
+        everything else is nn.Module's look-up of parameters, buffers and submodules."""
+        if name in self.__dict__.get("_internal_dict", {}):
+            return config_attribute(self, name, owner="unet")
+        return super().__getattr__(name)
+
+    # ---- gradient checkpointing ----------------------------------------------------------------------
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Callable | None = None) -> None:
+        """Keep fewer activations for the backward pass and recompute them there: each block runs its
+        resnets through `gradient_checkpointing_func` (default: torch.utils.checkpoint.checkpoint,
+        non-reentrant), as diffusers does. Same gradients, less memory, about one more forward of time."""
+        if not self._supports_gradient_checkpointing:
+            raise ValueError(f"{type(self).__name__} does not support gradient checkpointing")
+        self._set_gradient_checkpointing(True, gradient_checkpointing_func or _checkpoint)
+
+    def disable_gradient_checkpointing(self) -> None:
+        if self._supports_gradient_checkpointing:
+            self._set_gradient_checkpointing(False, _checkpoint)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def _set_gradient_checkpointing(self, enable: bool, checkpoint_func: Callable) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):  # the blocks that know how to checkpoint
+                module.gradient_checkpointing = enable
+                module._gradient_checkpointing_func = checkpoint_func
 
     @property
     def device(self) -> torch.device:
@@ -139,3 +178,4 @@ class ModelMixin(nn.Module, ConfigMixin):
         with atomic_paths(*targets) as (weights_tmp, config_tmp):
             save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
             config_tmp.write_text(self.to_json_string(), encoding="utf-8")
+        self._record_saved()

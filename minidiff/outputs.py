@@ -1,31 +1,55 @@
 """Return objects with diffusers' field names: `.prev_sample`, `.sample`, `.images`, ...
 
-Like diffusers' `BaseOutput`, each is a dataclass that also indexes like the tuple
-`return_dict=False` would give: `out[0]`, `out.to_tuple()`, and `out["sample"]`.
+Like diffusers' `BaseOutput`, each is a dataclass that is also an ordered dict of its fields that are not
+None, and indexes like the tuple `return_dict=False` would give:
+
+    out.prev_sample, out["prev_sample"], out[0], out.to_tuple(), out.keys(), out.values(), out.items()
+
+As in diffusers, iterating or unpacking `out` goes over its keys (it is a dict); use `to_tuple()` for values.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 
-class BaseOutput:
-    def to_tuple(self) -> tuple:
-        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+class BaseOutput(OrderedDict):
+    def __post_init__(self) -> None:
+        for field in fields(self):  # the dict holds the fields that are not None, in field order
+            value = getattr(self, field.name)
+            if value is not None:
+                super().__setitem__(field.name, value)
 
     def __getitem__(self, key: int | str | slice) -> Any:
         if isinstance(key, str):
-            return getattr(self, key)
+            return super().__getitem__(key)
         return self.to_tuple()[key]
 
-    def __iter__(self):
-        return iter(self.to_tuple())
+    # attribute and item stay in step when either is set
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.keys() and value is not None:
+            super().__setitem__(name, value)
+        super().__setattr__(name, value)
 
-    def __len__(self) -> int:
-        return len(self.to_tuple())
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        super().__setattr__(key, value)
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} does not support removing or bulk-updating its fields")
+
+    __delitem__ = pop = popitem = update = setdefault = clear = _refuse
+
+    def __reduce__(self):  # pickle / deepcopy rebuild it from its fields (the dataclass __init__ needs them)
+        rebuild, _, *rest = super().__reduce__()
+        return rebuild, tuple(getattr(self, field.name) for field in fields(self)), *rest
+
+    def to_tuple(self) -> tuple:
+        return tuple(self[key] for key in self.keys())
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from minidiff.configuration import SchedulerMixin
+from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import DDIMSchedulerOutput
 from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
 from minidiff.scheduling_utils import (
@@ -48,6 +48,13 @@ class _StepCoefficients(NamedTuple):
     direction_coeff_eta0: torch.Tensor  # sqrt(1 - alpha_bar_t' - sigma_t(0)^2), eq. (12) with eta = 0
 
 
+def ddim_variance(alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor) -> torch.Tensor:
+    """sigma_t(eta = 1)^2 = (1 - alpha_bar_t') / (1 - alpha_bar_t) (1 - alpha_bar_t / alpha_bar_t'), eq. (16)."""
+    beta_prod_t = 1 - alpha_prod_t
+    beta_prod_t_prev = 1 - alpha_prod_t_prev
+    return (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+
+
 def ddim_step_table(
     alphas_cumprod: torch.Tensor, step_ratio: int, final_alpha_cumprod: torch.Tensor
 ) -> torch.Tensor:
@@ -58,9 +65,7 @@ def ddim_step_table(
         prev_timesteps >= 0, alphas_cumprod[prev_timesteps.clamp(min=0)], final_alpha_cumprod
     )
     beta_prod_t = 1 - alpha_prod_t
-    beta_prod_t_prev = 1 - alpha_prod_t_prev
-    variance = (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
-    sqrt_variance = variance**0.5
+    sqrt_variance = ddim_variance(alpha_prod_t, alpha_prod_t_prev) ** 0.5
     direction_coeff_eta0 = (1 - alpha_prod_t_prev - (0.0 * sqrt_variance) ** 2) ** 0.5
     columns = (alpha_prod_t**0.5, beta_prod_t**0.5, alpha_prod_t_prev, alpha_prod_t_prev**0.5)
     return torch.stack([*columns, sqrt_variance, direction_coeff_eta0], dim=1)
@@ -73,8 +78,11 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
     last step lands on alpha_bar = 1 (True) or on alpha_bar_0 (False). Call `set_timesteps` before `step`.
     """
 
+    # diffusers lists every Karras scheduler here; minidiff has these two
+    _compatibles = ["DDPMScheduler", "DDIMScheduler"]
     order = 1
 
+    @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -93,14 +101,6 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
-        self.register_to_config(
-            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-            beta_schedule=beta_schedule, trained_betas=trained_betas, clip_sample=clip_sample,
-            set_alpha_to_one=set_alpha_to_one, steps_offset=steps_offset, prediction_type=prediction_type,
-            thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
-            clip_sample_range=clip_sample_range, sample_max_value=sample_max_value,
-            timestep_spacing=timestep_spacing, rescale_betas_zero_snr=rescale_betas_zero_snr,
-        )  # fmt: skip
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
         self.betas = make_betas(
@@ -139,6 +139,15 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
             self._device_tables[device] = self._step_table.to(device)
         return self._device_tables[device]
 
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """diffusers' helper of the same name: sigma_t(eta = 1)^2 from `timestep` to `prev_timestep`
+        (alpha_bar_t' = `final_alpha_cumprod` for a negative `prev_timestep`)."""
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = (
+            self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        )
+        return ddim_variance(alpha_prod_t, alpha_prod_t_prev)
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -166,6 +175,8 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
                 f"model_output is {model_output.dtype} on {model_output.device} but sample is {sample.dtype} "
                 f"on {sample.device}; expected the same dtype and device"
             )
+        if not 0 <= eta <= 1:  # diffusers takes any eta; above 1, sqrt(1 - alpha_bar_t' - sigma_t^2) is NaN
+            raise ValueError(f"eta={eta!r}; expected a number in [0, 1] (0: DDIM, 1: DDPM's variance)")
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError(
                 "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from minidiff.configuration import SchedulerMixin
+from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import DDPMSchedulerOutput
 from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
 from minidiff.scheduling_utils import (
@@ -60,6 +60,16 @@ class DDPMStepCoefficients(NamedTuple):
     has_noise: torch.Tensor  # 1.0 for t > 0, 0.0 at t = 0 (used when t stays on the device)
 
 
+def posterior_variance(
+    alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """beta_t = 1 - alpha_bar_t / alpha_bar_t' and the posterior variance beta_tilde_t of eq. (7), clamped at
+    1e-20 because the log variants take its log (it is 0 when t' = -1). Elementwise, in diffusers' op order."""
+    current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+    variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+    return current_beta_t, variance
+
+
 def ddpm_step_table(
     alphas_cumprod: torch.Tensor, prev_timesteps: torch.Tensor, variance_type: str
 ) -> torch.Tensor:
@@ -72,13 +82,11 @@ def ddpm_step_table(
     beta_prod_t = 1 - alpha_prod_t
     beta_prod_t_prev = 1 - alpha_prod_t_prev
     current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-    current_beta_t = 1 - current_alpha_t
+    current_beta_t, variance = posterior_variance(alpha_prod_t, alpha_prod_t_prev)
 
     pred_original_sample_coeff = (alpha_prod_t_prev**0.5 * current_beta_t) / beta_prod_t
     current_sample_coeff = current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t
 
-    # Posterior variance beta_tilde_t, clamped because the log variants take its log (it is 0 when t' = -1).
-    variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
     min_log, max_log = torch.log(variance), torch.log(current_beta_t)
     if variance_type == "fixed_small":  # sigma^2 = beta_tilde_t (DDPM: best with x_0 ~ data)
         noise_std = variance**0.5
@@ -105,8 +113,11 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     prediction_type: epsilon, sample, v_prediction. timestep_spacing: leading, linspace, trailing.
     """
 
+    # diffusers lists every Karras scheduler here; minidiff has these two
+    _compatibles = ["DDPMScheduler", "DDIMScheduler"]
     order = 1
 
+    @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -125,14 +136,6 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
-        self.register_to_config(
-            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-            beta_schedule=beta_schedule, trained_betas=trained_betas, variance_type=variance_type,
-            clip_sample=clip_sample, prediction_type=prediction_type, thresholding=thresholding,
-            dynamic_thresholding_ratio=dynamic_thresholding_ratio, clip_sample_range=clip_sample_range,
-            sample_max_value=sample_max_value, timestep_spacing=timestep_spacing, steps_offset=steps_offset,
-            rescale_betas_zero_snr=rescale_betas_zero_snr,
-        )  # fmt: skip
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
@@ -222,6 +225,34 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         if t is None:  # device timestep: gather from the device copy of the table, on the device
             return DDPMStepCoefficients(*gather_row(self._tables_on(timestep.device)[0], timestep).unbind())
         return DDPMStepCoefficients(*self._step_table[t].unbind())
+
+    def _get_variance(
+        self, t: int, predicted_variance: torch.Tensor | None = None, variance_type: str | None = None
+    ) -> torch.Tensor:
+        """diffusers' helper of the same name, for code that calls it: what its step turns into sigma_t for
+        `variance_type` (default: the config's). The units are diffusers' mix: the variance (fixed_small,
+        fixed_large), sigma itself (fixed_small_log), log beta_t (fixed_large_log, whose square root makes
+        diffusers' step NaN), the model's variance (learned) or log variance (learned_range, eq. 15)."""
+        variance_type = variance_type or self.variance_type
+        check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        prev_t = self.previous_timestep(t)
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        current_beta_t, variance = posterior_variance(alpha_prod_t, alpha_prod_t_prev)
+        if variance_type in ("learned", "learned_range") and predicted_variance is None:
+            raise ValueError(f"variance_type {variance_type!r} needs the model's predicted_variance")
+        if variance_type == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(variance))
+        if variance_type == "fixed_large":
+            return current_beta_t
+        if variance_type == "fixed_large_log":
+            return torch.log(current_beta_t)
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)
+        return variance  # fixed_small
 
     # ---- one reverse step ---------------------------------------------------------------------
     def step(

@@ -12,38 +12,25 @@ same module tree, so `minidiff.UNet2DModel(**cfg).load_state_dict(diffusers_unet
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minidiff.layers import (
-    ACTIVATIONS,
-    Attention,
-    Downsample2D,
-    GaussianFourierProjection,
-    ResnetBlock2D,
-    TimestepEmbedding,
-    Timesteps,
-    Upsample2D,
-    group_norm,
-)
+from minidiff.configuration import register_to_config
+from minidiff.layers import ACTIVATIONS, GaussianFourierProjection, TimestepEmbedding, Timesteps, group_norm
 from minidiff.modeling_utils import ModelMixin
 from minidiff.outputs import UNet2DOutput
+from minidiff.unet_2d_blocks import (
+    DOWN_BLOCKS,
+    UP_BLOCKS,
+    DownBlock,
+    Parts,
+    UNetMidBlock2D,
+    UpBlock,
+    block_type,
+)
 
-# Block type name -> (self-attention after each resnet?, how the block resamples). "config" means the
-# UNet's `downsample_type` / `upsample_type` decides; diffusers honours those for the Attn* blocks only.
-DOWN_BLOCKS = {
-    "DownBlock2D": (False, "conv"),
-    "AttnDownBlock2D": (True, "config"),
-    "ResnetDownsampleBlock2D": (False, "resnet"),
-}
-UP_BLOCKS = {
-    "UpBlock2D": (False, "conv"),
-    "AttnUpBlock2D": (True, "config"),
-    "ResnetUpsampleBlock2D": (False, "resnet"),
-}
 CHOICES = {
     "time_embedding_type": ("positional", "fourier", "learned"),
     "mid_block_type": ("UNetMidBlock2D", None),
@@ -55,123 +42,12 @@ CHOICES = {
 }
 
 
-def _block_type(name: str, table: dict) -> tuple[bool, str]:
-    name = name.removeprefix("UNetRes")  # diffusers' legacy spelling, e.g. UNetResDownBlock2D
-    if name not in table:
-        raise NotImplementedError(f"block type {name!r} is not supported; expected one of {list(table)}")
-    return table[name]
-
-
-@dataclass(frozen=True)
-class Parts:
-    """The settings every block shares, so a block just asks for "a resnet from 32 to 64 channels"."""
-
-    temb_channels: int
-    groups: int
-    eps: float
-    dropout: float
-    act_fn: str
-    time_embedding_norm: str
-    attention_head_dim: int | None  # None: one head over all channels
-    downsample_padding: int
-
-    def resnet(self, cin: int, cout: int, resample: str | None = None, scale: float = 1.0) -> ResnetBlock2D:
-        args = (
-            self.temb_channels,
-            self.groups,
-            self.eps,
-            self.dropout,
-            self.act_fn,
-            self.time_embedding_norm,
-        )
-        return ResnetBlock2D(cin, cout, *args, output_scale_factor=scale, resample=resample)
-
-    def attention(self, width: int, groups: int | None, scale: float = 1.0) -> Attention:
-        dim_head = self.attention_head_dim or width
-        return Attention(width, width // dim_head, dim_head, groups, self.eps, rescale_output_factor=scale)
-
-    def resampler(self, kind: str | None, width: int, direction: str) -> nn.ModuleList | None:
-        if kind is None:
-            return None
-        if kind == "resnet":
-            return nn.ModuleList([self.resnet(width, width, resample=direction)])
-        return nn.ModuleList(
-            [Downsample2D(width, self.downsample_padding) if direction == "down" else Upsample2D(width)]
-        )
-
-
-def _resample(layers: nn.ModuleList, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-    layer = layers[0]
-    return layer(h, temb_act) if isinstance(layer, ResnetBlock2D) else layer(h)
-
-
-class DownBlock(nn.Module):
-    """DownBlock2D / AttnDownBlock2D / ResnetDownsampleBlock2D: resnets [+ attentions], then a downsampler."""
-
-    def __init__(
-        self, parts: Parts, cin: int, cout: int, layers: int, attention: bool, downsample: str | None
-    ):
-        super().__init__()
-        self.resnets = nn.ModuleList(parts.resnet(cin if i == 0 else cout, cout) for i in range(layers))
-        self.attentions = (
-            nn.ModuleList(parts.attention(cout, parts.groups) for _ in range(layers)) if attention else None
-        )
-        self.downsamplers = parts.resampler(downsample, cout, "down")
-
-    def forward(
-        self, h: torch.Tensor, temb_act: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        skips = []
-        for i, resnet in enumerate(self.resnets):
-            h = resnet(h, temb_act)
-            h = h if self.attentions is None else self.attentions[i](h)
-            skips.append(h)
-        if self.downsamplers is not None:
-            h = _resample(self.downsamplers, h, temb_act)  # (B, C, H/2, W/2)
-            skips.append(h)
-        return h, tuple(skips)
-
-
-class UpBlock(nn.Module):
-    """UpBlock2D / AttnUpBlock2D / ResnetUpsampleBlock2D: cat(h, skip) -> resnet [+ attention], then an upsampler."""
-
-    def __init__(
-        self, parts: Parts, cprev: int, cskips: list[int], cout: int, attention: bool, upsample: str | None
-    ):
-        super().__init__()
-        cins = [cprev] + [cout] * (len(cskips) - 1)  # width of h before each concatenation
-        self.resnets = nn.ModuleList(parts.resnet(cin + cskip, cout) for cin, cskip in zip(cins, cskips))
-        self.attentions = (
-            nn.ModuleList(parts.attention(cout, parts.groups) for _ in cskips) if attention else None
-        )
-        self.upsamplers = parts.resampler(upsample, cout, "up")
-
-    def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb_act: torch.Tensor) -> torch.Tensor:
-        for i, resnet in enumerate(self.resnets):
-            h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H, W): the skip joins on channels
-            h = resnet(h, temb_act)  # (B, C_out, H, W)
-            h = h if self.attentions is None else self.attentions[i](h)
-        return h if self.upsamplers is None else _resample(self.upsamplers, h, temb_act)  # (B, C, 2H, 2W)
-
-
-class UNetMidBlock2D(nn.Module):
-    """The bottleneck at the lowest resolution: resnet -> self-attention -> resnet."""
-
-    def __init__(self, parts: Parts, width: int, add_attention: bool, attn_groups: int | None, scale: float):
-        super().__init__()
-        self.resnets = nn.ModuleList(parts.resnet(width, width, scale=scale) for _ in range(2))
-        self.attentions = nn.ModuleList([parts.attention(width, attn_groups, scale)] if add_attention else [])
-
-    def forward(self, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-        h = self.resnets[0](h, temb_act)
-        for attention in self.attentions:
-            h = attention(h)
-        return self.resnets[1](h, temb_act)
-
-
 class UNet2DModel(ModelMixin):
     """diffusers' UNet2DModel: same keywords, defaults, module names and numbers (see the module docstring)."""
 
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
     def __init__(
         self,
         sample_size: int | tuple[int, int] | None = None,
@@ -209,8 +85,7 @@ class UNet2DModel(ModelMixin):
         num_train_timesteps: int | None = None,
     ):
         super().__init__()
-        # The config is exactly the constructor's keywords (what config.json stores).
-        self.register_to_config(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.sample_size = sample_size  # diffusers' one config value that is also a plain attribute
         # 0. check the configuration before building anything
         for key, choices in CHOICES.items():
             if self.config[key] not in choices:
@@ -234,8 +109,8 @@ class UNet2DModel(ModelMixin):
             raise ValueError(
                 f"num_class_embeds is only used when class_embed_type is None, got {class_embed_type!r}"
             )
-        downs = [_block_type(name, DOWN_BLOCKS) for name in down_block_types]
-        ups = [_block_type(name, UP_BLOCKS) for name in up_block_types]
+        downs = [block_type(name, DOWN_BLOCKS) for name in down_block_types]
+        ups = [block_type(name, UP_BLOCKS) for name in up_block_types]
         widths, n = list(block_out_channels), len(block_out_channels)
         time_embed_dim = time_embedding_dim or widths[0] * 4  # E
         self.act = ACTIVATIONS[act_fn]
@@ -263,8 +138,9 @@ class UNet2DModel(ModelMixin):
             self.class_embedding = nn.Identity()
         else:
             self.class_embedding = None
+        # the three paths are registered here, as diffusers does (parameters() lists down, up, then mid)
+        self.down_blocks, self.mid_block, self.up_blocks = nn.ModuleList(), None, nn.ModuleList()
         # 3. down path: widths[i - 1] -> widths[i], halving H, W after every block but the last
-        self.down_blocks = nn.ModuleList()
         skip_channels = [widths[0]]  # conv_in's output is the first skip
         for i, (attention, resample) in enumerate(downs):
             resample = None if i == n - 1 else (downsample_type if resample == "config" else resample)
@@ -273,7 +149,6 @@ class UNet2DModel(ModelMixin):
             )
             skip_channels += [widths[i]] * (layers_per_block + (resample is not None))
         # 4. middle. diffusers puts a GroupNorm in front of its attention only for "default" (unless told)
-        self.mid_block = None
         if mid_block_type is not None:
             if attn_norm_num_groups is None and resnet_time_scale_shift == "default":
                 attn_norm_num_groups = norm_num_groups
@@ -281,7 +156,6 @@ class UNet2DModel(ModelMixin):
                 parts, widths[-1], add_attention, attn_norm_num_groups, mid_block_scale_factor
             )
         # 5. up path: mirror of the down path, each block consuming layers_per_block + 1 skips
-        self.up_blocks = nn.ModuleList()
         for i, (attention, resample) in enumerate(ups):
             resample = None if i == n - 1 else (upsample_type if resample == "config" else resample)
             cskips = [skip_channels.pop() for _ in range(layers_per_block + 1)]

@@ -67,6 +67,23 @@ def make_grid(images: list[Image.Image] | torch.Tensor, nrow: int | None = None)
     return grid
 
 
+def make_image_grid(
+    images: list[Image.Image], rows: int, cols: int, resize: int | None = None
+) -> Image.Image:
+    """diffusers' `make_image_grid`: `rows` x `cols` images, row by row, each resized to `resize` pixels
+    square if given, on an RGB canvas the size of the first image's cells."""
+    images = list(images)
+    if len(images) != rows * cols:
+        raise ValueError(f"got {len(images)} images for rows={rows} x cols={cols}; expected {rows * cols}")
+    if resize is not None:
+        images = [image.resize((resize, resize)) for image in images]
+    width, height = images[0].size
+    grid = Image.new("RGB", size=(cols * width, rows * height))
+    for i, image in enumerate(images):
+        grid.paste(image, box=(i % cols * width, i // cols * height))
+    return grid
+
+
 def save_grid(
     images: list[Image.Image] | torch.Tensor, path: str | os.PathLike, nrow: int | None = None
 ) -> Path:

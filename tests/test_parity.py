@@ -100,3 +100,21 @@ def test_table_lists_modules(setup):
     assert lines[0].split() == ["module", "shape", "max_abs", "max_rel"]
     assert any(line.startswith("down_blocks.1.attentions.0.to_q ") for line in lines)
     assert "modules compared in torch.float32; worst:" in lines[-1]
+
+
+def test_parity_command_at_batch_1_reports_no_difference(tmp_path, capsys):
+    """`minidiff parity` draws one sample by default: every module's output is diffusers' to the bit."""
+    from minidiff.cli import main
+
+    torch.manual_seed(0)
+    layout = dict(
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    )
+    UNet2DModel(sample_size=16, block_out_channels=(8, 16, 32), norm_num_groups=4, **layout).save_pretrained(
+        tmp_path / "unet"
+    )
+    assert main(["parity", "--model", str(tmp_path / "unet")]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
+    assert len(rows) > 50 and rows[0][1].startswith("(1,")  # batch 1
+    assert {row[2] for row in rows} == {"0.00e+00"}  # max_abs of every module

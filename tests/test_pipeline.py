@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
+from unittest.mock import ANY
 
 import diffusers
 import numpy as np
@@ -12,8 +14,7 @@ import pytest
 import torch
 
 import minidiff
-import minidiff.pipeline_ddpm
-from minidiff import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from minidiff import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 UNET = {
     "sample_size": 8,
@@ -93,6 +94,74 @@ def test_ddim_matches_diffusers_ddim_pipeline(unets, eta):
     expected = their_pipe(generator=_seed(2), **kwargs).images
     got = our_pipe(generator=_seed(2), progress=False, **kwargs).images
     torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(expected), rtol=0, atol=ATOL)
+
+
+def test_ddim_pipeline_has_diffusers_signature():
+    ours, theirs = (inspect.signature(c.__call__).parameters for c in (DDIMPipeline, diffusers.DDIMPipeline))
+    assert [(p.name, p.default) for p in ours.values()] == [(p.name, p.default) for p in theirs.values()]
+
+
+@pytest.mark.parametrize(
+    "scheduler, kwargs",
+    [
+        ("ddim", {"eta": 0.0}),
+        ("ddim", {"eta": 1.0, "use_clipped_model_output": True}),
+        ("ddpm", {"eta": 0.5}),  # a DDPMScheduler is rebuilt as DDIM from its config, as in diffusers
+        ("ddim", {}),  # diffusers' defaults: 50 steps, eta 0, PIL images
+    ],
+)
+def test_ddim_pipeline_matches_diffusers(unets, scheduler, kwargs):
+    theirs, ours = unets
+    config = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
+    their_class, our_class = {
+        "ddim": (diffusers.DDIMScheduler, DDIMScheduler),
+        "ddpm": (diffusers.DDPMScheduler, DDPMScheduler),
+    }[scheduler]
+    their_pipe = diffusers.DDIMPipeline(unet=theirs, scheduler=their_class(**config))
+    our_pipe = DDIMPipeline(unet=ours, scheduler=our_class(**config))
+    assert isinstance(our_pipe.scheduler, DDIMScheduler)
+    assert dict(our_pipe.scheduler.config) == {**their_pipe.scheduler.config, "_use_default_values": ANY}
+    their_pipe.set_progress_bar_config(disable=True)
+    our_pipe.set_progress_bar_config(disable=True)
+    kwargs = {"num_inference_steps": 10, "output_type": "np", **kwargs} if kwargs else {}
+    expected = their_pipe(batch_size=2, generator=_seed(4), **kwargs).images
+    got = our_pipe(batch_size=2, generator=_seed(4), **kwargs).images
+    if not kwargs:  # PIL images: compare the pixels
+        expected, got = (np.stack([np.asarray(im) for im in images]) for images in (expected, got))
+    torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(expected), rtol=0, atol=ATOL)
+
+
+def test_ddim_pipeline_files_both_ways(unets, tmp_path):
+    theirs, ours = unets
+    config = {"num_train_timesteps": 100}
+    DDIMPipeline(unet=ours, scheduler=DDIMScheduler(**config)).save_pretrained(tmp_path / "ours")
+    diffusers.DDIMPipeline(unet=theirs, scheduler=diffusers.DDIMScheduler(**config)).save_pretrained(
+        tmp_path / "theirs"
+    )
+    index = json.loads((tmp_path / "ours" / "model_index.json").read_text())
+    assert index == json.loads((tmp_path / "theirs" / "model_index.json").read_text())
+    assert index["_class_name"] == "DDIMPipeline"
+    pipes = [
+        diffusers.DDIMPipeline.from_pretrained(tmp_path / "ours"),
+        DDIMPipeline.from_pretrained(tmp_path / "theirs"),
+        minidiff.DiffusionPipeline.from_pretrained(tmp_path / "theirs"),  # the class model_index.json names
+    ]
+    assert type(pipes[2]) is DDIMPipeline
+    images = []
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+        images.append(
+            torch.as_tensor(pipe(generator=_seed(8), num_inference_steps=5, output_type="np").images)
+        )
+    torch.testing.assert_close(images[1], images[0], rtol=0, atol=ATOL)
+    assert torch.equal(images[1], images[2])
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5, "0.5"])
+def test_ddim_pipeline_refuses_eta_outside_0_1(unets, eta):
+    pipe = DDIMPipeline(unet=unets[1], scheduler=DDIMScheduler())
+    with pytest.raises(ValueError, match=f"eta={eta!r}; expected a number in \\[0, 1\\]"):
+        pipe(num_inference_steps=2, eta=eta)  # diffusers only logs a warning, then samples NaNs for eta > 1
 
 
 def test_ddim_scheduler_in_ddpm_pipeline_matches_diffusers(unets):
@@ -177,7 +246,7 @@ def test_save_never_leaves_a_broken_folder(unets, tmp_path, monkeypatch):
             raise OSError("rename failed (simulated)")
         real_replace(src, dst)
 
-    monkeypatch.setattr(minidiff.pipeline_ddpm.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="rename failed"):
         other.save_pretrained(target)
     monkeypatch.undo()

@@ -150,25 +150,56 @@ def test_device_timestep_path_reads_nothing_back(monkeypatch):
     assert torch.equal(x_ours, x_theirs)
 
 
+def comparable(config) -> dict:
+    """A config as a plain dict, `_use_default_values` sorted (diffusers lists it in set order)."""
+    config = dict(config)
+    if "_use_default_values" in config:
+        config["_use_default_values"] = sorted(config["_use_default_values"])
+    return config
+
+
 def test_config_round_trips_with_diffusers(tmp_path):
     config = dict(
         num_train_timesteps=100, beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1,
         prediction_type="sample", timestep_spacing="linspace", rescale_betas_zero_snr=True, clip_sample_range=2.0,
     )  # fmt: skip
-    ours = minidiff.DDIMScheduler(**config)
+    ours, reference = minidiff.DDIMScheduler(**config), diffusers.DDIMScheduler(**config)
+    assert comparable(ours.config) == comparable(reference.config)
     ours.save_pretrained(tmp_path / "ours")
+    reference.save_pretrained(tmp_path / "reference")
+    name = "scheduler_config.json"
+    assert (tmp_path / "ours" / name).read_text() == (tmp_path / "reference" / name).read_text()
     theirs = diffusers.DDIMScheduler.from_pretrained(tmp_path / "ours")
-    assert {k: theirs.config[k] for k in ours.config} == dict(ours.config)
-    theirs.save_pretrained(tmp_path / "theirs")
-    back = minidiff.DDIMScheduler.from_pretrained(tmp_path / "theirs")
-    assert dict(back.config) == dict(ours.config)
+    back = minidiff.DDIMScheduler.from_pretrained(tmp_path / "reference")
+    assert comparable(back.config) == comparable(theirs.config)
     for a, b in ((ours, theirs), (back, theirs), (ours, diffusers.DDIMScheduler.from_config(ours.config))):
         assert torch.equal(a.alphas_cumprod, b.alphas_cumprod)
         assert torch.equal(a.final_alpha_cumprod, b.final_alpha_cumprod)
-    assert dict(minidiff.DDIMScheduler.from_config(theirs.config).config) == dict(ours.config)
-    # a DDPM checkpoint's scheduler config loads into DDIM, as in diffusers (DDPM-only keys are dropped)
-    ddpm = minidiff.DDPMScheduler(num_train_timesteps=100, variance_type="fixed_large")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the unknown-key warning is configuration.py's, tested there
-        ddim = minidiff.DDIMScheduler.from_config(ddpm.config)
-    assert torch.equal(ddim.alphas_cumprod, ddpm.alphas_cumprod)
+
+
+def test_configs_move_between_ddpm_and_ddim_as_in_diffusers():
+    """DDPM -> DDIM -> DDPM: DDIM keeps DDPM's own keys (variance_type) in its config, silently, and DDPM
+    gets them back; keys DDPM left at their defaults take DDIM's defaults."""
+    kwargs = dict(num_train_timesteps=100, variance_type="fixed_large", clip_sample=False)
+    configs = {}
+    for library in (minidiff, diffusers):
+        ddpm = library.DDPMScheduler(**kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing unknown: the DDPM keys belong to a compatible class
+            ddim = library.DDIMScheduler.from_config(ddpm.config)
+            again = library.DDPMScheduler.from_config(ddim.config)
+        assert torch.equal(ddim.alphas_cumprod, ddpm.alphas_cumprod)
+        assert again.config.variance_type == "fixed_large"
+        configs[library] = [comparable(x.config) for x in (ddpm, ddim, again)]
+    assert configs[minidiff] == configs[diffusers]
+    assert [c.__name__ for c in minidiff.DDIMScheduler().compatibles] == ["DDIMScheduler", "DDPMScheduler"]
+
+
+@pytest.mark.parametrize("eta", [-0.5, 1.5])
+def test_eta_outside_0_1_is_refused(eta):
+    """diffusers accepts any eta and returns NaN above 1 (the square root of a negative number)."""
+    scheduler = minidiff.DDIMScheduler(num_train_timesteps=10)
+    scheduler.set_timesteps(5)
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match=f"eta={eta}; expected a number in \\[0, 1\\]"):
+        scheduler.step(x, 8, x, eta=eta)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 
 import diffusers
 import pytest
@@ -292,28 +291,43 @@ def test_cuda_loop_with_device_timesteps_has_no_sync():
 
 
 # ---- configs -------------------------------------------------------------------------------------
+def comparable(config) -> dict:
+    """A config as a plain dict, `_use_default_values` sorted (diffusers lists it in set order)."""
+    config = dict(config)
+    if "_use_default_values" in config:
+        config["_use_default_values"] = sorted(config["_use_default_values"])
+    return config
+
+
 def test_config_round_trips_with_diffusers(tmp_path):
     config = dict(
         num_train_timesteps=200, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
         prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=1, clip_sample=False,
         rescale_betas_zero_snr=True, thresholding=True, sample_max_value=2.0,
     )  # fmt: skip
-    ours = minidiff.DDPMScheduler(**config)
+    ours, reference = minidiff.DDPMScheduler(**config), diffusers.DDPMScheduler(**config)
+    # diffusers' config, bookkeeping included: `_use_default_values` lists the keywords not passed
+    assert comparable(ours.config) == comparable(reference.config)
     ours.save_pretrained(tmp_path / "ours")
-    saved = json.loads((tmp_path / "ours" / "scheduler_config.json").read_text())
-    assert saved["_class_name"] == "DDPMScheduler"
+    reference.save_pretrained(tmp_path / "reference")
+    # the same file; and the same config after saving (both now hold _class_name and _diffusers_version)
+    name = "scheduler_config.json"
+    assert (tmp_path / "ours" / name).read_text() == (tmp_path / "reference" / name).read_text()
+    assert comparable(ours.config) == comparable(reference.config)
+
     theirs = diffusers.DDPMScheduler.from_pretrained(tmp_path / "ours")
-    assert {k: theirs.config[k] for k in ours.config} == dict(ours.config)
+    back = minidiff.DDPMScheduler.from_pretrained(tmp_path / "reference")
+    assert comparable(back.config) == comparable(theirs.config)
     assert_same_tables(ours, theirs)
-
-    theirs.save_pretrained(tmp_path / "theirs")
-    back = minidiff.DDPMScheduler.from_pretrained(tmp_path / "theirs")
-    assert dict(back.config) == dict(ours.config)
     assert_same_tables(back, theirs)
-
     across = diffusers.DDPMScheduler.from_config(ours.config)
     assert_same_tables(ours, across)
-    assert dict(minidiff.DDPMScheduler.from_config(theirs.config).config) == dict(ours.config)
+    for source in (ours.config, theirs.config):  # with and without _use_default_values
+        mine, diffusers_own = (
+            minidiff.DDPMScheduler.from_config(source),
+            diffusers.DDPMScheduler.from_config(source),
+        )
+        assert comparable(mine.config) == comparable(diffusers_own.config)
     # trained_betas survive JSON as a list of floats
     trained = minidiff.DDPMScheduler(num_train_timesteps=4, trained_betas=[0.1, 0.2, 0.3, 0.4])
     trained.save_pretrained(tmp_path / "trained")

@@ -1,0 +1,163 @@
+"""DiffusionPipeline: what DDPMPipeline and DDIMPipeline share, as diffusers' base class of the same name.
+
+A pipeline is a UNet and a scheduler. This file holds everything but the sampling loop: moving the UNet
+(`to`), the progress bar, the float -> PIL conversion, and the pipeline folder, in diffusers' layout so
+either library loads the other's:
+
+    model_index.json      {"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": [...]}
+    unet/                 config.json + diffusion_pytorch_model.safetensors
+    scheduler/            scheduler_config.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from minidiff.configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig
+from minidiff.files import atomic_write_text, resolve_file, swap_in
+from minidiff.scheduling_ddim import DDIMScheduler
+from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.unet_2d import UNet2DModel
+from minidiff.viz import numpy_to_pil
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+SCHEDULER_CLASSES = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}
+PIPELINE_CLASSES = ("DDPMPipeline", "DDIMPipeline")  # same two components: either folder loads in either
+MODEL_INDEX = "model_index.json"
+
+
+class DiffusionPipeline:
+    """A UNet that predicts the noise and a scheduler that turns the prediction into one reverse step."""
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler | DDIMScheduler):
+        self.unet = unet
+        self.scheduler = scheduler
+        self._progress_bar_config: dict[str, object] = {}
+
+    # ---- where and how ---------------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, object]:
+        return {"unet": self.unet, "scheduler": self.scheduler}
+
+    @property
+    def config(self) -> FrozenConfig:
+        """What model_index.json holds, as diffusers' `pipeline.config`."""
+        return FrozenConfig(self.model_index())
+
+    def __repr__(self) -> str:  # as diffusers: the class name and model_index.json
+        return f"{type(self).__name__} {json.dumps(self.model_index(), indent=2, sort_keys=True)}\n"
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(
+        self, device: str | torch.device | torch.dtype | None = None, dtype: torch.dtype | None = None
+    ) -> DiffusionPipeline:
+        """Move the UNet: `pipe.to("cuda")`, `pipe.to(torch.float16)`, `pipe.to("cuda", torch.bfloat16)`.
+        (The scheduler holds no weights; its tables follow the sample at each step.)"""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device if dtype is None else dtype
+        self.unet.to(device=device, dtype=dtype)
+        return self
+
+    def set_progress_bar_config(
+        self, disable: bool | None = None, desc: str | None = None, leave: bool | None = None
+    ) -> None:
+        """Options for the tqdm bar over the denoising steps, as diffusers' method of the same name."""
+        new = {"disable": disable, "desc": desc, "leave": leave}
+        self._progress_bar_config.update({k: v for k, v in new.items() if v is not None})
+
+    def progress_bar(self, iterable, disable: bool | None = None):
+        config = dict(self._progress_bar_config)
+        if disable is not None:
+            config["disable"] = disable
+        return tqdm(iterable, **config)
+
+    numpy_to_pil = staticmethod(numpy_to_pil)
+
+    # ---- files -----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None
+    ) -> DiffusionPipeline:
+        """Load a pipeline folder (or hub id) saved by minidiff or by diffusers' DDPMPipeline / DDIMPipeline.
+        `DiffusionPipeline.from_pretrained` builds the class model_index.json names, as in diffusers."""
+        index_path = resolve_file(pretrained_model_name_or_path, MODEL_INDEX)
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{index_path} is not valid JSON: {err}") from err
+        if not isinstance(index, dict):
+            raise ValueError(f"{index_path} must hold a JSON object, got {type(index).__name__}")
+        if index.get("_class_name") not in PIPELINE_CLASSES:
+            raise ValueError(
+                f"{index_path} describes a {index.get('_class_name')!r}; expected one of {list(PIPELINE_CLASSES)}"
+            )
+        components = {k: v for k, v in index.items() if not k.startswith("_")}
+        if sorted(components) != ["scheduler", "unet"]:
+            raise ValueError(
+                f"{index_path} lists components {sorted(components)}; expected ['scheduler', 'unet']"
+            )
+        unet_class = components["unet"][1] if isinstance(components["unet"], list) else components["unet"]
+        if unet_class != "UNet2DModel":
+            raise ValueError(
+                f"{index_path}: unet class {unet_class!r} is not supported; expected 'UNet2DModel'"
+            )
+        scheduler_class = components["scheduler"]
+        scheduler_class = scheduler_class[1] if isinstance(scheduler_class, list) else scheduler_class
+        if scheduler_class not in SCHEDULER_CLASSES:
+            raise ValueError(
+                f"{index_path}: scheduler class {scheduler_class!r} is not supported; "
+                f"expected one of {list(SCHEDULER_CLASSES)}"
+            )
+        unet = UNet2DModel.from_pretrained(
+            pretrained_model_name_or_path, subfolder="unet", torch_dtype=torch_dtype
+        )
+        scheduler = SCHEDULER_CLASSES[scheduler_class].from_pretrained(
+            pretrained_model_name_or_path, subfolder="scheduler"
+        )
+        if cls is DiffusionPipeline:
+            import minidiff
+
+            cls = getattr(minidiff, index["_class_name"])
+        return cls(unet=unet, scheduler=scheduler)
+
+    def model_index(self) -> dict[str, object]:
+        """What model_index.json holds: diffusers' library and class names of each component."""
+        scheduler_class = type(self.scheduler).__name__
+        if scheduler_class not in SCHEDULER_CLASSES:
+            raise ValueError(f"cannot save a {scheduler_class}; expected one of {list(SCHEDULER_CLASSES)}")
+        return {
+            "_class_name": type(self).__name__,
+            "_diffusers_version": DIFFUSERS_FORMAT_VERSION,
+            "scheduler": ["diffusers", scheduler_class],
+            "unet": ["diffusers", type(self.unet).__name__],
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write model_index.json, unet/ and scheduler/ into `save_directory`, never leaving it half-written.
+
+        Everything is first written into a temporary sibling folder. Only when that succeeded are the new
+        unet/, scheduler/ and (last) model_index.json renamed into place; the old ones are kept aside until
+        all three renames succeeded, and put back if one fails. Other files in the folder are left alone,
+        as diffusers leaves them. A failure while writing (disk full, a bad component) leaves a previously
+        saved pipeline untouched.
+        """
+        index = json.dumps(self.model_index(), indent=2, sort_keys=True) + "\n"
+
+        def write(folder: Path) -> None:
+            self.unet.save_pretrained(folder / "unet")
+            self.scheduler.save_pretrained(folder / "scheduler")
+            atomic_write_text(folder / MODEL_INDEX, index)
+
+        return swap_in(save_directory, ["unet", "scheduler", MODEL_INDEX], write)
