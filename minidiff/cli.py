@@ -7,8 +7,9 @@
     minidiff parity --model DIR                     # per-layer comparison with diffusers
 
 Heavy modules (torch models, datasets, matplotlib, diffusers) are imported inside the subcommands, so
-`minidiff --help` answers quickly. Errors from the library print one line and exit with status 1
-(`minidiff --debug ...` shows the traceback); bad flags are argparse errors (status 2).
+`minidiff --help` answers quickly. Errors from the library print their whole message and exit with
+status 1 (`--debug`, before or after the subcommand, shows the traceback); bad flags are argparse errors
+(status 2); an interrupted training run exits 130 (SIGINT) or 143 (SIGTERM) after saving its work.
 """
 
 from __future__ import annotations
@@ -38,80 +39,29 @@ def _setup_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
 # ---- train / demo ---------------------------------------------------------------------------------------
-TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
-    "--data": ("data", str, "'digits', a folder of images, or a hub dataset id"),
-    "--out": ("out_dir", str, "output folder"),
-    "--image-size": ("image_size", _positive_int, "train at this resolution (square)"),
-    "--channels": ("channels", int, "1 or 3 (default: 1 for digits, 3 otherwise)"),
-    "--limit": ("limit", _positive_int, "use only the first N images"),
-    "--epochs": ("epochs", _positive_int, "epochs (ignored when --max-steps is given)"),
-    "--max-steps": ("max_steps", _positive_int, "optimizer steps"),
-    "--batch-size": ("batch_size", _positive_int, "images per micro-batch"),
-    "--lr": ("lr", float, "peak learning rate of AdamW"),
-    "--lr-scheduler": ("lr_scheduler", str, "lr after the warm-up: constant | linear | cosine"),
-    "--warmup-steps": ("warmup_steps", int, "linear lr warm-up steps"),
-    "--prediction-type": ("prediction_type", str, "what the UNet predicts: epsilon | sample | v_prediction"),
-    "--ema-decay": ("ema_decay", float, "EMA decay of the weights (0 = off)"),
-    "--mixed-precision": ("mixed_precision", str, "no | bf16 | fp16"),
-    "--grad-clip": ("grad_clip", float, "clip the gradient norm to this value"),
-    "--grad-accum": ("grad_accum", _positive_int, "micro-batches per optimizer step"),
-    "--seed": ("seed", int, "seed of every random draw"),
-    "--device": ("device", str, "auto | cpu | cuda | cuda:1 | ..."),
-    "--checkpoint-every": ("checkpoint_every", _positive_int, "save a checkpoint every N steps"),
-    "--keep-checkpoints": ("keep_checkpoints", _positive_int, "keep the newest K checkpoints"),
-    "--sample-every": ("sample_every", _positive_int, "write a sample grid every N epochs"),
-    "--num-samples": ("num_samples", _positive_int, "images per sample grid"),
-    "--sample-steps": ("sample_steps", _positive_int, "denoising steps of the sample grids"),
-    "--sampler": ("sampler", str, "ddpm | ddim, for the sample grids"),
-}
+def _preset_in(argv: list[str], default: str) -> str:
+    """The --preset named on the command line (looked up before parsing: --help shows its defaults)."""
+    for i, word in enumerate(argv):
+        if word == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith("--preset="):
+            return word.split("=", 1)[1]
+    return default
 
 
-DEMO_FLAGS = ("--out", "--max-steps", "--seed", "--device", "--limit", "--num-samples", "--sample-steps")
+def _defaults(command: str, preset_name: str):
+    """The TrainConfig a command starts from: the preset, and for the demo out/demo, replaced each time."""
+    import dataclasses
 
+    from minidiff.training.config import PRESETS
 
-def _add_train_flags(parser: argparse.ArgumentParser, flags: dict) -> None:
-    for flag, (dest, kind, text) in flags.items():
-        choices = {
-            "--mixed-precision": ["no", "bf16", "fp16"],
-            "--sampler": ["ddpm", "ddim"],
-            "--lr-scheduler": ["constant", "linear", "cosine"],
-            "--prediction-type": ["epsilon", "sample", "v_prediction"],
-        }.get(flag)
-        parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=None, help=text)
-    parser.add_argument(
-        "--resume", action="store_true", default=None, help="continue from the newest checkpoint"
-    )
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random h-flips")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    if "--batch-size" in flags:  # train, not demo
-        parser.add_argument(
-            "--fast",
-            action="store_true",
-            default=None,
-            help="data on the device, one CUDA graph per step (on a GPU; add --mixed-precision bf16)",
-        )
-
-
-def _config_from_args(args: argparse.Namespace, preset_name: str, default_out: str | None = None):
-    from minidiff.training import TrainConfig, preset
-
-    overrides = {
-        name: getattr(args, name)
-        for name in [f for f in TrainConfig.__dataclass_fields__]
-        if getattr(args, name, None) is not None
-    }
-    if default_out is not None and "out_dir" not in overrides:
-        overrides["out_dir"] = default_out
-    overrides["progress"] = not args.quiet
-    return preset(preset_name, **overrides)
+    if preset_name not in PRESETS:  # argparse's choices name it; any preset's defaults do meanwhile
+        preset_name = "tutorial"
+    defaults = PRESETS[preset_name]
+    if command == "demo":
+        defaults = dataclasses.replace(defaults, out_dir="out/demo", overwrite=True)
+    return defaults
 
 
 def _report(result, extra: dict[str, Path] | None = None) -> None:
@@ -135,12 +85,31 @@ def _report(result, extra: dict[str, Path] | None = None) -> None:
         print(f"  {what:<{width}}  {path}")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace):
+    """Train as the flags say; an interrupted run says where it stopped and how to go on."""
     from minidiff.training import train
-    from minidiff.training.distributed import is_main
+    from minidiff.training.flags import config_from_args
+    from minidiff.training.loop import TrainingInterrupted
 
     _setup_logging()
-    result = train(_config_from_args(args, args.preset))
+    config = config_from_args(args, args.defaults)
+    try:
+        return config, train(config)
+    except TrainingInterrupted as stop:
+        import shlex
+
+        argv = [word for word in sys.argv[1:] if word != "--overwrite"]
+        resume = [] if "--resume" in argv or "--resume_from_checkpoint" in argv else ["--resume"]
+        print(f"minidiff {args.command}: interrupted: {stop}", file=sys.stderr)
+        if stop.checkpoint is not None:
+            print(f"continue with: minidiff {shlex.join(argv + resume)}", file=sys.stderr)
+        raise
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from minidiff.training.distributed import is_main
+
+    _, result = _train(args)
     if is_main():  # under torchrun: one report (rank 0 wrote the files)
         _report(result)
     return 0
@@ -164,15 +133,11 @@ def _noise_pictures(noise_scheduler, x0, out_dir: Path, seed: int) -> dict[str, 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from minidiff.data import load_dataset
-    from minidiff.training import build_noise_scheduler, train
+    from minidiff.training import build_noise_scheduler
 
     started = time.perf_counter()
-    _setup_logging()
-    config = _config_from_args(args, "tiny", default_out="out/demo")
-    print(
-        f"minidiff demo: training the tiny preset on {config.data!r} ({config.image_size}x{config.image_size})"
-    )
-    result = train(config)
+    print(f"minidiff demo: training the tiny preset on {args.data!r} ({args.image_size}x{args.image_size})")
+    config, result = _train(args)
     x0 = load_dataset(config.data, config.image_size, flip=False, channels=config.channels, limit=1)[0][None]
     pictures = _noise_pictures(build_noise_scheduler(config), x0, result.out_dir, config.seed)
     _report(result, pictures)
@@ -265,32 +230,48 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 # ---- the parser ------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `minidiff` parser; `argv` only decides which preset's defaults `train --help` shows."""
     from minidiff import __version__
+    from minidiff.training.flags import add_train_flags, positive_int
 
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="minidiff",
         description="DDPM diffusion in plain PyTorch: train, sample, inspect, compare with diffusers.",
     )
     parser.add_argument("--version", action="version", version=f"minidiff {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the subcommand works too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="train the tiny preset on the embedded digits; write out/demo/")
-    _add_train_flags(demo, {k: v for k, v in TRAIN_FLAGS.items() if k in DEMO_FLAGS})
-    demo.set_defaults(func=cmd_demo)
+    demo = commands.add_parser(
+        "demo", parents=[common], help="train the tiny preset on the embedded digits; write out/demo/",
+        description="Train the tiny preset on the embedded digits into out/demo (replaced on each run); "
+        "then the noising strip and the SNR plot. Takes every flag of `minidiff train`.",
+    )  # fmt: skip
+    demo.set_defaults(func=cmd_demo, defaults=_defaults("demo", "tiny"))
+    add_train_flags(demo, _defaults("demo", "tiny"))
 
-    train = commands.add_parser("train", help="train a DDPM (presets: tiny, tutorial)")
+    preset_name = _preset_in(argv, "tutorial")
+    train = commands.add_parser(
+        "train", parents=[common], help="train a DDPM (presets: tiny, tutorial)",
+        description="Train a DDPM. Every flag also answers to the name diffusers' train_unconditional.py gives "
+        "it (shown beside it); defaults are the chosen --preset's.",
+    )  # fmt: skip
     train.add_argument("--preset", choices=["tiny", "tutorial"], default="tutorial", help="starting settings")
-    _add_train_flags(train, TRAIN_FLAGS)
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, defaults=_defaults("train", preset_name))
+    add_train_flags(train, _defaults("train", preset_name))
 
-    sample = commands.add_parser("sample", help="sample a grid of images from a pipeline folder or hub id")
+    sample = commands.add_parser(
+        "sample", parents=[common], help="sample a grid of images from a pipeline folder or hub id"
+    )
     sample.add_argument("--model", required=True, help="pipeline folder (e.g. out/demo/model) or hub id")
-    sample.add_argument("--num", type=_positive_int, default=16, help="number of images")
+    sample.add_argument("--num", type=positive_int, default=16, help="number of images")
     sample.add_argument("--scheduler", choices=["ddpm", "ddim"], default="ddpm")
     sample.add_argument(
-        "--steps", type=_positive_int, default=None, help="denoising steps (ddpm: T, ddim: 50)"
+        "--steps", type=positive_int, default=None, help="denoising steps (ddpm: T, ddim: 50)"
     )
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM's noise scale (0 = deterministic)")
     sample.add_argument("--seed", type=int, default=0)
@@ -302,24 +283,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.set_defaults(func=cmd_sample)
 
-    noise = commands.add_parser("noise", help="the noising strip and the log-SNR plot of a schedule")
+    noise = commands.add_parser(
+        "noise", parents=[common], help="the noising strip and the log-SNR plot of a schedule"
+    )
     noise.add_argument("--data", default="digits", help="where the clean image comes from")
     noise.add_argument("--index", type=int, default=0, help="which image of the data")
-    noise.add_argument("--image-size", type=_positive_int, default=32)
+    noise.add_argument("--image-size", type=positive_int, default=32)
     noise.add_argument(
         "--schedule", default="squaredcos_cap_v2", help="linear | scaled_linear | squaredcos_cap_v2 | ..."
     )
     noise.add_argument("--beta-start", type=float, default=0.0001)
     noise.add_argument("--beta-end", type=float, default=0.02)
-    noise.add_argument("--num-train-timesteps", type=_positive_int, default=1000)
+    noise.add_argument("--num-train-timesteps", type=positive_int, default=1000)
     noise.add_argument("--seed", type=int, default=0)
     noise.add_argument("--out", default="out/noise", help="folder for noise.png and snr.png")
     noise.set_defaults(func=cmd_noise)
 
-    parity = commands.add_parser("parity", help="per-layer comparison of a UNet in minidiff and diffusers")
+    parity = commands.add_parser(
+        "parity", parents=[common], help="per-layer comparison of a UNet in minidiff and diffusers"
+    )
     parity.add_argument("--model", required=True, help="pipeline folder (its unet/) or UNet folder")
     parity.add_argument("--timestep", type=int, default=500)
-    parity.add_argument("--batch-size", type=_positive_int, default=1)
+    parity.add_argument("--batch-size", type=positive_int, default=1)
     parity.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     parity.add_argument("--device", default=None, help="run both models on this device (default: cpu)")
     parity.add_argument("--seed", type=int, default=0)
@@ -328,20 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"minidiff {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # the library's errors name the bad value: one line, no traceback
+    except KeyboardInterrupt as stop:  # TrainingInterrupted says where it stopped (_train printed it)
+        if not hasattr(stop, "exit_code"):
+            print(f"minidiff {args.command}: interrupted", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
+    except Exception as err:  # the library's errors name the bad value; no traceback without --debug
         if args.debug:
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = str(err).strip() or type(err).__name__
         print(f"minidiff {args.command}: error: {message}", file=sys.stderr)
         return 1
 

@@ -182,7 +182,7 @@ TRAIN = ["train", "--preset", "tiny", "--limit", "4", "--max-steps", "1", "--dev
 USAGE_ERRORS = {  # argv -> what argparse's message says
     "no such command": (["fly"], "invalid choice: 'fly'"),
     "train batch size 0": ([*TRAIN, "--batch-size", "0"], "'0' is not a positive integer"),
-    "train batch size text": ([*TRAIN, "--batch-size", "many"], "invalid _positive_int value: 'many'"),
+    "train batch size text": ([*TRAIN, "--batch-size", "many"], "invalid positive_int value: 'many'"),
     "train max steps -5": ([*TRAIN, "--max-steps", "-5"], "'-5' is not a positive integer"),
     "train lr text": ([*TRAIN, "--lr", "fast"], "invalid float value: 'fast'"),
     "train mixed precision fp8": ([*TRAIN, "--mixed-precision", "fp8"], "invalid choice: 'fp8'"),
@@ -194,7 +194,7 @@ USAGE_ERRORS = {  # argv -> what argparse's message says
     "sample without model": (["sample"], "the following arguments are required: --model"),
     "sample num 0": (["sample", "--model", "m", "--num", "0"], "'0' is not a positive integer"),
     "sample scheduler": (["sample", "--model", "m", "--scheduler", "euler"], "invalid choice: 'euler'"),
-    "noise steps text": (["noise", "--num-train-timesteps", "x"], "invalid _positive_int value: 'x'"),
+    "noise steps text": (["noise", "--num-train-timesteps", "x"], "invalid positive_int value: 'x'"),
     "parity dtype": (["parity", "--model", "m", "--dtype", "fp64"], "invalid choice: 'fp64'"),
 }
 

@@ -99,3 +99,16 @@ def test_layout_has_no_import_circle_and_nothing_imports_upwards():
     for node in edges:
         if node not in state:
             visit(node, [node])
+
+
+def test_training_package_names_resolve_and_train_help_stays_light():
+    import minidiff.training
+    from minidiff.scheduling_utils import PREDICTION_TYPES
+    from minidiff.training.config import PREDICTION_TYPES as TRAINING_PREDICTION_TYPES
+
+    assert set(minidiff.training.__all__) == set(minidiff.training._EXPORTS)
+    for name in minidiff.training.__all__:
+        assert getattr(minidiff.training, name) is not None, name
+    assert TRAINING_PREDICTION_TYPES == PREDICTION_TYPES  # the copy config.py keeps to stay torch-free
+    code = "import sys\nfrom minidiff.cli import build_parser\nbuild_parser(['train'])\nprint('torch' in sys.modules)"
+    assert _run_python(code) == "False"

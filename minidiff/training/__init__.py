@@ -13,26 +13,38 @@ distributed.py  torchrun / DistributedDataParallel helpers
 preflight.py    the checks before step 1: device, writable output folder, free disk space
 """
 
-from minidiff.training.config import PRESETS, TrainConfig, preset
-from minidiff.training.loop import train
-from minidiff.training.rules import EMA, loss_fn, training_target
-from minidiff.training.run import TrainResult, build_noise_scheduler, build_unet, sampler_from_config
-from minidiff.training.step import PlainEngine, TrainState, make_train_state, train_step
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> the module that defines it; imported on first use, so that `minidiff train --help`
+# (which reads the presets and the flags) does not load torch
+_EXPORTS = {
+    "EMA": "rules", "loss_fn": "rules", "training_target": "rules",
+    "PRESETS": "config", "TrainConfig": "config", "preset": "config",
+    "train": "loop", "TrainingInterrupted": "loop",
+    "TrainResult": "run", "build_noise_scheduler": "run", "build_unet": "run", "sampler_from_config": "run",
+    "PlainEngine": "step", "TrainState": "step", "make_train_state": "step", "train_step": "step",
+}  # fmt: skip
 __all__ = [
-    "EMA",
-    "PRESETS",
-    "PlainEngine",
-    "TrainConfig",
-    "TrainResult",
-    "TrainState",
-    "build_noise_scheduler",
-    "build_unet",
-    "loss_fn",
-    "make_train_state",
-    "preset",
-    "sampler_from_config",
-    "train",
-    "train_step",
-    "training_target",
-]
+    "EMA", "PRESETS", "PlainEngine", "TrainConfig", "TrainResult", "TrainState", "TrainingInterrupted",
+    "build_noise_scheduler", "build_unet", "loss_fn", "make_train_state", "preset", "sampler_from_config",
+    "train", "train_step", "training_target",
+]  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'minidiff.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"minidiff.training.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from minidiff.training.config import PRESETS, TrainConfig, preset
+    from minidiff.training.loop import TrainingInterrupted, train
+    from minidiff.training.rules import EMA, loss_fn, training_target
+    from minidiff.training.run import TrainResult, build_noise_scheduler, build_unet, sampler_from_config
+    from minidiff.training.step import PlainEngine, TrainState, make_train_state, train_step

@@ -10,11 +10,11 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-import torch
-
-from minidiff.training.rules import LR_SCHEDULES, PREDICTION_TYPES
-
-MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# the schedulers' prediction types (minidiff.scheduling_utils; a test keeps the two equal): this module
+# imports no torch, so that `minidiff train --help` answers at once
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)

@@ -89,8 +89,9 @@ class StreamedImages:
 
     def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None, batch_size: int, first_batch: int):
         """Queue the epoch's batches from `first_batch` on (a resumed run starts mid-epoch)."""
-        flags = flips.tolist() if flips is not None else [False] * len(order)
-        items = list(zip(order.tolist(), flags))
+        index = order.tolist()
+        mirrored = flips.tolist() if flips is not None else [False] * len(index)  # flips[i]: image i's
+        items = [(i, mirrored[i]) for i in index]
         batches = [items[i : i + batch_size] for i in range(first_batch * batch_size, len(items), batch_size)]
         loader = DataLoader(
             self.dataset,

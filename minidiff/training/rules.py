@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-LR_SCHEDULES = ("constant", "linear", "cosine")
+from minidiff.training.config import PREDICTION_TYPES
 
 
 # ---- what the model learns to predict ---------------------------------------------------------------

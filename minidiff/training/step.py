@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import minidiff.training.distributed as distributed
-from minidiff.training.config import MIXED_PRECISION, TrainConfig
+from minidiff.training.config import TrainConfig
 from minidiff.training.data import ResidentImages, StreamedImages
 from minidiff.training.rules import (
     EMA,
@@ -25,6 +25,8 @@ from minidiff.training.rules import (
     make_optimizer,
     noisy_batch,
 )
+
+AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # config.mixed_precision
 
 
 @dataclass
@@ -54,7 +56,7 @@ def make_train_state(
         lr_scheduler=make_lr_scheduler(optimizer, config, total_steps),
         grad_scaler=torch.amp.GradScaler(device.type) if config.mixed_precision == "fp16" else None,
         ema=EMA.from_config(unet, config),
-        autocast_dtype=MIXED_PRECISION[config.mixed_precision],
+        autocast_dtype=AUTOCAST_DTYPES[config.mixed_precision],
         grad_clip=config.grad_clip,
     )
 
