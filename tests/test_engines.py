@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import TINY_UNET
+from tiny import TINY_ATTENTION_NET, TINY_UNET
 
 from minidiff.fast import FastTrainer
 from minidiff.scheduling_ddpm import DDPMScheduler
@@ -22,12 +22,7 @@ from minidiff.unet_2d import UNet2DModel
 
 # 22 digits in batches of 8: three batches per epoch, the last one of 6 images
 RUN = dict(
-    image_size=8,
-    block_out_channels=(16, 32),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=8,
+    **TINY_ATTENTION_NET,
     limit=22,
     batch_size=8,
     max_steps=21,

@@ -11,6 +11,7 @@ import functools
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY_ATTENTION_NET
 
 from minidiff.data import load_dataset
 from minidiff.parity import to_diffusers_unet
@@ -24,12 +25,7 @@ diffusers = pytest.importorskip("diffusers")
 STEPS = 20
 TINY = TrainConfig(
     data="digits",
-    image_size=8,
-    block_out_channels=(16, 32),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=8,
+    **TINY_ATTENTION_NET,
     lr=4e-4,
     device="cpu",
 )

@@ -8,20 +8,12 @@ import dataclasses
 
 import pytest
 import torch
+from tiny import TINY_ATTENTION_NET as TINY_NET
 
 from minidiff.scheduling_ddpm import DDPMScheduler
 from minidiff.training import EMA, build_unet, make_train_state, preset, train, train_step
 from minidiff.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from minidiff.training.config import TrainConfig
-
-TINY_NET = dict(
-    image_size=8,
-    block_out_channels=(16, 32),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=8,
-)
 
 
 def tiny(tmp_path, **overrides) -> TrainConfig:

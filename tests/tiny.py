@@ -27,3 +27,13 @@ TINY_TRAIN = dict(
     device="cpu",
     progress=False,
 )
+
+# TrainConfig fields of a small net with attention at 4x4: 8x8 images, two levels.
+TINY_ATTENTION_NET = dict(
+    image_size=8,
+    block_out_channels=(16, 32),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+)
