@@ -31,4 +31,4 @@ def digit_kid(images: torch.Tensor, reference) -> float | None:
         return None
     network, features = reference
     samples = extract_features(images.detach().float().cpu().clamp(0, 1), network)
-    return kid(features, samples, subsets=50)[0]
+    return kid(features, samples)[0]

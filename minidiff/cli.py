@@ -296,7 +296,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_eval_parser(commands) -> None:
     ev = commands.add_parser("eval", help="sample a pipeline and measure digit FID / KID (and Inception FID)")
     ev.add_argument("--model", required=True, help="pipeline folder (minidiff or diffusers) or hub id")
-    ev.add_argument("--num-samples", type=_positive_int, default=1000, help="images to sample")
+    ev.add_argument(  # 500 = minidiff.quality.evaluate.DEFAULT_NUM_SAMPLES (not imported: --help stays light)
+        "--num-samples", type=_positive_int, default=500, help="images to sample (FID depends on it)"
+    )
     ev.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (ddpm: T, ddim: 50)")
     ev.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
     ev.add_argument("--metrics", default="digit", help="comma list out of digit, inception (minidiff[fid])")

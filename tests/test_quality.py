@@ -41,6 +41,14 @@ def held_out():
     return held_out_digits(16)[:300]  # (300, 1, 16, 16) uint8
 
 
+def test_importing_the_quality_package_loads_neither_torchmetrics_nor_matplotlib():
+    import subprocess
+
+    code = "import sys, minidiff.quality; print('torchmetrics' in sys.modules, 'matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
 # ---- the digit network --------------------------------------------------------------------------------
 def test_shipped_weights_are_small_and_accurate_on_the_held_out_split():
     from minidiff.quality.train_digit_net import accuracy, digit_split
@@ -80,7 +88,7 @@ def test_metrics_rank_real_below_blurred_below_noise(net, reference, held_out):
 
 def test_kid_is_reproducible_for_a_seed_and_fid_is_symmetric(net, reference, held_out):
     fake = extract_features(held_out, net)
-    assert kid(reference, fake, seed=1) == kid(reference, fake, seed=1)
+    assert kid(reference, fake, seed=1) == kid(reference, fake, seed=1)  # subsets drawn from the seed
     assert fid(reference, fake) == pytest.approx(fid(fake, reference), rel=1e-6)
     assert fid(fake, fake) == pytest.approx(0.0, abs=1e-6)
 
@@ -168,6 +176,19 @@ def test_inception_path_with_a_stand_in_network(held_out):
     assert fid(real, same) < fid(real, noise)
 
 
+def test_evaluate_end_to_end_on_a_stand_in_inception(diffusers_pipeline, tmp_path):
+    from minidiff.quality.evaluate import evaluate
+
+    stand_in = {"inception": InceptionFeatures(extractor=StandIn(), num_features=16)}
+    report = evaluate(
+        diffusers_pipeline, 70, "ddim", 2, "inception", cache_dir=tmp_path, progress=False, networks=stand_in
+    )
+    scores = report["metrics"]["inception"]
+    assert report["networks"]["inception"] == "stand-in-StandIn" and "confident_share" not in scores
+    assert scores["fid"] > 0 and math.isfinite(scores["kid"])
+    assert any("resized to 299x299" in n for n in report["notes"])
+
+
 def test_inception_without_torch_fidelity_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # import fails as if not installed
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'minidiff\[fid\]'"):
@@ -212,6 +233,13 @@ def test_eval_command_on_a_pipeline_saved_by_diffusers(diffusers_pipeline, capsy
     assert any("8x8 images resized to 28x28" in n for n in report["notes"])
     assert main([*args, "--sampler", "ddpm"]) == 0  # the second run reads the cached reference
     assert json.loads((diffusers_pipeline / "eval.json").read_text())["reference"]["digit"]["cached"]
+
+
+def test_eval_command_defaults_to_the_library_sample_count():
+    from minidiff.cli import build_parser
+    from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES
+
+    assert build_parser().parse_args(["eval", "--model", "m"]).num_samples == DEFAULT_NUM_SAMPLES
 
 
 def test_eval_errors_write_nothing(diffusers_pipeline, tmp_path, capsys):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from minidiff.quality.digit_net import HELD_OUT_SPLIT
-from minidiff.quality.evaluate import score
+from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, score
 from minidiff.quality.features import Features, extract_features, feature_network
 from minidiff.quality.reference import reference_features
 
@@ -73,11 +73,13 @@ def summarize_rows(rows: list[dict], point: dict | None = None) -> dict[str, flo
     return out
 
 
-def calibrate_real(image_size: int, seeds: list[int], channels: int = 1, cache_dir=None) -> dict[str, dict]:
-    """Held-out, blurred and noise rows: {name: summary over seeds}."""
+def calibrate_real(
+    image_size: int, seeds: list[int], num_samples: int = DEFAULT_NUM_SAMPLES, channels: int = 1
+) -> dict[str, dict]:
+    """Held-out, blurred and noise rows of `num_samples` images each: {name: summary}."""
     network = feature_network("digit")
-    reference, _, _ = reference_features("digits", image_size, channels, network, cache_dir)
-    held_out = held_out_digits(image_size, channels)
+    reference, _, _ = reference_features("digits", image_size, channels, network)
+    held_out = held_out_digits(image_size, channels)[:num_samples]
     fixed = {
         "real held-out digits (floor)": extract_features(held_out, network),
         "held-out digits, blurred (sigma 1 px)": extract_features(blurred(held_out), network),
@@ -116,41 +118,69 @@ def markdown_table(table: dict[str, dict], num_samples: int, seeds: int) -> str:
     return "\n".join(lines)
 
 
+def parse_settings(text: str) -> list[tuple[str, int]]:
+    """ "ddpm:1000,ddim:50" -> [("ddpm", 1000), ("ddim", 50)]."""
+    settings = []
+    for item in text.split(","):
+        sampler, _, steps = item.strip().partition(":")
+        if sampler not in ("ddpm", "ddim") or not steps.isdigit():
+            raise ValueError(f"setting {item!r}; expected SAMPLER:STEPS with SAMPLER ddpm or ddim")
+        settings.append((sampler, int(steps)))
+    return settings
+
+
+def model_rows(args, seeds: list[int], table: dict) -> list[dict]:
+    """quality_vs_steps one (setting, seed) at a time; runs already in --json are kept, and the file is
+    rewritten after every run, so a long calibration can be stopped and resumed."""
+    from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
+
+    path = Path(args.json) if args.json else None
+    runs = json.loads(path.read_text())["runs"] if path is not None and path.is_file() else []
+    settings = parse_settings(args.settings)
+    for sampler, steps in settings:
+        for seed in seeds:
+            done = [r for r in runs if (r["sampler"], r["steps"], r["seed"]) == (sampler, steps, seed)]
+            if not done or done[0]["num_samples"] != args.num_samples:
+                runs = [r for r in runs if r not in done]
+                runs += quality_vs_steps(
+                    args.model, [(sampler, steps)], args.num_samples, [seed], batch_size=args.batch_size
+                )
+                if path is not None:
+                    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n", encoding="utf-8")
+        rows = [r for r in runs if (r["sampler"], r["steps"]) == (sampler, steps) and r["seed"] in seeds]
+        table[f"model, {sampler.upper()} {steps} steps"] = summarize_rows(rows)
+    if args.plot:
+        print(f"wrote {plot_quality_vs_steps(runs, args.plot)}")
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
-    from minidiff.quality.steps import DEFAULT_SETTINGS, plot_quality_vs_steps, quality_vs_steps
+    from minidiff.quality.steps import DEFAULT_SETTINGS
 
     parser = argparse.ArgumentParser(prog="python -m minidiff.quality.calibration", description=__doc__)
     parser.add_argument("--model", default=None, help="a pipeline folder to add the sampler rows for")
     parser.add_argument(
         "--image-size", type=int, default=16, help="without --model: the size to calibrate at"
     )
-    parser.add_argument("--num-samples", type=int, default=1000, help="samples per model row")
+    parser.add_argument(
+        "--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, help="images per row (at most 1,000)"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
+    parser.add_argument("--settings", default=",".join(f"{s}:{n}" for s, n in DEFAULT_SETTINGS))
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--json", default=None, help="write every row here")
+    parser.add_argument("--json", default=None, help="the model runs, kept here (resumable)")
     parser.add_argument("--plot", default=None, help="write quality_vs_steps.png here (with --model)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     size = args.image_size
-    runs = []
     if args.model:
         from minidiff.quality.evaluate import image_shape, load_pipeline
 
         _, size = image_shape(load_pipeline(args.model))
-    table = calibrate_real(size, seeds)
+    table = calibrate_real(size, seeds, args.num_samples)
     if args.model:
-        runs = quality_vs_steps(
-            args.model, DEFAULT_SETTINGS, args.num_samples, seeds, batch_size=args.batch_size
-        )
-        for sampler, steps in DEFAULT_SETTINGS:
-            rows = [r for r in runs if (r["sampler"], r["steps"]) == (sampler, steps)]
-            table[f"model, {sampler.upper()} {steps} steps"] = summarize_rows(rows)
-        if args.plot:
-            print(f"wrote {plot_quality_vs_steps(runs, args.plot)}")
+        model_rows(args, seeds, table)
     print(markdown_table(table, args.num_samples, len(seeds)))
-    if args.json:
-        payload = {"image_size": size, "seeds": seeds, "table": table, "runs": runs}
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

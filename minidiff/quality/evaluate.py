@@ -1,6 +1,6 @@
 """Evaluate a pipeline: sample it, read the samples with each feature network, compare with the real data.
 
-    report = evaluate("out/demo/model", num_samples=1000, sampler="ddim", steps=50)
+    report = evaluate("out/demo/model", num_samples=500, sampler="ddim", steps=50)
     print(format_report(report))          # the table `minidiff eval` prints; `report` is eval.json's content
 
 Samples come from `DDPMPipeline` (DDPM's or DDIM's step on the pipeline's own schedule), batch after batch
@@ -20,6 +20,9 @@ from minidiff.quality.metrics import digit_scores, fid, kid
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
 
 SAMPLERS = ("ddpm", "ddim")
+# Samples per evaluation: FID varies by about 4% between seeds there (README), and DDPM's 1,000 steps
+# stay within minutes on 2 CPU cores. FID depends on the count: compare figures of equal counts.
+DEFAULT_NUM_SAMPLES = 500
 METRIC_GROUPS = ("digit", "inception")  # one per feature network
 
 
@@ -103,9 +106,26 @@ def check_metrics(metrics: str | list[str] | tuple[str, ...]) -> list[str]:
     return names
 
 
+def prepare_networks(
+    names: list[str], shape: tuple[int, int, int, int], networks: dict | None = None
+) -> tuple[dict, list[str]]:
+    """The feature network of each metric group, checked against the samples' `shape` (N, C, H, W) and
+    count before anything is sampled; and the notes on how the images will be converted."""
+    nets = {name: (networks or {}).get(name) or feature_network(name) for name in names}
+    notes: list[str] = []
+    for name, net in nets.items():
+        notes += net.notes(shape)  # refuses what the network cannot read
+        if shape[0] <= net.num_features:
+            raise ValueError(
+                f"--num-samples {shape[0]}: FID on the {name} network's {net.num_features} features "
+                f"needs more than {net.num_features} samples"
+            )
+    return nets, notes
+
+
 def evaluate(
     model,
-    num_samples: int = 1000,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     sampler: str = "ddpm",
     steps: int | None = None,
     metrics: str | list[str] | tuple[str, ...] = ("digit",),
@@ -119,9 +139,9 @@ def evaluate(
 ) -> dict[str, object]:
     """Sample `model` and score the samples against `data` with each metric group's network.
 
-    steps: sampling steps (default: T for ddpm, 50 for ddim). cache_dir: the folder of cached reference
-    features (default: eval/reference/ inside the model folder, when it is a local folder). networks: feature networks by
-    group name, in place of the default ones (the tests pass a stand-in Inception).
+    steps: sampling steps (default: T for ddpm, 50 for ddim). cache_dir: the folder of cached
+    reference features (default: eval/reference/ inside the model folder, when it is a local folder).
+    networks: feature networks by group name in place of the default ones (e.g. a stand-in Inception).
     Every check (sampler, metrics, image shape, sample count) runs before the first sample is drawn.
     """
     names = check_metrics(metrics)
@@ -132,41 +152,26 @@ def evaluate(
     pipeline.to(device)
     steps = steps or (50 if sampler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
     channels, size = image_shape(pipeline)
-    nets = {name: (networks or {}).get(name) or feature_network(name) for name in names}
-    notes: list[str] = []
-    for name, net in nets.items():
-        notes += net.notes((num_samples, channels, size, size))  # refuses what a network cannot read
-        if num_samples <= net.num_features:
-            raise ValueError(
-                f"--num-samples {num_samples}: FID on the {name} network's {net.num_features} features needs "
-                f"more than {net.num_features} samples"
-            )
-    seconds: dict[str, object] = {"reference": {}, "features": {}}
+    nets, notes = prepare_networks(names, (num_samples, channels, size, size), networks)
+    seconds: dict[str, dict] = {"reference": {}, "features": {}}
     references, reference_info = {}, {}
     for name, net in nets.items():
         started = time.perf_counter()
-        references[name], path, cached = reference_features(
-            data, size, channels, net, cache_dir, device=device
-        )
+        feats, path, cached = reference_features(data, size, channels, net, cache_dir, device=device)
         seconds["reference"][name] = time.perf_counter() - started
-        reference_info[name] = {
-            "file": str(path) if path else None,
-            "cached": cached,
-            "count": len(references[name]),
-        }
-    images, seconds["sampling"] = generate(pipeline, num_samples, steps, seed, batch_size, progress)
+        references[name] = feats
+        reference_info[name] = {"file": str(path) if path else None, "cached": cached, "count": len(feats)}
+    images, sampling_s = generate(pipeline, num_samples, steps, seed, batch_size, progress)
     results = {}
     for name, net in nets.items():
         started = time.perf_counter()
         feats = extract_features(images, net, device=device)
         seconds["features"][name] = time.perf_counter() - started
         results[name] = score(references[name], feats, seed)
+    settings = {"sampler": sampler, "steps": steps, "num_samples": num_samples, "seed": seed}
     return {
         "model": str(model) if from_files else "(pipeline object)",
-        "sampler": sampler,
-        "steps": steps,
-        "num_samples": num_samples,
-        "seed": seed,
+        **settings,
         "batch_size": batch_size,
         "data": data,
         "image_size": size,
@@ -175,7 +180,7 @@ def evaluate(
         "metrics": results,
         "networks": {name: net.id for name, net in nets.items()},
         "reference": reference_info,
-        "seconds": seconds,
+        "seconds": {"sampling": sampling_s, **seconds},
         "notes": notes,
     }
 

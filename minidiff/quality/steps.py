@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 
-from minidiff.quality.evaluate import generate, image_shape, load_pipeline, score, with_sampler
+from minidiff.quality.evaluate import (
+    DEFAULT_NUM_SAMPLES,
+    generate,
+    image_shape,
+    load_pipeline,
+    score,
+    with_sampler,
+)
 from minidiff.quality.features import extract_features, feature_network
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
 
@@ -24,7 +31,7 @@ DEFAULT_SETTINGS = (("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("
 def quality_vs_steps(
     model,
     settings: Sequence[tuple[str, int]] = DEFAULT_SETTINGS,
-    num_samples: int = 1000,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     seeds: Sequence[int] = (0,),
     data: str = "digits",
     batch_size: int = 250,
