@@ -23,6 +23,7 @@ NETWORKS = ("digit", "inception")
 # torch-fidelity's port of the TensorFlow FID Inception weights (Heusel et al. 2017), as pytorch-fid uses
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+INCEPTION_ID = "inception-v3-compat-6726825d"  # torch-fidelity's name for the network, and the file's digest
 
 
 @dataclass
@@ -69,7 +70,7 @@ class InceptionFeatures:
 
     def __init__(self, extractor: torch.nn.Module | None = None, num_features: int = 2048):
         if extractor is None:
-            extractor, self.id = _load_inception(), f"inception-v3-compat-{INCEPTION_FILE.split('-')[-1][:8]}"
+            extractor, self.id = _load_inception(), INCEPTION_ID
         else:
             self.id = f"stand-in-{type(extractor).__name__}"
         self.extractor = extractor.eval().requires_grad_(False)
