@@ -140,7 +140,7 @@ def model_rows(args, seeds: list[int], table: dict) -> list[dict]:
     for sampler, steps in settings:
         for seed in seeds:
             done = [r for r in runs if (r["sampler"], r["steps"], r["seed"]) == (sampler, steps, seed)]
-            if not done or done[0]["num_samples"] != args.num_samples:
+            if not args.report_only and (not done or done[0]["num_samples"] != args.num_samples):
                 runs = [r for r in runs if r not in done]
                 runs += quality_vs_steps(
                     args.model, [(sampler, steps)], args.num_samples, [seed], batch_size=args.batch_size
@@ -148,7 +148,8 @@ def model_rows(args, seeds: list[int], table: dict) -> list[dict]:
                 if path is not None:
                     path.write_text(json.dumps({"runs": runs}, indent=2) + "\n", encoding="utf-8")
         rows = [r for r in runs if (r["sampler"], r["steps"]) == (sampler, steps) and r["seed"] in seeds]
-        table[f"model, {sampler.upper()} {steps} steps"] = summarize_rows(rows)
+        name = f"model, {sampler.upper()} {steps} steps"
+        table[name + (f" ({len(rows)} seeds)" if len(rows) != len(seeds) else "")] = summarize_rows(rows)
     if args.plot:
         print(f"wrote {plot_quality_vs_steps(runs, args.plot)}")
     return runs
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--json", default=None, help="the model runs, kept here (resumable)")
     parser.add_argument("--plot", default=None, help="write quality_vs_steps.png here (with --model)")
+    parser.add_argument("--report-only", action="store_true", help="sample nothing: use the runs in --json")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     size = args.image_size

@@ -111,13 +111,15 @@ def plot_quality_vs_steps(results: Sequence[dict], path: str | os.PathLike, titl
             steps, [r["seconds"] for r in rows], color="grey", marker=marker, markerfacecolor="none",
             linestyle=":", label=f"{sampler.upper()} sampling time",
         )  # fmt: skip
-    seeds = max(r["seeds"] for r in summary)
     ax.set(xscale="log", xlabel="sampling steps", ylabel="digit FID (lower is better)", ylim=(0, None))
     ax_time.set(ylabel="sampling time (s), grey", ylim=(0, None))
+    counts = {r["sampler"].upper(): r["seeds"] for r in summary}  # seeds per point, by sampler
+    if len(set(counts.values())) == 1:
+        seeds = str(next(iter(counts.values())))
+    else:
+        seeds = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
     samples = results[0].get("num_samples", "?")
-    ax.set_title(
-        title or f"{samples} samples per point; mean +- std over {seeds} seed{'s' if seeds > 1 else ''}"
-    )
+    ax.set_title(title or f"{samples} samples per point; mean +- std over seeds ({seeds})")
     handles = ax.get_legend_handles_labels()[0] + ax_time.get_legend_handles_labels()[0]
     ax.legend(handles=handles, fontsize=8, loc="upper center")
     ax.grid(True, which="both", alpha=0.2)
