@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler as DiffusersScheduler
 
 from benchmarks.cases import Settings, _compile_row, _copy
 from benchmarks.harness import Row, alternate, fill, peak_memory_mb, rel_err, synchronize, time_once
+from benchmarks.quality import digit_kid, digit_reference
 from minidiff.fast import FastDDPMSampler, FastTrainer
 from minidiff.scheduling_ddpm import DDPMScheduler
 from minidiff.training.config import TrainConfig
@@ -185,6 +186,9 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
     first_s = time_once(lambda: held.append(run_pipe()), device)
     expected = held[0]
     peaks = {"diffusers DDPMPipeline fp32": _read_peak(device)}
+    # quality: digit KID of every row's images (needs 2 images or more)
+    reference = digit_reference(expected.shape[-1], expected.shape[1]) if batch > 1 else None
+    expected_kid = digit_kid(expected, reference) if reference else None
     samplers = {"minidiff fast fp32": dict(dtype=torch.float32)}
     if settings.cuda:
         samplers["minidiff fast bf16"] = dict(dtype=torch.bfloat16)
@@ -204,6 +208,7 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
         peaks[label] = _read_peak(device)
         row = Row("sampling", label, batch, str(options["dtype"])[6:], unit, compile_s=capture_s)
         row.accuracy_rel_err = rel_err(images, expected)
+        row.digit_kid = digit_kid(images, reference) if reference else None
         row.accuracy_ref = "diffusers DDPMPipeline fp32 images, same seed (same noise)"
         rows.append(row)
         fns[label] = lambda sampler=sampler: sampler(seed=seed)
@@ -222,7 +227,9 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
         label = "diffusers bf16 compile(reduce-overhead)"
         row = Row("sampling", label, batch, "bf16", unit, compile_s=first_s)
         _reset_peak(device)
-        row.accuracy_rel_err = rel_err(run_pipe(compiled).float(), expected)
+        compiled_images = run_pipe(compiled).float()
+        row.accuracy_rel_err = rel_err(compiled_images, expected)
+        row.digit_kid = digit_kid(compiled_images, reference) if reference else None
         peaks[label] = _read_peak(device)
         row.accuracy_ref = "diffusers DDPMPipeline fp32 images, same seed (noise drawn in bf16)"
         row.note = "compile_s = first 3-step call"
@@ -233,6 +240,7 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
         Row("sampling", "diffusers DDPMPipeline fp32", batch, "fp32", unit),
         [first_s] + times.pop("diffusers DDPMPipeline fp32"),
     )
+    reference_row.digit_kid = expected_kid
     rows = [reference_row] + [fill(row, times[row.impl]) for row in rows]
     for row in rows:
         row.peak_mem_mb = peaks[row.impl]

@@ -36,7 +36,7 @@ def _time(row: Row) -> str:
 
 
 COLUMNS = ["case", "batch", "implementation", "median", "runs", "x diffusers", "x best diffusers",
-           "img/s", "compile/capture s", "peak MiB", "rel err", "note"]  # fmt: skip
+           "img/s", "compile/capture s", "peak MiB", "rel err", "digit KID", "note"]  # fmt: skip
 
 
 def table_rows(rows: list[Row]) -> list[list[str]]:
@@ -53,6 +53,7 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
             _fmt(r.compile_s, ".1f"),
             _fmt(r.peak_mem_mb, ".0f"),
             _fmt(r.accuracy_rel_err, ".1e"),
+            _fmt(r.digit_kid, ".4g"),
             r.note,
         ]
         for r in rows
@@ -134,6 +135,8 @@ def results_markdown(meta: dict, rows: list[Row]) -> str:
         "compile / capture time apart; ratios = diffusers time / row time (> 1: faster than diffusers)",
         "- rel err: ||out - ref|| / ||ref|| against the reference named in the JSON (`accuracy_ref`); "
         "for sampling: final images vs diffusers' fp32 pipeline with the same seed and noise",
+        "- digit KID (sampling rows): KID of the row's images against 1,000 real digits on minidiff's "
+        "digit network; the UNet is random unless trained, so compare rows of one case, not with the README",
         "",
         "## Targets",
         "",

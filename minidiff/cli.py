@@ -5,6 +5,7 @@
     minidiff sample --model DIR --num 16 --scheduler ddim --steps 50
     minidiff noise --schedule linear --beta-start 0.001 --beta-end 0.004
     minidiff parity --model DIR                     # per-layer comparison with diffusers
+    minidiff eval --model DIR --sampler ddim --steps 50   # digit FID / KID of 1,000 samples -> eval.json
 
 Heavy modules (torch models, datasets, matplotlib, diffusers) are imported inside the subcommands, so
 `minidiff --help` answers quickly. Errors from the library print their whole message and exit with
@@ -229,6 +230,65 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- eval ----------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from minidiff.files import atomic_write_text
+    from minidiff.training.preflight import pick_device
+    from minidiff.quality.evaluate import evaluate, format_report
+
+    local = Path(args.model).is_dir()
+    out = Path(args.out) if args.out else (Path(args.model) / "eval.json" if local else Path("eval.json"))
+    report = evaluate(
+        args.model,
+        num_samples=args.num_samples,
+        sampler=args.sampler,
+        steps=args.steps,
+        metrics=args.metrics,
+        data=args.data,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=pick_device(args.device),
+        cache_dir=args.cache_dir or (None if local else out.parent / "eval" / "reference"),
+        progress=not args.quiet,
+    )
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(format_report(report))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    print(f"  {'eval.json':<30}  {out}")
+    return 0
+
+
+def _add_eval_parser(commands, common: argparse.ArgumentParser) -> None:
+    from minidiff.training.flags import positive_int
+
+    ev = commands.add_parser(
+        "eval", parents=[common], help="sample a pipeline and measure digit FID / KID (and Inception FID)"
+    )
+    ev.add_argument("--model", required=True, help="pipeline folder (minidiff or diffusers) or hub id")
+    ev.add_argument(  # 500 = minidiff.quality.evaluate.DEFAULT_NUM_SAMPLES (not imported: --help stays light)
+        "--num-samples", type=positive_int, default=500, help="images to sample (FID depends on it)"
+    )
+    ev.add_argument("--steps", type=positive_int, default=None, help="sampling steps (ddpm: T, ddim: 50)")
+    ev.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    ev.add_argument("--metrics", default="digit", help="comma list out of digit, inception (minidiff[fid])")
+    ev.add_argument("--data", default="digits", help="the real images: 'digits', a folder, or a hub id")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=positive_int, default=250, help="images per sampling batch")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--out", default=None, help="eval.json path (default: MODEL/eval.json)")
+    ev.add_argument(
+        "--cache-dir",
+        default=None,
+        help="folder of cached reference features (default: MODEL/eval/reference)",
+    )
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+
 # ---- the parser ------------------------------------------------------------------------------------------
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `minidiff` parser; `argv` only decides which preset's defaults `train --help` shows."""
@@ -309,6 +369,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parity.add_argument("--device", default=None, help="run both models on this device (default: cpu)")
     parity.add_argument("--seed", type=int, default=0)
     parity.set_defaults(func=cmd_parity)
+    _add_eval_parser(commands, common)
     return parser
 
 

@@ -44,6 +44,19 @@ def test_times_are_positive_and_accuracy_is_reported(quick_run):
     assert all(row["note"] for row in skipped)  # a row not run says why
 
 
+def test_sampling_rows_report_digit_kid_beside_the_speed(quick_run):
+    _, payload, markdown = quick_run
+    sampling = [row for row in payload["rows"] if row["case"] == "sampling" and row["runs"] > 0]
+    assert {row["batch"] for row in sampling} == {1, 4}
+    for row in sampling:  # KID needs 2 images: none at batch 1, a finite figure at batch 4
+        assert (row["digit_kid"] is None) == (row["batch"] == 1), row
+        assert row["batch"] == 1 or math.isfinite(row["digit_kid"]), row
+    # fp32 paths sample the same images from the same noise (rel err < 1e-4), so they score alike (to 1%)
+    kids = [row["digit_kid"] for row in sampling if row["batch"] == 4]
+    assert max(kids) - min(kids) <= 0.01 * max(abs(k) for k in kids), kids
+    assert "digit KID" in markdown
+
+
 def test_results_markdown_names_the_setup(quick_run):
     _, payload, markdown = quick_run
     assert "torch " + payload["meta"]["torch"] in markdown

@@ -33,7 +33,7 @@ def test_import_is_light_and_minidiff_never_imports_diffusers_or_datasets():
         "import sys, importlib, minidiff\n"
         "light = 'torch' not in sys.modules\n"
         "for n in minidiff.__all__: getattr(minidiff, n)\n"
-        "for m in ['cli', 'data', 'viz', 'parity', 'fast', 'training', 'training.checkpoint']:\n"
+        "for m in ['cli', 'data', 'viz', 'parity', 'fast', 'training', 'training.checkpoint', 'quality']:\n"
         "    importlib.import_module('minidiff.' + m)\n"
         "print(light, 'diffusers' in sys.modules, 'datasets' in sys.modules)"
     )
@@ -45,7 +45,7 @@ def test_command_version_and_help():
     assert version.returncode == 0 and version.stdout.strip() == f"minidiff {minidiff.__version__}"
     helptext = subprocess.run([sys.executable, "-m", "minidiff", "--help"], capture_output=True, text=True)
     assert helptext.returncode == 0
-    for command in ("train", "demo", "sample", "noise", "parity"):
+    for command in ("train", "demo", "sample", "noise", "parity", "eval"):
         assert command in helptext.stdout
 
 

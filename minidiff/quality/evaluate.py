@@ -1,0 +1,206 @@
+"""Evaluate a pipeline: sample it, read the samples with each feature network, compare with the real data.
+
+    report = evaluate("out/demo/model", num_samples=500, sampler="ddim", steps=50)
+    print(format_report(report))          # the table `minidiff eval` prints; `report` is eval.json's content
+
+Samples come from `DDPMPipeline` (DDPM's or DDIM's step on the pipeline's own schedule), batch after batch
+from one CPU generator seeded by `seed`: the same (seed, batch_size) give the same samples on any device.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from minidiff.quality.features import Features, as_uint8, extract_features, feature_network
+from minidiff.quality.metrics import digit_scores, fid, kid
+from minidiff.quality.reference import CACHE_SUBDIR, reference_features
+
+SAMPLERS = ("ddpm", "ddim")
+# Samples per evaluation: FID varies by about 4% between seeds there (README), and DDPM's 1,000 steps
+# stay within minutes on 2 CPU cores. FID depends on the count: compare figures of equal counts.
+DEFAULT_NUM_SAMPLES = 500
+METRIC_GROUPS = ("digit", "inception")  # one per feature network
+
+
+def load_pipeline(model):
+    """A DDPMPipeline from a folder or hub id (saved by minidiff or diffusers), or the pipeline itself."""
+    from minidiff.pipeline_ddpm import DDPMPipeline
+
+    return model if isinstance(model, DDPMPipeline) else DDPMPipeline.from_pretrained(model)
+
+
+def with_sampler(pipeline, sampler: str):
+    """A pipeline on the same UNet whose scheduler is a fresh `sampler` ("ddpm" | "ddim") built from the
+    pipeline's scheduler config (same schedule), so sampling never touches the original scheduler."""
+    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.scheduling_ddim import DDIMScheduler
+    from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.training import sampler_from_config
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not known; expected one of {list(SAMPLERS)}")
+    scheduler_class = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    return DDPMPipeline(pipeline.unet, sampler_from_config(scheduler_class, pipeline.scheduler.config))
+
+
+def image_shape(pipeline) -> tuple[int, int]:
+    """(channels, size) of the pipeline's images (square only)."""
+    config = pipeline.unet.config
+    size = config.sample_size
+    if not isinstance(size, int):
+        if len(set(size)) != 1:
+            raise ValueError(f"sample_size {tuple(size)} is not square; the metrics read square images")
+        size = size[0]
+    return config.in_channels, int(size)
+
+
+@torch.no_grad()
+def generate(
+    pipeline,
+    num_samples: int,
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 250,
+    progress: bool = True,
+) -> tuple[torch.Tensor, float]:
+    """`num_samples` images as uint8 (N, C, H, W) and the seconds sampling took. NaN / inf samples raise."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r}; expected a positive int")
+    generator = torch.Generator().manual_seed(seed)  # CPU: the same samples on any device
+    images, started, done = [], time.perf_counter(), 0
+    while done < num_samples:
+        batch = min(batch_size, num_samples - done)
+        pipeline.set_progress_bar_config(desc=f"sampling {done + batch}/{num_samples}", leave=False)
+        x = pipeline(
+            batch_size=batch,
+            generator=generator,
+            num_inference_steps=steps,
+            output_type="pt",
+            progress=progress,
+        ).images  # (B, C, H, W) in [0, 1]
+        images.append(as_uint8(x.float().cpu()))  # refuses non-finite samples
+        done += batch
+    return torch.cat(images), time.perf_counter() - started
+
+
+def score(reference: Features, samples: Features, seed: int = 0) -> dict[str, object]:
+    """FID, KID (mean and std over subsets) and, for a classifier, its scores of the samples."""
+    kid_mean, kid_std = kid(reference, samples, seed=seed)
+    scores: dict[str, object] = {"fid": fid(reference, samples), "kid": kid_mean, "kid_std": kid_std}
+    if samples.logits is not None:
+        scores.update(digit_scores(samples))
+    return scores
+
+
+def check_metrics(metrics: str | list[str] | tuple[str, ...]) -> list[str]:
+    names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in names if m not in METRIC_GROUPS]
+    if unknown or not names:
+        raise ValueError(
+            f"metrics {unknown or names} not known; expected a list out of {list(METRIC_GROUPS)}"
+        )
+    return names
+
+
+def prepare_networks(
+    names: list[str], shape: tuple[int, int, int, int], networks: dict | None = None
+) -> tuple[dict, list[str]]:
+    """The feature network of each metric group, checked against the samples' `shape` (N, C, H, W) and
+    count before anything is sampled; and the notes on how the images will be converted."""
+    nets = {name: (networks or {}).get(name) or feature_network(name) for name in names}
+    notes: list[str] = []
+    for name, net in nets.items():
+        notes += net.notes(shape)  # refuses what the network cannot read
+        if shape[0] <= net.num_features:
+            raise ValueError(
+                f"--num-samples {shape[0]}: FID on the {name} network's {net.num_features} features "
+                f"needs more than {net.num_features} samples"
+            )
+    return nets, notes
+
+
+def evaluate(
+    model,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    metrics: str | list[str] | tuple[str, ...] = ("digit",),
+    data: str = "digits",
+    seed: int = 0,
+    batch_size: int = 250,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    networks: dict | None = None,
+) -> dict[str, object]:
+    """Sample `model` and score the samples against `data` with each metric group's network.
+
+    steps: sampling steps (default: T for ddpm, 50 for ddim). cache_dir: the folder of cached
+    reference features (default: eval/reference/ inside the model folder, when it is a local folder).
+    networks: feature networks by group name in place of the default ones (e.g. a stand-in Inception).
+    Every check (sampler, metrics, image shape, sample count) runs before the first sample is drawn.
+    """
+    names = check_metrics(metrics)
+    from_files = isinstance(model, str | os.PathLike)
+    if cache_dir is None and from_files and Path(model).is_dir():
+        cache_dir = Path(model) / CACHE_SUBDIR
+    pipeline = with_sampler(load_pipeline(model), sampler)
+    pipeline.to(device)
+    steps = steps or (50 if sampler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
+    channels, size = image_shape(pipeline)
+    nets, notes = prepare_networks(names, (num_samples, channels, size, size), networks)
+    seconds: dict[str, dict] = {"reference": {}, "features": {}}
+    references, reference_info = {}, {}
+    for name, net in nets.items():
+        started = time.perf_counter()
+        feats, path, cached = reference_features(data, size, channels, net, cache_dir, device=device)
+        seconds["reference"][name] = time.perf_counter() - started
+        references[name] = feats
+        reference_info[name] = {"file": str(path) if path else None, "cached": cached, "count": len(feats)}
+    images, sampling_s = generate(pipeline, num_samples, steps, seed, batch_size, progress)
+    results = {}
+    for name, net in nets.items():
+        started = time.perf_counter()
+        feats = extract_features(images, net, device=device)
+        seconds["features"][name] = time.perf_counter() - started
+        results[name] = score(references[name], feats, seed)
+    settings = {"sampler": sampler, "steps": steps, "num_samples": num_samples, "seed": seed}
+    return {
+        "model": str(model) if from_files else "(pipeline object)",
+        **settings,
+        "batch_size": batch_size,
+        "data": data,
+        "image_size": size,
+        "channels": channels,
+        "device": str(device),
+        "metrics": results,
+        "networks": {name: net.id for name, net in nets.items()},
+        "reference": reference_info,
+        "seconds": {"sampling": sampling_s, **seconds},
+        "notes": notes,
+    }
+
+
+def format_report(report: dict) -> str:
+    """The table `minidiff eval` prints."""
+    rows = []
+    for name, scores in report["metrics"].items():
+        rows.append((f"{name} FID", f"{scores['fid']:.2f}"))
+        rows.append((f"{name} KID (+- std over subsets)", f"{scores['kid']:.4g} +- {scores['kid_std']:.2g}"))
+        if "confident_share" in scores:
+            rows.append(("confident digits (p >= 0.9)", f"{scores['confident_share']:.1%}"))
+            rows.append(("class entropy (bits, max 3.32)", f"{scores['class_entropy_bits']:.3f}"))
+    seconds = report["seconds"]
+    rows.append((f"sampling {report['num_samples']} images", f"{seconds['sampling']:.1f} s"))
+    for name, value in seconds["features"].items():
+        rows.append((f"{name} features of the samples", f"{value:.2f} s"))
+    width = max(len(label) for label, _ in rows)
+    head = (
+        f"{report['sampler']} with {report['steps']} steps, {report['num_samples']} samples (seed {report['seed']}) "
+        f"vs {report['data']!r} at {report['image_size']}x{report['image_size']}"
+    )
+    return "\n".join([head] + [f"  {label:<{width}}  {value}" for label, value in rows])

@@ -1,0 +1,129 @@
+"""Quality against the number of sampling steps, with the time each setting takes: the speed-quality
+trade-off of one trained model in one table and one picture.
+
+    results = quality_vs_steps("out/demo/model")                  # DDPM 1000; DDIM 10, 20, 50, 100, 250
+    plot_quality_vs_steps(results, "out/demo/quality_vs_steps.png")
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from minidiff.quality.evaluate import (
+    DEFAULT_NUM_SAMPLES,
+    generate,
+    image_shape,
+    load_pipeline,
+    score,
+    with_sampler,
+)
+from minidiff.quality.features import extract_features, feature_network
+from minidiff.quality.reference import CACHE_SUBDIR, reference_features
+
+DEFAULT_SETTINGS = (("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("ddim", 250))
+
+
+def quality_vs_steps(
+    model,
+    settings: Sequence[tuple[str, int]] = DEFAULT_SETTINGS,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seeds: Sequence[int] = (0,),
+    data: str = "digits",
+    batch_size: int = 250,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[dict[str, object]]:
+    """Digit FID, KID and confident share of `num_samples` samples for every (sampler, steps) in `settings`
+    and every seed, with the sampling time: one dict per (setting, seed).
+
+    model: a pipeline folder, hub id or DDPMPipeline. cache_dir: the folder of cached reference features
+    (default: eval/reference/ inside the model folder, when it is a local folder).
+    """
+    pipeline = load_pipeline(model)
+    pipeline.to(device)
+    if cache_dir is None and isinstance(model, str | os.PathLike) and Path(model).is_dir():
+        cache_dir = Path(model) / CACHE_SUBDIR
+    channels, size = image_shape(pipeline)
+    network = feature_network("digit")
+    network.notes((num_samples, channels, size, size))  # refuses images the network cannot read
+    reference, _, _ = reference_features(data, size, channels, network, cache_dir, device=device)
+    results = []
+    for sampler, steps in settings:
+        runner = with_sampler(pipeline, sampler)
+        for seed in seeds:
+            images, seconds = generate(runner, num_samples, steps, seed, batch_size, progress)
+            scores = score(reference, extract_features(images, network, device=device), seed)
+            row = {"sampler": sampler, "steps": steps, "seed": seed, "num_samples": num_samples}
+            results.append({**row, "seconds": seconds, **scores})
+    return results
+
+
+def summarize(results: Sequence[dict], key: str = "fid") -> list[dict[str, object]]:
+    """Mean and standard deviation over seeds of `key` and of the sampling time, per (sampler, steps)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["sampler"], row["steps"]), []).append(row)
+    summary = []
+    for (sampler, steps), rows in groups.items():
+        values, times = [r[key] for r in rows], [r["seconds"] for r in rows]
+        summary.append(
+            {
+                "sampler": sampler,
+                "steps": steps,
+                "seeds": len(rows),
+                key: statistics.mean(values),
+                f"{key}_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "seconds": statistics.mean(times),
+            }
+        )
+    return summary
+
+
+def plot_quality_vs_steps(results: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Digit FID (left axis, mean +- std over seeds) and sampling time (right axis) against the number of
+    sampling steps (log scale), DDIM as a line and DDPM as separate points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    summary = summarize(results)
+    if not summary:
+        raise ValueError("plot_quality_vs_steps got no results")
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax_time = ax.twinx()
+    for sampler, color, marker in (("ddim", "tab:blue", "o"), ("ddpm", "tab:red", "s")):
+        rows = sorted((r for r in summary if r["sampler"] == sampler), key=lambda r: r["steps"])
+        if not rows:
+            continue
+        steps = [r["steps"] for r in rows]
+        ax.errorbar(
+            steps, [r["fid"] for r in rows], yerr=[r["fid_std"] for r in rows], color=color, marker=marker,
+            capsize=3, label=f"{sampler.upper()} digit FID",
+        )  # fmt: skip
+        ax_time.plot(
+            steps, [r["seconds"] for r in rows], color="grey", marker=marker, markerfacecolor="none",
+            linestyle=":", label=f"{sampler.upper()} sampling time",
+        )  # fmt: skip
+    ax.set(xscale="log", xlabel="sampling steps", ylabel="digit FID (lower is better)", ylim=(0, None))
+    ax_time.set(ylabel="sampling time (s), grey", ylim=(0, None))
+    counts = {r["sampler"].upper(): r["seeds"] for r in summary}  # seeds per point, by sampler
+    if len(set(counts.values())) == 1:
+        seeds = str(next(iter(counts.values())))
+    else:
+        seeds = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+    samples = results[0].get("num_samples", "?")
+    ax.set_title(title or f"{samples} samples per point; mean +- std over seeds ({seeds})")
+    handles = ax.get_legend_handles_labels()[0] + ax_time.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=8, loc="upper center")
+    ax.grid(True, which="both", alpha=0.2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
