@@ -41,6 +41,10 @@ def _setup_logging() -> None:
 
 
 # ---- train / demo ---------------------------------------------------------------------------------------
+DEMO_TIME_BUDGET = 150.0  # seconds of training (the tiny preset stops at 1,500 steps anyway)
+DEMO_QUALITY_SAMPLES = 80  # per sampler: > 64, the digit network's features, for a defined FID
+
+
 def _preset_in(argv: list[str], default: str) -> str:
     """The --preset named on the command line (looked up before parsing: --help shows its defaults)."""
     for i, word in enumerate(argv):
@@ -60,13 +64,19 @@ def _defaults(command: str, preset_name: str):
     if preset_name not in PRESETS:  # argparse's choices name it; any preset's defaults do meanwhile
         preset_name = "tutorial"
     defaults = PRESETS[preset_name]
-    if command == "demo":
-        defaults = dataclasses.replace(defaults, out_dir="out/demo", overwrite=True)
+    if command == "demo":  # its own samples.png comes from the quality runs: no grid from training
+        defaults = dataclasses.replace(
+            defaults, out_dir="out/demo", overwrite=True, time_budget=DEMO_TIME_BUDGET, num_samples=0
+        )
     return defaults
 
 
 def _report(result, extra: dict[str, Path] | None = None) -> None:
-    print(f"trained {result.steps} steps ({result.epochs_completed} epochs) in {result.seconds:.0f} s")
+    rate = result.steps / result.train_seconds if result.train_seconds > 0 else float("nan")
+    print(
+        f"trained {result.steps} steps ({result.epochs_completed} epochs) in {result.seconds:.0f} s; "
+        f"{rate:.2f} steps/s ({result.train_seconds:.0f} s of steps)"
+    )
     print(
         f"final loss (mean of the last 100 steps): {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}"
     )
@@ -133,15 +143,47 @@ def _noise_pictures(noise_scheduler, x0, out_dir: Path, seed: int) -> dict[str, 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Train under a time budget, then measure what the model draws: digit FID of DDPM's 1,000 steps and
+    of DDIM at 10 to 250 steps (quality_vs_steps.png); samples.png shows DDPM's first 16 images."""
     from minidiff.data import load_dataset
+    from minidiff.quality.calibration import parse_settings
+    from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
     from minidiff.training import build_noise_scheduler
+    from minidiff.viz import enlarged, save_grid, to_pil_images
 
     started = time.perf_counter()
-    print(f"minidiff demo: training the tiny preset on {args.data!r} ({args.image_size}x{args.image_size})")
+    budget = f"at most {args.time_budget:.0f} s or " if args.time_budget else ""
+    print(
+        f"minidiff demo: training the tiny preset on {args.data!r} ({args.image_size}x{args.image_size}), "
+        f"{budget}{args.max_steps} steps; then {args.quality_samples} samples per sampler for the quality plot"
+    )
     config, result = _train(args)
+    settings = parse_settings(args.quality_settings)
+    if settings[0][0] != "ddpm":
+        raise ValueError(
+            f"--quality-settings {args.quality_settings!r}; expected DDPM's setting first (ddpm:1000,...)"
+        )
+    runs = quality_vs_steps(
+        result.model_dir, settings, args.quality_samples, seeds=[config.seed],
+        progress=config.progress, keep_images=True,
+    )  # fmt: skip
+    ddpm = runs[0]
+    grid = to_pil_images(ddpm["images"][: max(config.num_samples, 16)].float() / 127.5 - 1)
+    result.samples_png = save_grid(enlarged(grid), result.out_dir / "samples.png")
+    plot = plot_quality_vs_steps(runs, result.out_dir / "quality_vs_steps.png")
     x0 = load_dataset(config.data, config.image_size, flip=False, channels=config.channels, limit=1)[0][None]
     pictures = _noise_pictures(build_noise_scheduler(config), x0, result.out_dir, config.seed)
-    _report(result, pictures)
+    _report(result, {**pictures, "quality vs steps": Path(plot)})
+    print(f"sample quality ({args.quality_samples} samples each, digit network; lower FID is better):")
+    for run in runs:
+        print(
+            f"  {run['sampler'].upper():4} {run['steps']:4d} steps: digit FID {run['fid']:6.2f}, "
+            f"confident digits {100 * run['confident_share']:5.1f}%, sampling {run['seconds']:5.1f} s"
+        )
+    print(
+        f"the demo's samples (DDPM, {ddpm['steps']} steps): digit FID {ddpm['fid']:.2f}, "
+        f"{100 * ddpm['confident_share']:.1f}% confident digits"
+    )
     print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {result.out_dir}")
     return 0
 
@@ -235,8 +277,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from minidiff.files import atomic_write_text
-    from minidiff.training.preflight import pick_device
     from minidiff.quality.evaluate import evaluate, format_report
+    from minidiff.training.preflight import pick_device
 
     local = Path(args.model).is_dir()
     out = Path(args.out) if args.out else (Path(args.model) / "eval.json" if local else Path("eval.json"))
@@ -313,6 +355,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.set_defaults(func=cmd_demo, defaults=_defaults("demo", "tiny"))
     add_train_flags(demo, _defaults("demo", "tiny"))
+    demo.add_argument(
+        "--quality-samples", type=positive_int, default=DEMO_QUALITY_SAMPLES,
+        help="images per sampler for the digit FID and quality_vs_steps.png (> 64; default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--quality-settings", default="ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,ddim:250",
+        help="the samplers of the quality plot, DDPM first (default: %(default)s)",
+    )  # fmt: skip
 
     preset_name = _preset_in(argv, "tutorial")
     train = commands.add_parser(

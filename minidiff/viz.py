@@ -228,9 +228,12 @@ def plot_snr(
 
 
 # ---- training ---------------------------------------------------------------------------------------
-def plot_losses(losses: Sequence[float], path: str | os.PathLike) -> Path:
+def plot_losses(
+    losses: Sequence[float], path: str | os.PathLike, evals: dict[int, float] | None = None
+) -> Path:
     """The loss per step on a linear and a log scale side by side, as the tutorial plots it, with a
-    moving average (window ~ 1/50 of the run) drawn over the raw values."""
+    moving average (window ~ 1/50 of the run) drawn over the raw values; `evals` (step -> digit FID),
+    when given, on a second axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -247,7 +250,14 @@ def plot_losses(losses: Sequence[float], path: str | os.PathLike) -> Path:
         ax.plot(steps, values, linewidth=0.6, alpha=0.4, label="loss per step")
         ax.plot(steps[window - 1 :], smooth, linewidth=1.5, label=f"moving average ({window} steps)")
         ax.set(xlabel="training step", ylabel="MSE(ε, ε_θ)", yscale=scale, title=f"{scale} scale")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center")
+        if evals:
+            quality = ax.twinx()
+            points = sorted(evals.items())
+            quality.plot([s - 1 for s, _ in points], [v for _, v in points], "o-", color="tab:red",
+                         label="digit FID (right axis)")  # fmt: skip
+            quality.set(ylabel="digit FID (lower is better)", yscale=scale)
+            quality.legend(fontsize=8, loc="upper right")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

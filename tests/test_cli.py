@@ -127,13 +127,21 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
         "2",
         "--num-samples",
         "4",
+        "--image-size",
+        "8",
+        "--quality-samples",
+        "65",
+        "--quality-settings",
+        "ddpm:3,ddim:2,ddim:3",
     ]
     assert main([*args, "--quiet"]) == 0
-    for name in ("samples.png", "noise.png", "snr.png", "loss.png", "loss.csv"):
+    for name in ("samples.png", "noise.png", "snr.png", "loss.png", "loss.csv", "quality_vs_steps.png"):
         assert (out / name).is_file(), name
     diffusers.DDPMPipeline.from_pretrained(out / "model")
     printed = capsys.readouterr().out
     assert "demo finished in" in printed and str(out / "noise.png") in printed
+    assert "steps/s" in printed and "the demo's samples (DDPM, 3 steps): digit FID" in printed
+    assert printed.count("steps: digit FID") == 3  # one row per sampler setting
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["noise"], ["parity"], ["demo"]])

@@ -299,3 +299,26 @@ def test_fast_runs_checkpoint_too(tmp_path):
     )
     assert [p.name for p in result.checkpoints] == ["step-00000002.pt", "step-00000003.pt"]
     assert os.path.isfile(tmp_path / "model" / "model_index.json")
+
+
+# ---- a time budget and digit FID readings during training --------------------------------------------------
+def test_a_time_budget_ends_the_run_early_with_everything_saved(tmp_path):
+    config = preset("tiny", out_dir=str(tmp_path), max_steps=100_000, time_budget=1.0, checkpoint_every=10**6,
+                    **SMALL_CONFIG)  # fmt: skip
+    result = train(config)
+    assert 0 < result.steps < 100_000 and len(result.losses) == result.steps
+    assert 0.9 < result.train_seconds < 60  # the steps alone; about the budget, plus the step that crossed it
+    (checkpoint,) = result.checkpoints  # the run's end is checkpointed like a planned one
+    assert load_checkpoint(checkpoint)["step"] == result.steps and result.model_dir.is_dir()
+
+
+def test_digit_fid_readings_go_into_loss_csv_and_survive_a_resume(tmp_path):
+    settings = dict(SMALL_CONFIG, eval_every=2, eval_samples=65, checkpoint_every=2, sample_steps=2)
+    train(preset("tiny", out_dir=str(tmp_path), max_steps=2, **settings))
+    result = train(preset("tiny", out_dir=str(tmp_path), max_steps=4, resume=True, **settings))
+    assert sorted(result.evals) == [2, 4] and all(v > 0 for v in result.evals.values())
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,digit_fid" and rows[1].endswith(",") and not rows[2].endswith(",")
+    assert float(rows[4].split(",")[2]) == result.evals[4]
+    with pytest.raises(ValueError, match="more than 64 samples"):
+        train(preset("tiny", out_dir=str(tmp_path / "x"), eval_every=2, eval_samples=10))

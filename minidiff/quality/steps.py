@@ -38,9 +38,11 @@ def quality_vs_steps(
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    keep_images: bool = False,
 ) -> list[dict[str, object]]:
     """Digit FID, KID and confident share of `num_samples` samples for every (sampler, steps) in `settings`
-    and every seed, with the sampling time: one dict per (setting, seed).
+    and every seed, with the sampling time: one dict per (setting, seed); with `keep_images`, each also
+    holds its samples as uint8 (N, C, H, W) under "images".
 
     model: a pipeline folder, hub id or DDPMPipeline. cache_dir: the folder of cached reference features
     (default: eval/reference/ inside the model folder, when it is a local folder).
@@ -60,7 +62,9 @@ def quality_vs_steps(
             images, seconds = generate(runner, num_samples, steps, seed, batch_size, progress)
             scores = score(reference, extract_features(images, network, device=device), seed)
             row = {"sampler": sampler, "steps": steps, "seed": seed, "num_samples": num_samples}
-            results.append({**row, "seconds": seconds, **scores})
+            results.append(
+                {**row, "seconds": seconds, **scores, **({"images": images} if keep_images else {})}
+            )
     return results
 
 

@@ -149,7 +149,11 @@ FORMAT = "minidiff-train-checkpoint-2"
 
 
 def state_to_checkpoint(
-    engine, progress: Progress, config: TrainConfig, losses: list[float]
+    engine,
+    progress: Progress,
+    config: TrainConfig,
+    losses: list[float],
+    evals: dict[int, float] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to continue a run bit for bit, as tensors and plain containers. `engine` is
     the plain or the fast engine: both expose unet, ema, optimizer, lr_scheduler, grad_scaler and
@@ -167,12 +171,15 @@ def state_to_checkpoint(
         "batch_in_epoch": progress.batch_in_epoch,
         "rng": capture_rng_states({"noise": engine.noise_generator}),
         "losses": torch.tensor(losses, dtype=torch.float64),  # (steps,)
+        "evals": dict(evals or {}),  # step -> digit FID
     }
 
 
-def checkpoint_to_state(ckpt: dict[str, Any], engine, config: TrainConfig) -> tuple[Progress, list[float]]:
-    """Load a checkpoint into `engine` and its noise generator; returns where the run stood and the
-    losses logged so far."""
+def checkpoint_to_state(
+    ckpt: dict[str, Any], engine, config: TrainConfig
+) -> tuple[Progress, list[float], dict[int, float]]:
+    """Load a checkpoint into `engine` and its noise generator; returns where the run stood, the losses
+    logged so far and the digit FID readings."""
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"checkpoint format {ckpt.get('format')!r}; expected {FORMAT!r}")
     saved = ckpt["config"]
@@ -195,4 +202,4 @@ def checkpoint_to_state(ckpt: dict[str, Any], engine, config: TrainConfig) -> tu
         engine.grad_scaler.load_state_dict(ckpt["grad_scaler"])
     restore_rng_states(ckpt["rng"], {"noise": engine.noise_generator})
     progress = Progress(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"])
-    return progress, ckpt["losses"].tolist()
+    return progress, ckpt["losses"].tolist(), dict(ckpt.get("evals", {}))

@@ -18,6 +18,7 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
+EVAL_STEPS = 50  # the DDIM steps of the digit FID readings during training (eval_every)
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 
@@ -46,9 +47,11 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"  # what the UNet learns: "epsilon" | "sample" (x_0) | "v_prediction"
-    # optimisation: `max_steps` (optimizer steps), when set, wins over `epochs`
+    # optimisation: `max_steps` (optimizer steps), when set, wins over `epochs`; `time_budget` (seconds of
+    # training) ends a run early, at a step boundary, with everything saved as at its planned end
     epochs: int = 30
     max_steps: int | None = None
+    time_budget: float | None = None
     batch_size: int = 64  # images per micro-batch; an optimizer step sees batch_size * grad_accum
     lr: float = 4e-4
     lr_scheduler: str = "constant"  # after the warm-up: "constant" | "linear" | "cosine" (decay to 0)
@@ -81,9 +84,11 @@ class TrainConfig:
     # start; a path: that checkpoint
     sample_every: int | None = None  # epochs -> out_dir/samples/epoch-XXXX.png
     save_model_every: int | None = None  # epochs -> out_dir/model (the EMA weights when EMA is on)
-    num_samples: int = 16
+    num_samples: int = 16  # images per sample grid (0: no grids)
     sampler: str | None = None  # "ddpm" | "ddim"; None: DDIM for runs under QUICK_RUN steps, else DDPM
     sample_steps: int | None = None  # None: 50 for DDIM, num_train_timesteps for DDPM
+    eval_every: int | None = None  # steps between digit FID readings (loss.csv's digit_fid, loss.png)
+    eval_samples: int = 100  # images each reading samples (DDIM, EVAL_STEPS steps); > 64 for the FID
     log_every: int = 10  # steps between loss.csv writes / progress updates (one host sync each)
     logger: str = "none"  # "none" | "tensorboard" (loss, lr and sample grids in out_dir/logs)
     progress: bool = True
@@ -98,8 +103,24 @@ class TrainConfig:
 
         for name in ("image_size", "layers_per_block", "num_train_timesteps", "epochs", "batch_size"):
             positive(name)
-        for name in ("grad_accum", "keep_checkpoints", "num_samples", "log_every", "data_budget_mb"):
+        for name in ("grad_accum", "keep_checkpoints", "log_every", "data_budget_mb"):
             positive(name)
+        if (
+            isinstance(self.num_samples, bool)
+            or not isinstance(self.num_samples, int)
+            or self.num_samples < 0
+        ):
+            raise ValueError(f"num_samples={self.num_samples!r}; expected an int >= 0 (0: no sample grids)")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(
+                f"time_budget={self.time_budget!r}; expected None or a positive number of seconds"
+            )
+        if self.eval_every is not None and not (
+            isinstance(self.eval_samples, int) and self.eval_samples > 64
+        ):
+            raise ValueError(
+                f"eval_samples={self.eval_samples!r}; the digit FID of 64 features needs more than 64 samples"
+            )
         for name in (
             "max_steps",
             "checkpoint_every",
@@ -202,7 +223,7 @@ def preset(name: str, **overrides) -> TrainConfig:
 RESUMABLE_CHANGES = {  # fields that may differ between a run and its resumption
     "epochs", "max_steps", "out_dir", "resume", "device", "checkpoint_every", "keep_checkpoints",
     "sample_every", "save_model_every", "num_samples", "sample_steps", "sampler", "log_every", "logger",
-    "progress", "overwrite", "stream", "data_budget_mb", "num_workers",
+    "progress", "overwrite", "stream", "data_budget_mb", "num_workers", "time_budget", "eval_every", "eval_samples",
 }  # fmt: skip
 
 

@@ -80,6 +80,8 @@ FLAGS = (
     # optimisation
     Flag(("--epochs", "--num_epochs"), "epochs", "epochs (when --max-steps is not given)", positive_int),
     Flag(("--max-steps", "--max_train_steps"), "max_steps", "optimizer steps (wins over --epochs)", positive_int),
+    Flag(("--time-budget",), "time_budget", "seconds of training after which the run ends early, everything saved",
+         float),
     Flag(("--batch-size", "--train_batch_size"), "batch_size", "images per micro-batch", positive_int),
     Flag(("--grad-accum", "--gradient_accumulation_steps"), "grad_accum", "micro-batches per optimizer step",
          positive_int),
@@ -118,10 +120,12 @@ FLAGS = (
          positive_int),
     Flag(("--save-model-every", "--save_model_epochs"), "save_model_every", "write the model folder every N epochs",
          positive_int),
-    Flag(("--num-samples", "--eval_batch_size"), "num_samples", "images per sample grid", positive_int),
+    Flag(("--num-samples", "--eval_batch_size"), "num_samples", "images per sample grid (0: none)", int),
     Flag(("--sampler",), "sampler", "sampler of the grids (None: DDIM for short runs, else DDPM)", choices=SAMPLERS),
     Flag(("--sample-steps", "--ddpm_num_inference_steps"), "sample_steps", "denoising steps of the grids (None: 50 "
          "for DDIM, T for DDPM)", positive_int),
+    Flag(("--eval-every",), "eval_every", "steps between digit FID readings (loss.csv, loss.png)", positive_int),
+    Flag(("--eval-samples",), "eval_samples", "images per digit FID reading (DDIM, 50 steps; > 64)", positive_int),
     Flag(("--log-every",), "log_every", "steps between loss.csv writes", positive_int),
     Flag(("--logger",), "logger", "also log to TensorBoard (out/logs)", choices=LOGGERS),
 )  # fmt: skip

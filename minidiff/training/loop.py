@@ -50,6 +50,7 @@ from minidiff.training.run import (
     TrainResult,
     build_noise_scheduler,
     build_unet,
+    digit_fid,
     make_noise_generator,
     save_model,
     save_outputs,
@@ -125,6 +126,8 @@ class Run:
     main: bool  # rank 0: the process that writes files
     started: float
     stop_signal: int | None = None  # set by the SIGINT / SIGTERM handler
+    train_started: float = 0.0  # when the first step began (time_budget counts from here)
+    eval_seconds: float = 0.0  # spent on digit FID readings
     sample_grids: list[Path] = field(default_factory=list)
 
     def start_epoch(self) -> None:
@@ -156,20 +159,26 @@ def _loop(run: Run) -> None:
     """One optimizer step (up to grad_accum micro-batches) per turn, until total_steps or a signal."""
     config, engine, progress = run.config, run.engine, run.progress
     run.start_epoch()
+    run.train_started = time.perf_counter()
     while progress.step < run.total_steps:
         count = min(config.grad_accum, run.batches_per_epoch - progress.batch_in_epoch)
         run.log.add(engine.step(progress.batch_in_epoch, count))
         epoch_done = progress.advance(count, run.batches_per_epoch)
+        if config.eval_every and progress.step % config.eval_every == 0:
+            _evaluate(run)
         if progress.step % config.log_every == 0:
             run.log.flush()
         if epoch_done:
             run.start_epoch()
             _end_of_epoch(run)
+        last = progress.step == run.total_steps or _out_of_time(run)
         every = config.checkpoint_every
-        if every and (progress.step % every == 0 or progress.step == run.total_steps):
+        if every and (progress.step % every == 0 or last):
             _save_checkpoint(run)
         if _stop_requested(run):
             _stop(run)
+        if last:
+            break
     run.log.flush()
 
 
@@ -198,9 +207,9 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
         check_free_space(out_dir, config, unet)
 
     # 3. resume: weights, optimizer, schedules, position in the data and the generator
-    progress, losses = Progress(), []
+    progress, losses, evals = Progress(), [], {}
     if resume_from is not None:
-        progress, losses = checkpoint_to_state(resume_from[1], engine, config)
+        progress, losses, evals = checkpoint_to_state(resume_from[1], engine, config)
         if main:
             logger.info("resumed from %s at step %d", resume_from[0], progress.step)
     elif config.resume and main:
@@ -220,11 +229,13 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     # 4. the loss log, its progress bar and TensorBoard
     return Run(
         config, out_dir, engine, data, noise_scheduler, batches_per_epoch, steps, progress,
-        _open_log(config, out_dir, losses, progress, steps, engine, main), main, started,
+        _open_log(config, out_dir, losses, evals, progress, steps, engine, main), main, started,
     )  # fmt: skip
 
 
-def _open_log(config: TrainConfig, out_dir: Path, losses, progress, steps, engine, main: bool) -> LossLog:
+def _open_log(
+    config: TrainConfig, out_dir: Path, losses, evals, progress, steps, engine, main: bool
+) -> LossLog:
     from tqdm.auto import tqdm
 
     desc, quiet = "training" + " (fast)" * config.fast, not (config.progress and main)
@@ -232,6 +243,7 @@ def _open_log(config: TrainConfig, out_dir: Path, losses, progress, steps, engin
     images_per_step = config.batch_size * config.grad_accum
     fp16 = config.mixed_precision == "fp16"
     log = LossLog(out_dir / "loss.csv", losses, bar, images_per_step, write=main, skip_nonfinite=fp16)
+    log.start(evals if config.eval_every else None)
     if main and config.logger == "tensorboard":
         log.tensorboard = TensorBoard(out_dir / "logs")
         log.lr = lambda: engine.lr_scheduler.get_last_lr()[0]
@@ -261,10 +273,38 @@ def _save_checkpoint(run: Run) -> Path | None:
     if not run.main:
         return None
     ckpt_dir = run.out_dir / "checkpoints"
-    checkpoint = state_to_checkpoint(run.engine, run.progress, run.config, run.log.losses)
+    checkpoint = state_to_checkpoint(run.engine, run.progress, run.config, run.log.losses, run.log.evals)
     path = save_checkpoint(checkpoint_path(ckpt_dir, run.progress.step), checkpoint)
     prune_checkpoints(ckpt_dir, run.config.keep_checkpoints)
     return path
+
+
+def _evaluate(run: Run) -> None:
+    """A digit FID reading of the model so far (rank 0; loss.csv's digit_fid column, loss.png)."""
+    if not run.main:
+        return
+    started = time.perf_counter()
+    value = digit_fid(run.engine.sampling_model, run.noise_scheduler, run.config, run.out_dir)
+    run.eval_seconds += time.perf_counter() - started
+    run.log.evals[run.progress.step] = value
+    logger.info(
+        "step %d: digit FID %.2f (%d DDIM samples)", run.progress.step, value, run.config.eval_samples
+    )
+    if run.log.tensorboard is not None:
+        run.log.tensorboard.writer.add_scalar("eval/digit_fid", value, run.progress.step)
+
+
+def _out_of_time(run: Run) -> bool:
+    """Whether `time_budget` seconds of training are spent (all processes agree, at loss flushes)."""
+    budget = run.config.time_budget
+    if budget is None:
+        return False
+    spent = time.perf_counter() - run.train_started >= budget
+    if not distributed.is_distributed():
+        return spent
+    if run.progress.step % run.config.log_every != 0:
+        return False
+    return distributed.max_over_ranks(int(spent), run.engine.device) > 0
 
 
 # ---- SIGINT / SIGTERM: stop after the current step, keeping everything ---------------------------------
@@ -301,7 +341,7 @@ def _stop(run: Run) -> None:
         if run.log.losses:
             from minidiff.viz import plot_losses
 
-            plot_losses(run.log.losses, run.out_dir / "loss.png")
+            plot_losses(run.log.losses, run.out_dir / "loss.png", run.log.evals)
     run.log.bar.close()
     raise TrainingInterrupted(signum, run.progress.step, checkpoint, model_dir)
 
@@ -320,7 +360,7 @@ def _finish(run: Run) -> TrainResult:
     model_dir, samples_png, loss_png = out_dir / "model", out_dir / "samples.png", out_dir / "loss.png"
     if run.main:
         model_dir, samples_png, loss_png = save_outputs(
-            run.engine.sampling_model, run.noise_scheduler, run.log.losses, out_dir, run.config
+            run.engine.sampling_model, run.noise_scheduler, run.log, out_dir, run.config
         )
         if run.log.tensorboard is not None:
             run.log.tensorboard.image("samples", samples_png, run.progress.step)
@@ -337,4 +377,6 @@ def _finish(run: Run) -> TrainResult:
         samples_png=samples_png,
         sample_grids=run.sample_grids,
         checkpoints=list_checkpoints(out_dir / "checkpoints"),
+        train_seconds=time.perf_counter() - run.train_started - run.eval_seconds,
+        evals=dict(run.log.evals or {}),
     )

@@ -30,6 +30,8 @@ class TrainResult:
     samples_png: Path
     sample_grids: list[Path] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
+    train_seconds: float = 0.0  # the steps alone (no data loading, no final outputs)
+    evals: dict[int, float] = field(default_factory=dict)  # step -> digit FID (eval_every)
 
 
 # ---- what a run starts from ---------------------------------------------------------------------------
@@ -106,11 +108,22 @@ class LossLog:
         self.images_per_step, self.write, self.skip_nonfinite = images_per_step, write, skip_nonfinite
         self.tensorboard: TensorBoard | None = None
         self.lr = lambda: float("nan")  # the current learning rate, for the TensorBoard log
+        self.evals: dict[int, float] | None = None  # step -> digit FID, when the run measures it
         self.pending: list[torch.Tensor] = []
         self.since = time.perf_counter()
-        if write:
-            rows = "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses))
-            path.write_text("step,loss\n" + rows, encoding="utf-8")
+
+    def start(self, evals: dict[int, float] | None) -> None:
+        """Rewrite loss.csv with the rows so far (a resumed run keeps those up to its checkpoint)."""
+        self.evals = evals
+        if self.write:
+            header = "step,loss" + (",digit_fid" if evals is not None else "")
+            rows = "".join(self._row(i + 1, v) for i, v in enumerate(self.losses))
+            self.path.write_text(header + "\n" + rows, encoding="utf-8")
+
+    def _row(self, step: int, loss: float) -> str:
+        if self.evals is None:
+            return f"{step},{loss!r}\n"
+        return f"{step},{loss!r},{self.evals[step]!r}\n" if step in self.evals else f"{step},{loss!r},\n"
 
     def add(self, loss: torch.Tensor) -> None:
         self.pending.append(loss)
@@ -125,7 +138,7 @@ class LossLog:
         self.losses.extend(values)
         if self.write:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write("".join(f"{first + i},{v!r}\n" for i, v in enumerate(values)))
+                f.write("".join(self._row(first + i, v) for i, v in enumerate(values)))
         if self.tensorboard is not None:
             self.tensorboard.losses(values, first, self.lr())
         seconds = max(time.perf_counter() - self.since, 1e-9)
@@ -163,6 +176,29 @@ class TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def digit_fid(unet, noise_scheduler, config: TrainConfig, out_dir: Path) -> float:
+    """The digit FID of `config.eval_samples` images from `unet` (DDIM, EVAL_STEPS steps, seed config.seed)
+    against the run's data source (all of it, whatever `limit` trains on); its features are cached in
+    out_dir/eval/reference."""
+    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.quality.evaluate import generate, with_sampler
+    from minidiff.quality.features import extract_features, feature_network
+    from minidiff.quality.metrics import fid
+    from minidiff.quality.reference import CACHE_SUBDIR, reference_features
+    from minidiff.training.config import EVAL_STEPS
+
+    network = feature_network("digit")
+    channels = unet.config.in_channels
+    reference, _, _ = reference_features(
+        config.data, config.image_size, channels, network, out_dir / CACHE_SUBDIR, device=unet.device
+    )
+    pipeline = with_sampler(DDPMPipeline(unet, noise_scheduler), "ddim")
+    was_training = unet.training
+    images, _ = generate(pipeline, config.eval_samples, EVAL_STEPS, config.seed, progress=False)
+    unet.train(was_training)
+    return fid(reference, extract_features(images, network, device=unet.device))
 
 
 def write_run_config(out_dir: Path, config: TrainConfig, **resolved) -> Path:
@@ -218,11 +254,13 @@ def save_model(unet, noise_scheduler, out_dir: Path) -> Path:
     return DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(out_dir / "model")
 
 
-def save_outputs(final_unet, noise_scheduler, losses: list[float], out_dir: Path, config: TrainConfig):
-    """model/, samples.png and loss.png; returns their paths."""
+def save_outputs(final_unet, noise_scheduler, log: LossLog, out_dir: Path, config: TrainConfig):
+    """model/, samples.png (unless num_samples is 0) and loss.png; returns their paths."""
     from minidiff.viz import plot_losses
 
     model_dir = save_model(final_unet, noise_scheduler, out_dir)
-    samples_png = save_samples(final_unet, noise_scheduler, out_dir / "samples.png", config)
-    loss_png = Path(plot_losses(losses, out_dir / "loss.png"))
+    samples_png = out_dir / "samples.png"
+    if config.num_samples:
+        samples_png = save_samples(final_unet, noise_scheduler, samples_png, config)
+    loss_png = Path(plot_losses(log.losses, out_dir / "loss.png", log.evals))
     return model_dir, samples_png, loss_png
