@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install test test-all lint format demo bench clean
+.PHONY: install test test-all lint format demo notebook bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-all: lint
 # The README's main job: train the tiny preset on the embedded digits and write out/demo/.
 demo: $(DEMO_STAMP)
 	$(BIN)/minidiff demo --out out/demo
+
+# Run docs/tutorial.ipynb top to bottom and save it with its outputs (about 5 minutes on 2 CPU cores).
+notebook: $(STAMP)
+	$(BIN)/python docs/run_tutorial.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --quick

@@ -70,12 +70,10 @@ class DiffusionPipeline:
         self.unet.to(device=device, dtype=dtype)
         return self
 
-    def set_progress_bar_config(
-        self, disable: bool | None = None, desc: str | None = None, leave: bool | None = None
-    ) -> None:
-        """Options for the tqdm bar over the denoising steps, as diffusers' method of the same name."""
-        new = {"disable": disable, "desc": desc, "leave": leave}
-        self._progress_bar_config.update({k: v for k, v in new.items() if v is not None})
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm's keywords for the bar over the denoising steps (disable, desc, leave, mininterval, ...);
+        as diffusers' method of the same name, each call replaces the previous settings."""
+        self._progress_bar_config = kwargs
 
     def progress_bar(self, iterable, disable: bool | None = None):
         config = dict(self._progress_bar_config)

@@ -120,15 +120,20 @@ def noising_strip(
     timesteps: list[int] | None = None,
     generator: torch.Generator | None = None,
     min_panel: int = 96,
+    noise: torch.Tensor | None = None,
 ) -> Image.Image:
     """One image pushed through the forward process: `scheduler.add_noise(x0, epsilon, t)` at several t,
     side by side, each panel labelled with its t. One epsilon for every panel, so the image fades out.
 
     x0: (1, C, H, W) in [-1, 1]. timesteps: default 8 evenly spaced over 0 .. T-1. Small images are
     enlarged (nearest neighbour, whole factor) until a panel is at least `min_panel` pixels wide.
+    noise: the epsilon, shaped like x0 (default: drawn from N(0, I) with `generator`), e.g.
+    `torch.rand_like(x0)` to see what uniform noise does instead. Pixels are clipped to [-1, 1] for display.
     """
     if x0.ndim != 4 or x0.shape[0] != 1:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}; expected (1, C, H, W)")
+    if noise is not None and noise.shape != x0.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}; expected x0's shape {tuple(x0.shape)}")
     num_train_timesteps = len(scheduler.alphas_cumprod)
     if timesteps is None:
         timesteps = np.linspace(0, num_train_timesteps - 1, 8).round().astype(int).tolist()
@@ -138,9 +143,10 @@ def noising_strip(
             f"timesteps {bad or timesteps} must be a non-empty list in 0..{num_train_timesteps - 1}"
         )
 
-    # epsilon drawn on the generator's device (CPU by default), then moved: the same picture on any device
-    noise_device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.randn(x0.shape, generator=generator, device=noise_device, dtype=x0.dtype).to(x0.device)
+    if noise is None:  # drawn on the generator's device (CPU by default), then moved: same picture anywhere
+        noise_device = generator.device if generator is not None else torch.device("cpu")
+        noise = torch.randn(x0.shape, generator=generator, device=noise_device, dtype=x0.dtype)
+    noise = noise.to(x0.device, x0.dtype)
     n = len(timesteps)
     t = torch.tensor([int(t) for t in timesteps], device=x0.device)
     x_t = scheduler.add_noise(x0.expand(n, -1, -1, -1), noise.expand(n, -1, -1, -1), t)  # (n, C, H, W)

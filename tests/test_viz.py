@@ -77,6 +77,15 @@ def test_noising_strip_panels_are_add_noise():
     with pytest.raises(ValueError, match="expected \\(1, C, H, W\\)"):
         viz.noising_strip(DDPMScheduler(), x0.expand(2, -1, -1, -1))
 
+    # a given epsilon (here the chapter's uniform torch.rand_like) is used as it is
+    uniform = torch.rand(x0.shape, generator=torch.Generator().manual_seed(4))
+    strip = viz.noising_strip(DDPMScheduler(), x0, [999], noise=uniform)
+    x_t = reference.add_noise(x0, uniform, torch.tensor([999]))
+    expected = viz.to_pil_images(x_t)[0].resize((panel, panel), Image.Resampling.NEAREST)
+    np.testing.assert_array_equal(np.asarray(strip.crop((0, 0, panel, panel))), np.asarray(expected))
+    with pytest.raises(ValueError, match="noise has shape"):
+        viz.noising_strip(DDPMScheduler(), x0, noise=torch.rand(1, 3, 4, 4))
+
 
 def test_terminal_signal_warning():
     first = DDPMScheduler(**FIRST)

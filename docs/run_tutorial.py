@@ -1,0 +1,85 @@
+"""Run docs/tutorial.ipynb top to bottom and keep its outputs: `make notebook`.
+
+    python docs/run_tutorial.py                          # default settings (~5 minutes on 2 CPU cores);
+                                                         # rewrites docs/tutorial.ipynb with its outputs
+    python docs/run_tutorial.py --quick --out /tmp/t.ipynb   # a few steps of everything (the test's setting)
+
+The kernel sees MINIDIFF_TUTORIAL_QUICK=1 in quick mode. A cell that raises stops the run with the cell's
+error, and nothing is written. A full run stores the digest of the code cells in the notebook's metadata
+(`minidiff.code_sha256`): tests/test_notebook.py checks that the committed outputs came from the code
+cells as they are now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+NOTEBOOK = Path(__file__).resolve().parent / "tutorial.ipynb"
+QUICK_ENV = "MINIDIFF_TUTORIAL_QUICK"
+
+
+def code_digest(nb) -> str:
+    """sha256 of the code cells' sources, in order: what the outputs depend on."""
+    digest = hashlib.sha256()
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            digest.update(cell.source.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def execute(path: str | os.PathLike = NOTEBOOK, quick: bool = False, timeout: int = 600):
+    """The notebook at `path`, executed in a fresh kernel (cwd: its folder); raises on the first cell error."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    previous = os.environ.get(QUICK_ENV)
+    os.environ[QUICK_ENV] = "1" if quick else "0"  # the kernel inherits the environment
+    started = time.perf_counter()
+    try:
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(Path(path).parent)}},
+        )
+        client.execute()
+    finally:
+        if previous is None:
+            os.environ.pop(QUICK_ENV, None)
+        else:
+            os.environ[QUICK_ENV] = previous
+    nb.metadata["minidiff"] = {
+        "code_sha256": code_digest(nb),
+        "quick": quick,
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+    }
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (the test's setting)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: over the notebook)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds any one cell may take")
+    args = parser.parse_args(argv)
+    import nbformat
+
+    nb = execute(NOTEBOOK, quick=args.quick, timeout=args.timeout)
+    out = args.out or NOTEBOOK
+    tmp = out.with_name(out.name + ".tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(out)  # the old notebook stays whole until the new one is written
+    print(f"ran {NOTEBOOK.name} in {nb.metadata['minidiff']['seconds']:.0f} s; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
