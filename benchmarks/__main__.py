@@ -69,12 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         TUTORIAL_UNET,
         Settings,
         build_unets,
-        scheduler_step,
-        unet_forward,
     )
-    from benchmarks.cases_loops import sampling, train_step
-    from benchmarks.harness import Row, environment
-    from benchmarks.report import add_ratios, format_table
+    from benchmarks.harness import environment
+    from benchmarks.report import format_table
 
     quick, cuda = args.quick, device.type == "cuda"
     settings = Settings(
@@ -102,8 +99,29 @@ def main(argv: list[str] | None = None) -> int:
         unet_parameters=sum(p.numel() for p in unets[1].parameters()),
         sample_steps=settings.sample_steps,
     )
-    # Pass 1: every case and batch without compiled variants (minutes of compile must not cost these rows);
-    # pass 2: the cases with compiled variants again at --compile-batch, while the budget lasts.
+    rows, failed = run_jobs(args, settings, unets, meta, cases, batches)
+    if cuda:
+        from benchmarks.profiling import kernel_counts
+
+        try:
+            meta["profile"] = kernel_counts(unets, device)
+        except Exception as err:  # the profile is optional
+            meta["profile"] = {"profiler failed": f"{type(err).__name__}: {err}"}
+        write_outputs(args, meta, rows)
+    print(format_table(rows))
+    return 1 if failed else 0
+
+
+def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict) -> tuple[list, set]:
+    """Pass 1: every case and batch without compiled variants (minutes of compile must not cost these
+    rows); pass 2: the cases with compiled variants again at --compile-batch, while the budget lasts.
+    The results are written after every case, so a run cut short still leaves them."""
+    from benchmarks.cases import Settings, scheduler_step, unet_forward
+    from benchmarks.cases_loops import sampling, train_step
+    from benchmarks.harness import Row
+    from benchmarks.report import add_ratios
+
+    cuda = settings.device.type == "cuda"
     runners = {"scheduler_step": scheduler_step, "unet_forward": unet_forward, "train_step": train_step}
     runners["sampling"] = sampling
     compile_name = {"train_step": "train", "sampling": "sample"}
@@ -148,16 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{case} batch {batch}: {time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
         add_ratios(rows)
         write_outputs(args, meta, rows)  # after every case: a run cut short still leaves its results
-    if cuda:
-        from benchmarks.profiling import kernel_counts
-
-        try:
-            meta["profile"] = kernel_counts(unets, device)
-        except Exception as err:  # the profile is optional
-            meta["profile"] = {"profiler failed": f"{type(err).__name__}: {err}"}
-        write_outputs(args, meta, rows)
-    print(format_table(rows))
-    return 1 if failed else 0
+    return rows, failed
 
 
 def merge_rows(rows: list, new: list) -> None:

@@ -7,7 +7,6 @@ minidiff's fast path, and, where asked and on CUDA, the strongest diffusers sett
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
@@ -87,14 +86,6 @@ def build_unets(settings: Settings) -> tuple[DiffusersUNet, UNet2DModel]:
     ours = UNet2DModel(**settings.unet_config)
     ours.load_state_dict(reference.state_dict(), strict=True)
     return reference.to(settings.device).eval(), ours.to(settings.device).eval()
-
-
-def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(model)
-
-
-def _compile_row(case: str, impl: str, batch: int, unit: str, why: str) -> Row:
-    return Row(case, impl, batch, "bf16", unit, note=why)
 
 
 # ---- 1. UNet forward ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -9,8 +10,20 @@ import torch.nn.functional as F
 from diffusers import DDPMPipeline as DiffusersPipeline
 from diffusers import DDPMScheduler as DiffusersScheduler
 
-from benchmarks.cases import Settings, _compile_row, _copy
-from benchmarks.harness import Row, alternate, fill, peak_memory_mb, rel_err, synchronize, time_once
+from benchmarks.cases import Settings
+from benchmarks.harness import (
+    Row,
+    alternate,
+    fill,
+    peak_memory_mb,
+    read_peak,
+    rel_err,
+    reset_peak,
+    round_robin,
+    skipped_row,
+    synchronize,
+    time_once,
+)
 from benchmarks.quality import digit_kid, digit_reference
 from minidiff.fast import FastDDPMSampler, FastTrainer
 from minidiff.scheduling_ddpm import DDPMScheduler
@@ -25,7 +38,7 @@ def _plain_trainer(
     model, scheduler, settings: Settings, inputs, autocast: bool = False, compiled: bool = False
 ):
     """The tutorial's step: add_noise, MSE on eps, backward, clip to norm 1, AdamW (fused on CUDA)."""
-    model = _copy(model).train()
+    model = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, fused=settings.cuda or None)
     if compiled:
         model.compile(mode="reduce-overhead")
@@ -78,7 +91,7 @@ def train_step(settings: Settings, unets, batch: int) -> list[Row]:
         max_steps=settings.warmup + settings.rounds + 16,
     )
     trainer = FastTrainer(
-        _copy(ours),
+        copy.deepcopy(ours),
         our_scheduler,
         data,
         config,
@@ -135,7 +148,7 @@ def train_step(settings: Settings, unets, batch: int) -> list[Row]:
         row.note = "loss error measured after the timed steps (weights moved)"
         rows.append(row)
     else:
-        rows.append(_compile_row("train_step", "diffusers bf16 compile(reduce-overhead)", batch, "step", why))
+        rows.append(skipped_row("train_step", "diffusers bf16 compile(reduce-overhead)", batch, "step", why))
     for row in rows:
         if row.median_ms:
             row.throughput = batch / (row.median_ms / 1000)
@@ -144,30 +157,7 @@ def train_step(settings: Settings, unets, batch: int) -> list[Row]:
     return rows
 
 
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _read_peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
 # ---- 4. sampling -------------------------------------------------------------------------------------------
-def _round_robin(fns: dict, rounds: dict[str, int], device) -> dict[str, list[float]]:
-    """Like harness.alternate, but each implementation has its own number of runs (slow ones fewer)."""
-    times = {name: [] for name in fns}
-    while any(len(times[n]) < rounds[n] for n in fns):
-        for name, fn in fns.items():
-            if len(times[name]) < rounds[name]:
-                times[name].append(time_once(fn, device))
-    return times
-
-
 @torch.no_grad()
 def sampling(settings: Settings, unets, batch: int) -> list[Row]:
     reference, ours = unets
@@ -181,11 +171,11 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
         return pipeline(batch_size=batch, generator=generator, num_inference_steps=n, output_type="pt").images
 
     run_pipe(n=2)  # warm-up (cuDNN autotune, allocator)
-    _reset_peak(device)
+    reset_peak(device)
     held = []  # the first timed run also gives the fp32 reference images and diffusers' peak memory
     first_s = time_once(lambda: held.append(run_pipe()), device)
     expected = held[0]
-    peaks = {"diffusers DDPMPipeline fp32": _read_peak(device)}
+    peaks = {"diffusers DDPMPipeline fp32": read_peak(device)}
     # quality: digit KID of every row's images (needs 2 images or more)
     reference = digit_reference(expected.shape[-1], expected.shape[1]) if batch > 1 else None
     expected_kid = digit_kid(expected, reference) if reference else None
@@ -202,10 +192,10 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
     for name, options in samplers.items():
         sampler = FastDDPMSampler(ours, DDPMScheduler(num_train_timesteps=1000), batch, steps, **options)
         capture_s = sampler.capture() if sampler.use_cuda_graph else None
-        _reset_peak(device)
+        reset_peak(device)
         images = sampler(seed=seed)
         label = name + (" graph" if sampler.use_cuda_graph else "")
-        peaks[label] = _read_peak(device)
+        peaks[label] = read_peak(device)
         row = Row("sampling", label, batch, str(options["dtype"])[6:], unit, compile_s=capture_s)
         row.accuracy_rel_err = rel_err(images, expected)
         row.digit_kid = digit_kid(images, reference) if reference else None
@@ -216,26 +206,26 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
     why = settings.wants_compile("sample")
     if why is None:  # diffusers' strongest: bf16 UNet compiled with mode="reduce-overhead"
         compiled = DiffusersPipeline(
-            _copy(reference).to(torch.bfloat16), DiffusersScheduler(num_train_timesteps=1000)
+            copy.deepcopy(reference).to(torch.bfloat16), DiffusersScheduler(num_train_timesteps=1000)
         )
         compiled.set_progress_bar_config(disable=True)
         compiled.unet.compile(mode="reduce-overhead")
         start = time.perf_counter()
         run_pipe(compiled, 3)
         synchronize(device)
-        first_s = time.perf_counter() - start
+        compile_s = time.perf_counter() - start  # not first_s: that is the fp32 reference's timed run
         label = "diffusers bf16 compile(reduce-overhead)"
-        row = Row("sampling", label, batch, "bf16", unit, compile_s=first_s)
-        _reset_peak(device)
+        row = Row("sampling", label, batch, "bf16", unit, compile_s=compile_s)
+        reset_peak(device)
         compiled_images = run_pipe(compiled).float()
         row.accuracy_rel_err = rel_err(compiled_images, expected)
         row.digit_kid = digit_kid(compiled_images, reference) if reference else None
-        peaks[label] = _read_peak(device)
+        peaks[label] = read_peak(device)
         row.accuracy_ref = "diffusers DDPMPipeline fp32 images, same seed (noise drawn in bf16)"
         row.note = "compile_s = first 3-step call"
         rows.append(row)
         fns[label], rounds[label] = (lambda: run_pipe(compiled)), settings.sample_rounds
-    times = _round_robin(fns, rounds, device)
+    times = round_robin(fns, rounds, device)
     reference_row = fill(
         Row("sampling", "diffusers DDPMPipeline fp32", batch, "fp32", unit),
         [first_s] + times.pop("diffusers DDPMPipeline fp32"),
@@ -246,5 +236,5 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
         row.peak_mem_mb = peaks[row.impl]
         row.throughput = batch / (row.median_ms / 1000)
     if why is not None:
-        rows.append(_compile_row("sampling", "diffusers bf16 compile(reduce-overhead)", batch, unit, why))
+        rows.append(skipped_row("sampling", "diffusers bf16 compile(reduce-overhead)", batch, unit, why))
     return rows

@@ -78,15 +78,46 @@ def alternate(
     return times
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
-    """torch.cuda.max_memory_allocated over one more call (None on CPU)."""
+def round_robin(
+    fns: dict[str, Callable[[], object]], rounds: dict[str, int], device: torch.device
+) -> dict[str, list[float]]:
+    """Like `alternate` without warm-up, but each implementation has its own number of runs (slow ones
+    fewer); seconds per call."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    while any(len(times[n]) < rounds[n] for n in fns):
+        for name, fn in fns.items():
+            if len(times[name]) < rounds[name]:
+                times[name].append(time_once(fn, device))
+    return times
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory reading (CUDA only)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def read_peak(device: torch.device) -> float | None:
+    """MiB of torch.cuda.max_memory_allocated since `reset_peak` (None on CPU)."""
     if device.type != "cuda":
         return None
     synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    synchronize(device)
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory over one more call (None on CPU, where fn is not called)."""
+    if device.type != "cuda":
+        return None
+    reset_peak(device)
+    fn()
+    return read_peak(device)
+
+
+def skipped_row(case: str, impl: str, batch: int, unit: str, why: str) -> Row:
+    """A row for an implementation that did not run (e.g. torch.compile unavailable), saying why."""
+    return Row(case, impl, batch, "bf16", unit, note=why)
 
 
 def fill(row: Row, seconds: list[float]) -> Row:
