@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: over the notebook)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds any one cell may take")
     args = parser.parse_args(argv)
+    if args.quick and args.out is None:
+        parser.error(
+            "--quick makes a notebook of noise pictures: give --out PATH (it must not replace the tutorial)"
+        )
     import nbformat
 
     nb = execute(NOTEBOOK, quick=args.quick, timeout=args.timeout)

@@ -190,7 +190,7 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     # The tutorial, unchanged: 30 epochs of the butterflies at 32x32 (a GPU job).
     "tutorial": TrainConfig(),
-    # Embedded digits at 16x16, a 1.1 M-parameter UNet: 1,500 steps take 3 to 10 minutes on 2 CPU cores
+    # Embedded digits at 16x16, a 1.1 M-parameter UNet: 1,500 steps take 3 to 13 minutes on 2 CPU cores
     # (`minidiff demo` stops it after 150 s of training).
     "tiny": TrainConfig(
         data="digits",
