@@ -5,7 +5,7 @@
     minidiff sample --model DIR --num 16 --scheduler ddim --steps 50
     minidiff noise --schedule linear --beta-start 0.001 --beta-end 0.004
     minidiff parity --model DIR                     # per-layer comparison with diffusers
-    minidiff eval --model DIR --sampler ddim --steps 50   # digit FID / KID of 1,000 samples -> eval.json
+    minidiff eval --model DIR --sampler ddim --steps 50   # digit FID / KID of 500 samples -> eval.json
 
 Heavy modules (torch models, datasets, matplotlib, diffusers) are imported inside the subcommands, so
 `minidiff --help` answers quickly. Errors from the library print their whole message and exit with
@@ -147,22 +147,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     of DDIM at 10 to 250 steps (quality_vs_steps.png); samples.png shows DDPM's first 16 images."""
     from minidiff.data import load_dataset
     from minidiff.quality.calibration import parse_settings
+    from minidiff.quality.digit_net import NUM_FEATURES
     from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
     from minidiff.training import build_noise_scheduler
     from minidiff.viz import enlarged, save_grid, to_pil_images
 
     started = time.perf_counter()
+    settings = parse_settings(args.quality_settings)  # bad quality flags fail now, not after training
+    if settings[0][0] != "ddpm":
+        raise ValueError(
+            f"--quality-settings {args.quality_settings!r}; expected DDPM's setting first (ddpm:1000,...)"
+        )
+    if args.quality_samples <= NUM_FEATURES:
+        raise ValueError(
+            f"--quality-samples {args.quality_samples}: FID on the digit network's {NUM_FEATURES} features "
+            f"needs more than {NUM_FEATURES} samples"
+        )
     budget = f"at most {args.time_budget:.0f} s or " if args.time_budget else ""
     print(
         f"minidiff demo: training the tiny preset on {args.data!r} ({args.image_size}x{args.image_size}), "
         f"{budget}{args.max_steps} steps; then {args.quality_samples} samples per sampler for the quality plot"
     )
     config, result = _train(args)
-    settings = parse_settings(args.quality_settings)
-    if settings[0][0] != "ddpm":
-        raise ValueError(
-            f"--quality-settings {args.quality_settings!r}; expected DDPM's setting first (ddpm:1000,...)"
-        )
     runs = quality_vs_steps(
         result.model_dir, settings, args.quality_samples, seeds=[config.seed],
         progress=config.progress, keep_images=True,
@@ -351,7 +357,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", parents=[common], help="train the tiny preset on the embedded digits; write out/demo/",
         description="Train the tiny preset on the embedded digits into out/demo (replaced on each run); "
-        "then the noising strip and the SNR plot. Takes every flag of `minidiff train`.",
+        "then its digit FID against sampling steps, the noising strip and the SNR plot. Takes every flag of "
+        "`minidiff train`.",
     )  # fmt: skip
     demo.set_defaults(func=cmd_demo, defaults=_defaults("demo", "tiny"))
     add_train_flags(demo, _defaults("demo", "tiny"))

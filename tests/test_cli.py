@@ -144,6 +144,20 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
     assert printed.count("steps: digit FID") == 3  # one row per sampler setting
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--quality-samples", "64"], "needs more than 64 samples"),
+        (["--quality-settings", "ddim:10,ddpm:1000"], "expected DDPM's setting first"),
+    ],
+)
+def test_demo_refuses_bad_quality_flags_before_training(tmp_path, capsys, flags, message):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet", *flags]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing written
+
+
 @pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["noise"], ["parity"], ["demo"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
