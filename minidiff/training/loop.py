@@ -295,11 +295,12 @@ def _evaluate(run: Run) -> None:
 
 
 def _out_of_time(run: Run) -> bool:
-    """Whether `time_budget` seconds of training are spent (all processes agree, at loss flushes)."""
+    """Whether `time_budget` seconds of training are spent (digit FID readings not counted; all
+    processes agree, at loss flushes)."""
     budget = run.config.time_budget
     if budget is None:
         return False
-    spent = time.perf_counter() - run.train_started >= budget
+    spent = time.perf_counter() - run.train_started - run.eval_seconds >= budget
     if not distributed.is_distributed():
         return spent
     if run.progress.step % run.config.log_every != 0:
