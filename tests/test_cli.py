@@ -173,7 +173,7 @@ def test_help(command, capsys):
         (["train", "--max-steps", "0"], "'0' is not a positive integer"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
         (["sample"], "the following arguments are required: --model"),
-        (["sample", "--model", "m", "--scheduler", "euler"], "invalid choice: 'euler'"),
+        (["sample", "--model", "m", "--sampler", "heun"], "invalid choice: 'heun'"),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )
