@@ -20,6 +20,7 @@ _EXPORTS = {
     "SchedulerMixin": "minidiff.configuration",
     "DDPMScheduler": "minidiff.scheduling_ddpm",
     "DDIMScheduler": "minidiff.scheduling_ddim",
+    "DPMSolverMultistepScheduler": "minidiff.scheduling_dpmsolver_multistep",
     "ModelMixin": "minidiff.modeling_utils",
     "UNet2DModel": "minidiff.unet_2d",
     "DiffusionPipeline": "minidiff.pipeline_utils",
@@ -40,6 +41,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMPipeline",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
     "DiffusionPipeline",
     "FastDDPMSampler",
     "FastTrainer",
@@ -77,6 +79,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.pipeline_utils import DiffusionPipeline
     from minidiff.scheduling_ddim import DDIMScheduler
     from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
     from minidiff.training import TrainConfig, TrainResult, preset, train
     from minidiff.unet_2d import UNet2DModel
     from minidiff.viz import make_image_grid

@@ -22,11 +22,16 @@ from minidiff.configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig
 from minidiff.files import atomic_write_text, resolve_file, swap_in
 from minidiff.scheduling_ddim import DDIMScheduler
 from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from minidiff.unet_2d import UNet2DModel
 from minidiff.viz import numpy_to_pil
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-SCHEDULER_CLASSES = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}
+SCHEDULER_CLASSES = {
+    "DDPMScheduler": DDPMScheduler,
+    "DDIMScheduler": DDIMScheduler,
+    "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+}
 PIPELINE_CLASSES = ("DDPMPipeline", "DDIMPipeline")  # same two components: either folder loads in either
 MODEL_INDEX = "model_index.json"
 

@@ -1,9 +1,11 @@
-"""What DDPM and DDIM sampling share: the pieces of a reverse step and the timesteps a sampler visits.
+"""What the samplers share: the pieces of a reverse step, the timesteps they visit, the noise levels sigma.
 
 Sections of this file:
   1. the parts of a reverse step: x_0 / eps from the model output, clipping, dynamic thresholding,
      seeded noise drawn as diffusers draws it;
-  2. the inference timesteps (`timestep_spacing`) and host/device handling of a timestep.
+  2. the inference timesteps (`timestep_spacing`) and host/device handling of a timestep;
+  3. noise levels sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for the samplers that step in sigma
+     (DPM-Solver, Euler): the table, Karras' schedule, sigma -> t, and the step counter's start.
 The beta tables and the forward process q(x_t | x_0) are in minidiff/schedules.py.
 """
 
@@ -23,6 +25,14 @@ from minidiff.schedules import check_choice
 # operand position as in diffusers (`coefficient * tensor`): for float16/bfloat16 tensors that position
 # decides whether the coefficient is rounded to the tensor's dtype first, so keeping it keeps the numbers.
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+# diffusers' `_compatibles` of its Karras-style schedulers: configs move between them with from_config.
+# A minidiff scheduler may list them all; `compatibles` keeps those minidiff has.
+KARRAS_DIFFUSION_SCHEDULERS = [
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "EDMEulerScheduler",
+]  # fmt: skip
 
 
 def predict_original_sample(
@@ -202,3 +212,48 @@ def host_timestep(timestep: int | torch.Tensor, num_train_timesteps: int) -> int
 def gather_row(table: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
     """table[timestep] for a 0-d device tensor without a sync: plain `table[t]` calls `t.item()` inside."""
     return table.index_select(0, timestep.reshape(1).to(table.device))[0]
+
+
+# ---- 3. noise levels sigma (Karras et al. 2022, "EDM") ------------------------------------------
+# The variance-preserving x_t = alpha_t x_0 + sigma_t eps, rescaled to x_t / alpha_t = x_0 + sigma eps, has
+# sigma = sigma_t / alpha_t = sqrt((1 - alpha_bar_t) / alpha_bar_t). Samplers that step in sigma keep a
+# float32 table of it; the schedule maths below runs in numpy float64, as in diffusers.
+def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for every training timestep (float32, ascending in t)."""
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def karras_sigmas(
+    sigma_min: float, sigma_max: float, num_inference_steps: int, rho: float = 7.0
+) -> np.ndarray:
+    """EDM eq. (5): sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+    n noise levels from sigma_max down to sigma_min, denser near sigma_min (rho = 7, as in the paper)."""
+    ramp = np.linspace(0, 1, num_inference_steps)
+    min_inv_rho = sigma_min ** (1 / rho)
+    max_inv_rho = sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def sigma_to_t(sigma: float | np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional training timestep whose sigma is `sigma`: linear interpolation in log sigma between
+    the two neighbouring entries of `log_sigmas` (ascending in t), clipped to [0, T - 1]."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]  # (T, ...)
+    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    t = (1 - w) * low_idx + w * high_idx
+    return t.reshape(np.shape(sigma))
+
+
+def index_for_timestep(timestep: int | torch.Tensor, schedule_timesteps: torch.Tensor) -> int:
+    """Where `timestep` sits in the schedule, as diffusers' samplers start their step counter.
+
+    A timestep listed twice (duplicates appear when n is close to T) gives its second place, so a sampler
+    that starts mid-schedule (image-to-image) does not skip a sigma; one not listed gives the last place.
+    """
+    index_candidates = (schedule_timesteps == timestep).nonzero()
+    if len(index_candidates) == 0:
+        return len(schedule_timesteps) - 1
+    return index_candidates[1 if len(index_candidates) > 1 else 0].item()
