@@ -23,6 +23,7 @@ _EXPORTS = {
     "PNDMScheduler": "minidiff.scheduling_pndm",
     "EulerDiscreteScheduler": "minidiff.scheduling_euler_discrete",
     "EulerAncestralDiscreteScheduler": "minidiff.scheduling_euler_ancestral_discrete",
+    "DPMSolverMultistepScheduler": "minidiff.scheduling_dpmsolver_multistep",
     "ModelMixin": "minidiff.modeling_utils",
     "UNet2DModel": "minidiff.unet_2d",
     "DiffusionPipeline": "minidiff.pipeline_utils",
@@ -43,6 +44,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMPipeline",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
     "DiffusionPipeline",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.pipeline_utils import DiffusionPipeline
     from minidiff.scheduling_ddim import DDIMScheduler
     from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
     from minidiff.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
     from minidiff.scheduling_euler_discrete import EulerDiscreteScheduler
     from minidiff.scheduling_pndm import PNDMScheduler
