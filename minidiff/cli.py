@@ -148,6 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     first 16 images."""
     from minidiff.data import load_dataset
     from minidiff.quality.digit_net import NUM_FEATURES
+    from minidiff.quality.metrics import check_fid_count
     from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
     from minidiff.samplers import parse_settings
     from minidiff.training import build_noise_scheduler
@@ -159,11 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--quality-settings {args.quality_settings!r}; expected DDPM's setting first (ddpm:1000,...)"
         )
-    if args.quality_samples <= NUM_FEATURES:
-        raise ValueError(
-            f"--quality-samples {args.quality_samples}: FID on the digit network's {NUM_FEATURES} features "
-            f"needs more than {NUM_FEATURES} samples"
-        )
+    check_fid_count(args.quality_samples, NUM_FEATURES, f"--quality-samples {args.quality_samples}")
     budget = f"at most {args.time_budget:.0f} s or " if args.time_budget else ""
     print(
         f"minidiff demo: training the tiny preset on {args.data!r} ({args.image_size}x{args.image_size}), "

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from minidiff.quality.features import Features, as_uint8, extract_features, feature_network
-from minidiff.quality.metrics import digit_scores, fid, kid
+from minidiff.quality.metrics import check_fid_count, digit_scores, fid, kid
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
 from minidiff.samplers import default_steps, scheduler_for
 
@@ -110,11 +110,7 @@ def prepare_networks(
     notes: list[str] = []
     for name, net in nets.items():
         notes += net.notes(shape)  # refuses what the network cannot read
-        if shape[0] <= net.num_features:
-            raise ValueError(
-                f"--num-samples {shape[0]}: FID on the {name} network's {net.num_features} features "
-                f"needs more than {net.num_features} samples"
-            )
+        check_fid_count(shape[0], net.num_features, f"--num-samples {shape[0]} ({name} network)")
     return nets, notes
 
 
