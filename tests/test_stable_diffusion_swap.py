@@ -38,9 +38,10 @@ SD_SCHEDULER_CONFIG = {
 SCHEDULERS = {
     "DDPMScheduler": 4,
     "DDIMScheduler": 4,
+    "PNDMScheduler": 8,
     "DPMSolverMultistepScheduler": 8,
-    # after merging the Euler / PNDM branch, add: "PNDMScheduler": 8, "EulerDiscreteScheduler": 4,
-    # "EulerAncestralDiscreteScheduler": 4
+    "EulerDiscreteScheduler": 4,
+    "EulerAncestralDiscreteScheduler": 4,
 }
 PROMPT = "a photo of mr potato head"
 
