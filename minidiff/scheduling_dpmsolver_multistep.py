@@ -33,12 +33,14 @@ from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
 from minidiff.schedules import check_choice, make_betas
 from minidiff.scheduling_utils import (
-    KARRAS_DIFFUSION_SCHEDULERS,
+    KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    StepIndexMixin,
+    beta_sigmas,
     custom_timesteps,
     epsilon_from_original_sample,
-    index_for_timestep,
+    exponential_sigmas,
     karras_sigmas,
     predict_epsilon,
     predict_original_sample,
@@ -69,14 +71,12 @@ FOREIGN_NAMES = {
 }
 # diffusers' options minidiff does not implement: (keyword, the value that means "off")
 NOT_IMPLEMENTED = (
-    ("use_exponential_sigmas", False),
-    ("use_beta_sigmas", False),
-    ("use_lu_lambdas", False),
     ("use_flow_sigmas", False),
     ("flow_shift", 1.0),
     ("use_dynamic_shifting", False),
     ("time_shift_type", "exponential"),
 )
+SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
 
 
 def dpm_timesteps(
@@ -99,7 +99,7 @@ def alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha_t, sigma * alpha_t
 
 
-class DPMSolverMultistepScheduler(SchedulerMixin):
+class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     """Multistep DPM-Solver / DPM-Solver++: diffusers' `DPMSolverMultistepScheduler` with the same keywords.
 
     algorithm_type: dpmsolver++ (default), sde-dpmsolver++, dpmsolver, sde-dpmsolver. solver_order 1-3 (2 for
@@ -108,7 +108,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
     sigma = 0 ("zero", the ++ variants only) or on sigma of t = 0 ("sigma_min").
     """
 
-    _compatibles = KARRAS_DIFFUSION_SCHEDULERS
+    _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
     order = 1
     init_noise_sigma = 1.0  # x_T ~ N(0, I)
 
@@ -152,6 +152,11 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         for key, off in NOT_IMPLEMENTED:
             if self.config[key] != off:
                 raise NotImplementedError(f"{key}={self.config[key]!r} is not implemented in minidiff")
+        if sum(bool(self.config[key]) for key in SIGMA_SCHEDULES[:3]) > 1:
+            raise ValueError(
+                "Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, `config.use_karras_sigmas` "
+                "can be used."
+            )
         if prediction_type == "flow_prediction":
             raise NotImplementedError("prediction_type 'flow_prediction' is not implemented in minidiff")
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
@@ -197,19 +202,6 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self._begin_index: int | None = None
 
     # ---- the schedule -------------------------------------------------------------------------
-    @property
-    def step_index(self) -> int | None:
-        """The index of the current timestep in `timesteps`; one more after each `step`."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """The first index, when a pipeline set it (`set_begin_index`) instead of looking the timestep up."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
-
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -228,8 +220,9 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
                 "set_timesteps needs exactly one of `num_inference_steps` or `timesteps`; got num_inference_steps="
                 f"{num_inference_steps!r} and timesteps={timesteps!r}"
             )
-        if timesteps is not None and cfg.use_karras_sigmas:
-            raise ValueError("Cannot use `timesteps` with `config.use_karras_sigmas = True`")
+        for key in SIGMA_SCHEDULES:
+            if timesteps is not None and cfg[key]:
+                raise ValueError(f"Cannot use `timesteps` with `config.{key} = True`")
         if timesteps is not None:
             timesteps = custom_timesteps(timesteps, T)
         else:
@@ -249,17 +242,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
                 last_timestep, T, num_inference_steps, cfg.timestep_spacing, cfg.steps_offset
             )
 
-        sigmas = np.array(sigmas_from_alphas_cumprod(self.alphas_cumprod))  # float32, ascending in t
-        if cfg.use_karras_sigmas:  # EDM eq. (5) between the largest and smallest sigma, then back to t
-            log_sigmas = np.log(sigmas)
-            sigmas = karras_sigmas(sigmas[0].item(), sigmas[-1].item(), num_inference_steps)
-            timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
-            if (
-                cfg.beta_schedule != "squaredcos_cap_v2"
-            ):  # diffusers truncates the cosine schedule's t instead
-                timesteps = timesteps.round()
-        else:
-            sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+        sigmas, timesteps = self._inference_sigmas(timesteps, num_inference_steps)
         sigma_last = (
             sigmas_from_alphas_cumprod(self.alphas_cumprod[0]) if cfg.final_sigmas_type == "sigma_min" else 0
         )
@@ -271,20 +254,30 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self._step_index = None
         self._begin_index = None
 
-    def index_for_timestep(
-        self, timestep: int | torch.Tensor, schedule_timesteps: torch.Tensor | None = None
-    ) -> int:
-        return index_for_timestep(
-            timestep, self.timesteps if schedule_timesteps is None else schedule_timesteps
-        )
-
-    def _init_step_index(self, timestep: int | torch.Tensor) -> None:
-        if self.begin_index is not None:
-            self._step_index = self._begin_index
-            return
-        if isinstance(timestep, torch.Tensor):
-            timestep = timestep.to(self.timesteps.device)
-        self._step_index = self.index_for_timestep(timestep)
+    def _inference_sigmas(self, timesteps: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The sigmas of the schedule: those of the timesteps, or a schedule in sigma (Karras, exponential, beta,
+        Lu's uniform lambda) whose timesteps are then read back by interpolation in log sigma."""
+        cfg = self.config
+        sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()  # float32, ascending in t
+        log_sigmas = np.log(sigmas)
+        sigma_min, sigma_max = sigmas[0].item(), sigmas[-1].item()
+        if cfg.use_karras_sigmas:  # EDM eq. (5)
+            sigmas = karras_sigmas(sigma_min, sigma_max, n)
+        elif (
+            cfg.use_lu_lambdas
+        ):  # evenly spaced in lambda = -log sigma: Karras' ramp with rho = 1 in log sigma
+            sigmas = np.exp(karras_sigmas(log_sigmas[0].item(), log_sigmas[-1].item(), n, rho=1.0))
+        elif cfg.use_exponential_sigmas:
+            sigmas = exponential_sigmas(sigma_min, sigma_max, n)
+        elif cfg.use_beta_sigmas:
+            sigmas = beta_sigmas(sigma_min, sigma_max, n)
+        else:
+            return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas), timesteps
+        timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
+        # diffusers rounds t for Karras and Lu and truncates it otherwise (the cast to int64 below)
+        if (cfg.use_karras_sigmas or cfg.use_lu_lambdas) and cfg.beta_schedule != "squaredcos_cap_v2":
+            timesteps = timesteps.round()
+        return sigmas, timesteps
 
     def _alpha_sigma_lambda(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """alpha, sigma and lambda = log(alpha) - log(sigma) at `self.sigmas[index]` (0-d float32, host)."""
@@ -432,8 +425,9 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
             self._init_step_index(timestep)
         if self.step_index >= len(self.timesteps):
             raise ValueError(
-                f"step called {self.step_index + 1} times on a schedule of {len(self.timesteps)} timesteps; "
-                "call set_timesteps again to sample anew"
+                f"step index {self.step_index} is past the end of scheduler.timesteps {self.timesteps.tolist()}; "
+                "call set_timesteps again to sample anew (a schedule that lists its first timestep twice starts "
+                "at its second place, as in diffusers, and so ends one step early)"
             )
         cfg = self.config
         n = len(self.timesteps)

@@ -26,7 +26,6 @@ from minidiff.schedules import check_choice, make_betas
 from minidiff.scheduling_euler_discrete import (
     BETA_SCHEDULES,
     SigmaSamplerMixin,
-    check_float_timestep,
     interpolated_sigmas,
     zero_snr_alphas_cumprod,
 )
@@ -113,7 +112,6 @@ class EulerAncestralDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         return_dict: bool = True,
     ) -> EulerAncestralDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """x_i -> x_{i+1}: an Euler step to sigma_down, then noise of size sigma_up drawn with `generator`."""
-        check_float_timestep(timestep, "EulerAncestralDiscreteScheduler.step()")
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
                              f"{tuple(sample.shape)}")  # fmt: skip

@@ -18,7 +18,7 @@ is called before `step`, so the churn noise is added after the model saw x_i: D 
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from minidiff.scheduling_utils import (
 )
 
 EulerDiscreteSchedulerOutput = SchedulerOutput
+logger = logging.getLogger(__name__)  # as diffusers: a warning in the log, not a Python warning
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' Euler samplers accept
 
 
@@ -58,18 +59,6 @@ def interpolated_sigmas(alphas_cumprod: torch.Tensor, timesteps: np.ndarray) -> 
     return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
 
 
-def check_float_timestep(timestep: float | torch.Tensor, method: str) -> None:
-    """The sigma samplers look timesteps up by value: an int is most likely a loop index, refused."""
-    integer = isinstance(timestep, int) or (
-        isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()
-    )
-    if integer:
-        raise ValueError(
-            f"Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `{method}` is not "
-            f"supported, got {timestep!r}. Make sure to pass one of the `scheduler.timesteps` as a timestep."
-        )
-
-
 class SigmaSamplerMixin(StepIndexMixin):
     """What Euler and Euler ancestral share: the starting noise level, c_in scaling and add_noise in sigma."""
 
@@ -83,6 +72,9 @@ class SigmaSamplerMixin(StepIndexMixin):
         return (max_sigma**2 + 1) ** 0.5
 
     def _current_index(self, timestep: float | torch.Tensor) -> int:
+        """The step's place in the schedule: looked up from `timestep`'s value on the first call, then
+        counted. (diffusers refuses int timesteps, in case they are loop indices; here an int is taken as a
+        timestep value, and a loop index gives "not in scheduler.timesteps" or "all steps are done".)"""
         if self._step_index is None:
             self._init_step_index(timestep)
         if self._step_index >= len(self.sigmas) - 1:
@@ -101,10 +93,9 @@ class SigmaSamplerMixin(StepIndexMixin):
 
     def _warn_if_unscaled(self) -> None:
         if not self.is_scale_input_called:
-            warnings.warn(
+            logger.warning(
                 f"{type(self).__name__}.step was called before scale_model_input: the model should see "
-                "scale_model_input(sample, t), x / sqrt(sigma^2 + 1), not x itself",
-                stacklevel=3,
+                "scale_model_input(sample, t), x / sqrt(sigma^2 + 1), not x itself"
             )
 
     def _step_indices(self, timesteps: torch.Tensor) -> list[int]:
@@ -295,7 +286,6 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     ) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """x_i -> x_{i+1}, EDM Algorithm 2 lines 4-9 (a first-order step). `timestep` is one of
         `scheduler.timesteps`; the step works in float32 and returns the model output's dtype."""
-        check_float_timestep(timestep, "EulerDiscreteScheduler.step()")
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
                              f"{tuple(sample.shape)}")  # fmt: skip
@@ -342,7 +332,6 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         """The v-prediction target v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 at each timestep's sigma,
         with alpha_bar = 1 / (1 + sigma^2). (diffusers reads alphas_cumprod at the step *index*, which is
         another timestep's alpha_bar whenever the schedule skips steps; here each timestep gets its own.)"""
-        check_float_timestep(timesteps, "EulerDiscreteScheduler.get_velocity()")
         index = torch.tensor(
             [self.index_for_timestep(t) for t in torch.as_tensor(timesteps).reshape(-1).cpu()]
         )

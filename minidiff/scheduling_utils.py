@@ -25,14 +25,6 @@ from minidiff.schedules import check_choice
 # operand position as in diffusers (`coefficient * tensor`): for float16/bfloat16 tensors that position
 # decides whether the coefficient is rounded to the tensor's dtype first, so keeping it keeps the numbers.
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-# diffusers' `_compatibles` of its Karras-style schedulers: configs move between them with from_config.
-# A minidiff scheduler may list them all; `compatibles` keeps those minidiff has.
-KARRAS_DIFFUSION_SCHEDULERS = [
-    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "EDMEulerScheduler",
-]  # fmt: skip
 
 
 def predict_original_sample(
@@ -265,17 +257,16 @@ def beta_sigmas(
     return np.array([sigma_min + ppf * (sigma_max - sigma_min) for ppf in ppfs])
 
 
-def sigma_to_t(sigma: float | np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """The fractional training timestep whose sigma is `sigma`: linear interpolation in log sigma between
-    the two neighbouring entries of `log_sigmas` (ascending in t), clipped to [0, T - 1]."""
+def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional training timestep of each sigma: linear interpolation in log sigma between the two
+    training timesteps that bracket it (clipped to [0, T - 1]), as diffusers and k-diffusion do."""
     log_sigma = np.log(np.maximum(sigma, 1e-10))
-    dists = log_sigma - log_sigmas[:, np.newaxis]  # (T, ...)
+    dists = log_sigma - log_sigmas[:, np.newaxis]  # (T, n)
     low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
     high_idx = low_idx + 1
     low, high = log_sigmas[low_idx], log_sigmas[high_idx]
     w = np.clip((low - log_sigma) / (low - high), 0, 1)
-    t = (1 - w) * low_idx + w * high_idx
-    return t.reshape(np.shape(sigma))
+    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
 
 
 def sigma_timesteps(
@@ -331,15 +322,3 @@ class StepIndexMixin:
             self._step_index = self.index_for_timestep(timestep)
         else:
             self._step_index = self._begin_index
-
-
-def index_for_timestep(timestep: int | torch.Tensor, schedule_timesteps: torch.Tensor) -> int:
-    """Where `timestep` sits in the schedule, as diffusers' samplers start their step counter.
-
-    A timestep listed twice (duplicates appear when n is close to T) gives its second place, so a sampler
-    that starts mid-schedule (image-to-image) does not skip a sigma; one not listed gives the last place.
-    """
-    index_candidates = (schedule_timesteps == timestep).nonzero()
-    if len(index_candidates) == 0:
-        return len(schedule_timesteps) - 1
-    return index_candidates[1 if len(index_candidates) > 1 else 0].item()
