@@ -156,7 +156,7 @@ LIBRARY = {
     "config grad_clip nan": (lambda: TrainConfig(grad_clip=NAN).validate(), ValueError, "grad_clip=nan"),
     "config warmup negative": (lambda: TrainConfig(warmup_steps=-1).validate(), ValueError, "warmup_steps=-1"),
     "config mixed_precision": (lambda: TrainConfig(mixed_precision="fp8").validate(), ValueError, "mixed_precision 'fp8'"),
-    "config sampler": (lambda: TrainConfig(sampler="euler").validate(), ValueError, "sampler 'euler'"),
+    "config sampler": (lambda: TrainConfig(sampler="heun").validate(), ValueError, "sampler 'heun'"),
     "config image_size not halvable": (lambda: TrainConfig(image_size=36).validate(), ValueError, "image_size=36 cannot be halved 3 times"),
     "config keep_checkpoints 0": (lambda: TrainConfig(keep_checkpoints=0).validate(), ValueError, "keep_checkpoints=0"),
 }  # fmt: skip

@@ -183,7 +183,7 @@ def digit_fid(unet, noise_scheduler, config: TrainConfig, out_dir: Path) -> floa
     the run's data source (all of it, whatever `limit` trains on); its features are cached in
     out_dir/eval/reference. The measurement is minidiff.quality's."""
     from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.quality.evaluate import digit_fid as measure
+    from minidiff.quality import digit_fid as measure
     from minidiff.quality.reference import CACHE_SUBDIR
 
     pipeline = DDPMPipeline(unet, noise_scheduler)
