@@ -55,7 +55,7 @@ def zero_snr_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 
 def interpolated_sigmas(alphas_cumprod: torch.Tensor, timesteps: np.ndarray) -> np.ndarray:
     """sigma at each (fractional) timestep, linear in t between the training sigmas (float64)."""
-    sigmas = np.array(sigmas_from_alphas_cumprod(alphas_cumprod))
+    sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).numpy()
     return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
 
 
@@ -235,23 +235,25 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
             return sigma_timesteps(
                 cfg.num_train_timesteps, num_inference_steps, cfg.timestep_spacing, cfg.steps_offset
             )
-        array = np.array(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps)
+        array = timesteps.cpu().numpy() if isinstance(timesteps, torch.Tensor) else np.array(timesteps)
         if array.ndim != 1 or array.size == 0:
             raise ValueError(f"timesteps must be a non-empty 1-d list of numbers, got {timesteps!r}")
         return array.astype(np.float32)
 
     def _custom_sigmas(self, sigmas) -> tuple[np.ndarray, np.ndarray]:
-        array = np.array(sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas).astype(np.float32)
+        array = (sigmas.cpu().numpy() if isinstance(sigmas, torch.Tensor) else np.array(sigmas)).astype(
+            np.float32
+        )
         if array.ndim != 1 or array.size < 2 or not np.all(array >= 0):
             raise ValueError(f"sigmas must be a 1-d list of >= 2 numbers >= 0 (the last one the final sigma), "
                              f"got {sigmas!r}")  # fmt: skip
-        log_sigmas = np.log(np.array(sigmas_from_alphas_cumprod(self.alphas_cumprod)))
+        log_sigmas = np.log(sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy())
         return array, sigma_to_t(array[:-1], log_sigmas)
 
     def _sigma_schedule(self, timesteps: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(n + 1 float32 sigmas, n timesteps) for the config's interpolation and sigma schedule."""
         cfg = self.config
-        train_sigmas = np.array(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
         log_sigmas = np.log(train_sigmas)
         if cfg.interpolation_type == "linear":
             sigmas = interpolated_sigmas(self.alphas_cumprod, timesteps)
