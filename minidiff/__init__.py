@@ -52,6 +52,10 @@ _EXPORTS = {
     "SchedulerMixin": "minidiff.configuration",
     "DDPMScheduler": "minidiff.scheduling_ddpm",
     "DDIMScheduler": "minidiff.scheduling_ddim",
+    "DPMSolverMultistepScheduler": "minidiff.scheduling_dpmsolver_multistep",
+    "PNDMScheduler": "minidiff.scheduling_pndm",
+    "EulerDiscreteScheduler": "minidiff.scheduling_euler_discrete",
+    "EulerAncestralDiscreteScheduler": "minidiff.scheduling_euler_ancestral_discrete",
     "ModelMixin": "minidiff.modeling_utils",
     "UNet2DModel": "minidiff.unet_2d",
     "DiffusionPipeline": "minidiff.pipeline_utils",
@@ -72,11 +76,15 @@ __all__ = [
     "DDIMScheduler",
     "DDPMPipeline",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
     "DiffusionPipeline",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
     "FastDDPMSampler",
     "FastTrainer",
     "FrozenConfig",
     "ModelMixin",
+    "PNDMScheduler",
     "SchedulerMixin",
     "TrainConfig",
     "TrainResult",
@@ -109,6 +117,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.pipeline_utils import DiffusionPipeline
     from minidiff.scheduling_ddim import DDIMScheduler
     from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+    from minidiff.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+    from minidiff.scheduling_euler_discrete import EulerDiscreteScheduler
+    from minidiff.scheduling_pndm import PNDMScheduler
     from minidiff.training import TrainConfig, TrainResult, preset, train
     from minidiff.unet_2d import UNet2DModel
     from minidiff.viz import make_image_grid

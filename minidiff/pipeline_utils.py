@@ -22,11 +22,25 @@ from minidiff.configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig
 from minidiff.files import atomic_write_text, resolve_file, swap_in
 from minidiff.scheduling_ddim import DDIMScheduler
 from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from minidiff.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+from minidiff.scheduling_euler_discrete import EulerDiscreteScheduler
+from minidiff.scheduling_pndm import PNDMScheduler
 from minidiff.unet_2d import UNet2DModel
 from minidiff.viz import numpy_to_pil
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-SCHEDULER_CLASSES = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}
+SCHEDULER_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        DDPMScheduler,
+        DDIMScheduler,
+        PNDMScheduler,
+        EulerDiscreteScheduler,
+        EulerAncestralDiscreteScheduler,
+        DPMSolverMultistepScheduler,
+    )
+}
 PIPELINE_CLASSES = ("DDPMPipeline", "DDIMPipeline")  # same two components: either folder loads in either
 MODEL_INDEX = "model_index.json"
 
