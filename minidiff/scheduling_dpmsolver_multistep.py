@@ -38,6 +38,7 @@ from minidiff.scheduling_utils import (
     TIMESTEP_SPACINGS,
     StepIndexMixin,
     beta_sigmas,
+    check_step_count,
     custom_timesteps,
     epsilon_from_original_sample,
     exponential_sigmas,
@@ -59,10 +60,7 @@ VARIANCE_TYPES = (
     None,
     "learned",
     "learned_range",
-    "fixed_small",
-    "fixed_small_log",
-    "fixed_large",
-    "fixed_large_log",
+    *(f"fixed_{size}{log}" for size in ("small", "large") for log in ("", "_log")),
 )
 # Configs of diffusers' DEIS and UniPC schedulers carry their own solver names: diffusers maps them so.
 FOREIGN_NAMES = {
@@ -226,15 +224,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         if timesteps is not None:
             timesteps = custom_timesteps(timesteps, T)
         else:
-            if (
-                isinstance(num_inference_steps, bool)
-                or not isinstance(num_inference_steps, int | np.integer)
-                or not 1 <= num_inference_steps <= T
-            ):
-                raise ValueError(
-                    f"num_inference_steps {num_inference_steps!r} is out of range; expected an int in 1..{T} "
-                    "(num_train_timesteps)"
-                )
+            check_step_count(num_inference_steps, T)
             # lambda_min_clipped cuts the noisiest steps, where lambda_t (log-SNR) is below it (cosine schedule)
             clipped_idx = torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg.lambda_min_clipped)
             last_timestep = (T - clipped_idx).numpy().item()
@@ -263,9 +253,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         sigma_min, sigma_max = sigmas[0].item(), sigmas[-1].item()
         if cfg.use_karras_sigmas:  # EDM eq. (5)
             sigmas = karras_sigmas(sigma_min, sigma_max, n)
-        elif (
-            cfg.use_lu_lambdas
-        ):  # evenly spaced in lambda = -log sigma: Karras' ramp with rho = 1 in log sigma
+        elif cfg.use_lu_lambdas:  # evenly spaced in lambda = -log sigma: Karras' ramp, rho = 1, in log sigma
             sigmas = np.exp(karras_sigmas(log_sigmas[0].item(), log_sigmas[-1].item(), n, rho=1.0))
         elif cfg.use_exponential_sigmas:
             sigmas = exponential_sigmas(sigma_min, sigma_max, n)
@@ -293,10 +281,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
                 "convert_model_output needs the step index: call step (or set_begin_index) first"
             )
         cfg = self.config
-        if cfg.variance_type in (
-            "learned",
-            "learned_range",
-        ):  # [mean, variance] on 2C channels: keep the mean
+        if cfg.variance_type in ("learned", "learned_range"):  # [mean, variance] on 2C channels: the mean
             model_output = model_output[:, : sample.shape[1]]
         alpha_t, sigma_t = alpha_sigma(self.sigmas[self.step_index])
         if cfg.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):

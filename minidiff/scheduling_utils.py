@@ -139,6 +139,15 @@ def randn_tensor(
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
+def check_step_count(num_inference_steps: int, num_train_timesteps: int) -> None:
+    """num_inference_steps must be an int in 1..T: a ValueError naming the value otherwise."""
+    n, T = num_inference_steps, num_train_timesteps
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= T:
+        raise ValueError(
+            f"num_inference_steps {n!r} is out of range; expected an int in 1..{T} (num_train_timesteps)"
+        )
+
+
 def inference_timesteps(
     num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str, steps_offset: int
 ) -> np.ndarray:
@@ -149,10 +158,7 @@ def inference_timesteps(
     """
     check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
     T, n = num_train_timesteps, num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= T:
-        raise ValueError(
-            f"num_inference_steps {n!r} is out of range; expected an int in 1..{T} (num_train_timesteps)"
-        )
+    check_step_count(n, T)
     if timestep_spacing == "linspace":
         return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
     if timestep_spacing == "leading":

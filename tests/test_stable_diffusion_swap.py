@@ -134,3 +134,21 @@ def test_the_tokenizer_is_used(tiny_pipe):
     other = tiny_pipe("a cat", num_inference_steps=2, guidance_scale=5.5, generator=generator, height=16,
                       width=16, output_type="np").images  # fmt: skip
     assert not np.array_equal(other, sample(tiny_pipe, 2))
+
+
+def test_reference_cell_swaps_and_says_why_without_the_hub(tiny_pipe, monkeypatch, capsys):
+    from reference import stable_diffusion
+
+    stable_diffusion.swap_scheduler(tiny_pipe, "DPMSolverMultistepScheduler")
+    assert type(tiny_pipe.scheduler) is minidiff.DPMSolverMultistepScheduler
+    image = stable_diffusion.generate(tiny_pipe, num_inference_steps=2)
+    assert image.size == (16, 16)  # a PIL image: the UNet's sample_size 8 times the VAE's factor 2
+
+    def no_hub(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", no_hub)
+    assert stable_diffusion.main([]) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "HF_HUB_OFFLINE is set" in out and stable_diffusion.MODEL_ID in out
