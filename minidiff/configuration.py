@@ -184,20 +184,21 @@ class ConfigMixin:
 
     @classmethod
     def _get_compatibles(cls) -> list[type]:
-        """This class and the minidiff classes named in `_compatibles`."""
-        import minidiff
+        """This class and the minidiff schedulers named in `_compatibles` (found in minidiff/samplers.py's
+        table, not in the whole package)."""
+        from minidiff.samplers import scheduler_class_named
 
-        names = dict.fromkeys([cls.__name__, *cls._compatibles])
-        return [getattr(minidiff, name) for name in names if hasattr(minidiff, name)]
+        names = [name for name in dict.fromkeys([cls.__name__, *cls._compatibles]) if name != cls.__name__]
+        return [cls, *filter(None, map(scheduler_class_named, names))]
 
     @classmethod
     def _keys_set_aside(cls, writer_name: Any) -> set[str]:
         """Keys that are no keyword here but belong to a compatible class or to the class that wrote the
-        config (its `_class_name`, when minidiff has it): these are kept without a warning."""
-        import minidiff
+        config (its `_class_name`, when minidiff has that scheduler): these are kept without a warning."""
+        from minidiff.samplers import scheduler_class_named
 
         classes = cls._get_compatibles() if cls.has_compatibles else []
-        writer = getattr(minidiff, writer_name, None) if isinstance(writer_name, str) else None
+        writer = scheduler_class_named(writer_name) if isinstance(writer_name, str) else None
         if isinstance(writer, type) and issubclass(writer, ConfigMixin):
             classes.append(writer)
         return {key for c in classes for key in c.init_keywords()}

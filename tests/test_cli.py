@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -84,13 +85,36 @@ def test_train_resume(tmp_path, capsys):
     assert len((tmp_path / "loss.csv").read_text().splitlines()) == 1 + 2
 
 
-def test_sample_ddpm_and_ddim(trained, tmp_path, capsys):
-    for scheduler in ("ddpm", "ddim"):
-        png = tmp_path / f"{scheduler}.png"
+def test_sample_with_every_kind_of_sampler(trained, tmp_path, capsys):
+    for sampler in ("ddpm", "ddim", "dpmsolver++", "euler_a"):
+        png = tmp_path / f"{sampler}.png"
         args = ["sample", "--model", str(trained / "model"), "--num", "4", "--steps", "3", "--quiet"]
-        assert main([*args, "--scheduler", scheduler, "--out", str(png), "--device", "cpu"]) == 0
+        assert main([*args, "--sampler", sampler, "--out", str(png), "--device", "cpu"]) == 0
         assert Image.open(png).size == (2 * 64, 2 * 64)  # a 2 x 2 grid of 8 x 8 digits enlarged 8 times
-        assert str(png) in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert str(png) in printed and f"{sampler} with 3 steps" in printed
+
+
+def test_sample_steps_default_from_the_table_and_the_old_flag_name(trained, tmp_path, capsys):
+    png = tmp_path / "s.png"
+    args = [
+        "sample",
+        "--model",
+        str(trained / "model"),
+        "--num",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        str(png),
+    ]
+    assert main([*args, "--scheduler", "dpmsolver++"]) == 0  # sample's former flag: still accepted
+    assert "dpmsolver++ with 20 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    helptext = capsys.readouterr().out
+    assert "--sampler" in helptext and "--scheduler" not in helptext and "dpmsolver++: 20" in helptext
 
 
 def test_noise_pictures_and_terminal_signal_warning(tmp_path, capsys):
@@ -132,7 +156,9 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
         "--quality-samples",
         "65",
         "--quality-settings",
-        "ddpm:3,ddim:2,ddim:3",
+        "ddpm:3,ddim:2,dpmsolver++:3",
+        "--sampler",  # the training run's grids: any sampler of the table
+        "euler",
     ]
     assert main([*args, "--quiet"]) == 0
     for name in ("samples.png", "noise.png", "snr.png", "loss.png", "loss.csv", "quality_vs_steps.png"):
@@ -142,6 +168,8 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
     assert "demo finished in" in printed and str(out / "noise.png") in printed
     assert "steps/s" in printed and "the demo's samples (DDPM, 3 steps): digit FID" in printed
     assert printed.count("steps: digit FID") == 3  # one row per sampler setting
+    assert "DPMSOLVER++    3 steps: digit FID" in printed
+    assert json.loads((out / "config.json").read_text())["sampler"] == "euler"
 
 
 @pytest.mark.parametrize(
@@ -149,6 +177,10 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
     [
         (["--quality-samples", "64"], "needs more than 64 samples"),
         (["--quality-settings", "ddim:10,ddpm:1000"], "expected DDPM's setting first"),
+        (
+            ["--quality-settings", "ddpm:10,heun:10"],
+            "setting 'heun:10'; expected SAMPLER:STEPS with SAMPLER one of",
+        ),
     ],
 )
 def test_demo_refuses_bad_quality_flags_before_training(tmp_path, capsys, flags, message):
@@ -173,7 +205,7 @@ def test_help(command, capsys):
         (["train", "--max-steps", "0"], "'0' is not a positive integer"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
         (["sample"], "the following arguments are required: --model"),
-        (["sample", "--model", "m", "--scheduler", "euler"], "invalid choice: 'euler'"),
+        (["sample", "--model", "m", "--sampler", "heun"], "invalid choice: 'heun'"),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )

@@ -10,15 +10,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from minidiff.samplers import SAMPLER_NAMES, default_steps
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # the schedulers' prediction types (minidiff.scheduling_utils; a test keeps the two equal): this module
 # imports no torch, so that `minidiff train --help` answers at once
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-SAMPLERS = ("ddpm", "ddim")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
-EVAL_STEPS = 50  # the DDIM steps of the digit FID readings during training (eval_every)
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 
@@ -85,10 +85,10 @@ class TrainConfig:
     sample_every: int | None = None  # epochs -> out_dir/samples/epoch-XXXX.png
     save_model_every: int | None = None  # epochs -> out_dir/model (the EMA weights when EMA is on)
     num_samples: int = 16  # images per sample grid (0: no grids)
-    sampler: str | None = None  # "ddpm" | "ddim"; None: DDIM for runs under QUICK_RUN steps, else DDPM
-    sample_steps: int | None = None  # None: 50 for DDIM, num_train_timesteps for DDPM
+    sampler: str | None = None  # a name of minidiff/samplers.py; None: DDIM under QUICK_RUN steps, else DDPM
+    sample_steps: int | None = None  # None: the sampler's default (DDIM 50, DDPM num_train_timesteps, ...)
     eval_every: int | None = None  # steps between digit FID readings (loss.csv's digit_fid, loss.png)
-    eval_samples: int = 100  # images each reading samples (DDIM, EVAL_STEPS steps); > 64 for the FID
+    eval_samples: int = 100  # images each reading samples (DDIM, 50 steps); > 64 for the FID
     log_every: int = 10  # steps between loss.csv writes / progress updates (one host sync each)
     logger: str = "none"  # "none" | "tensorboard" (loss, lr and sample grids in out_dir/logs)
     progress: bool = True
@@ -103,7 +103,7 @@ class TrainConfig:
 
         for name in ("image_size", "layers_per_block", "num_train_timesteps", "epochs", "batch_size"):
             positive(name)
-        for name in ("grad_accum", "keep_checkpoints", "log_every", "data_budget_mb"):
+        for name in ("grad_accum", "keep_checkpoints", "log_every", "data_budget_mb", "eval_samples"):
             positive(name)
         if (
             isinstance(self.num_samples, bool)
@@ -114,12 +114,6 @@ class TrainConfig:
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(
                 f"time_budget={self.time_budget!r}; expected None or a positive number of seconds"
-            )
-        if self.eval_every is not None and not (
-            isinstance(self.eval_samples, int) and self.eval_samples > 64
-        ):
-            raise ValueError(
-                f"eval_samples={self.eval_samples!r}; the digit FID of 64 features needs more than 64 samples"
             )
         for name in (
             "max_steps",
@@ -141,7 +135,7 @@ class TrainConfig:
                 f"mixed_precision {self.mixed_precision!r}; expected one of {list(MIXED_PRECISION)}"
             )
         for name, allowed in (
-            ("sampler", (*SAMPLERS, None)),
+            ("sampler", (*SAMPLER_NAMES, None)),
             ("logger", LOGGERS),
             ("prediction_type", PREDICTION_TYPES),
             ("lr_scheduler", LR_SCHEDULES),
@@ -229,11 +223,10 @@ RESUMABLE_CHANGES = {  # fields that may differ between a run and its resumption
 
 
 def sampling_settings(config: TrainConfig, total_steps: int) -> tuple[str, int]:
-    """(sampler, steps) of the sample grids: as set, else DDIM with 50 steps for a quick run (fewer than
-    QUICK_RUN steps) and DDPM with every training timestep for a longer one."""
+    """(sampler, steps) of the sample grids: as set, else DDIM for a quick run (fewer than QUICK_RUN steps)
+    and DDPM for a longer one; steps as set, else the sampler's default (DDIM 50, DDPM every timestep)."""
     sampler = config.sampler or ("ddim" if total_steps < QUICK_RUN else "ddpm")
-    steps = config.sample_steps or (50 if sampler == "ddim" else config.num_train_timesteps)
-    return sampler, steps
+    return sampler, config.sample_steps or default_steps(sampler, config.num_train_timesteps)
 
 
 def config_dict(config: TrainConfig) -> dict:
