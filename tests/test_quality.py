@@ -328,11 +328,13 @@ def test_eval_command_on_a_pipeline_saved_by_diffusers(diffusers_pipeline, capsy
     assert json.loads((diffusers_pipeline / "eval.json").read_text())["reference"]["digit"]["cached"]
 
 
-def test_eval_command_defaults_to_the_library_sample_count():
+def test_eval_command_defaults_to_the_library_sample_count_and_sampler():
     from minidiff.cli import build_parser
-    from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES
+    from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, DEFAULT_SAMPLER
 
-    assert build_parser().parse_args(["eval", "--model", "m"]).num_samples == DEFAULT_NUM_SAMPLES
+    args = build_parser().parse_args(["eval", "--model", "m"])
+    assert (args.num_samples, args.sampler) == (DEFAULT_NUM_SAMPLES, DEFAULT_SAMPLER)
+    assert DEFAULT_SAMPLER != "ddpm"  # DDPM's T steps take hours for 500 samples on a CPU
 
 
 def test_eval_errors_write_nothing(diffusers_pipeline, tmp_path, capsys):
