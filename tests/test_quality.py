@@ -80,9 +80,8 @@ def test_metrics_rank_real_below_blurred_below_noise(net, reference, held_out):
         assert scores["real"][key] < scores["blurred"][key] < scores["noise"][key], (key, scores)
     # the floor is small next to a failure: real digits are at least 10x closer than noise
     assert scores["real"]["fid"] * 10 < scores["noise"]["fid"]
-    assert scores["real"]["confident_share"] > 0.9
+    assert scores["real"]["confident_share"] > 0.9 > 0.05 > scores["noise"]["confident_share"]
     # ten classes nearly equally often for real digits (max log2(10) = 3.32); noise is read as few classes
-    # (the classifier is confidently wrong off its data, so its confident share alone cannot tell)
     assert scores["real"]["class_entropy_bits"] > 3.2 > 1 > scores["noise"]["class_entropy_bits"]
 
 
@@ -96,9 +95,103 @@ def test_kid_is_reproducible_for_a_seed_and_fid_is_symmetric(net, reference, hel
 def test_class_histogram_entropy_sees_a_single_digit():
     logits = torch.full((20, 10), -10.0)
     logits[:, 3] = 10.0  # every sample is a confident "3"
-    scores = digit_scores(Features(torch.zeros(20, 4), "x", logits))
-    assert scores["class_entropy_bits"] == 0 and scores["confident_share"] == 1.0
-    assert scores["class_counts"][3] == 20
+    distance = torch.linspace(0.5, 1.5, 20)  # the first half in the digits' distribution
+    scores = digit_scores(Features(torch.zeros(20, 4), "x", logits, distance))
+    assert scores["class_entropy_bits"] == 0 and scores["class_counts"][3] == 20
+    assert scores["confident_share"] == scores["in_distribution_share"] == 0.5
+    with pytest.raises(ValueError, match="not the digit classifier"):
+        digit_scores(Features(torch.zeros(20, 4), "x", logits))  # no distance: confidence alone is not asked
+
+
+# ---- a confident digit is a digit: the in-distribution test -------------------------------------------------
+def _non_digits(count: int, size: int = 16) -> dict[str, torch.Tensor]:
+    """Easy non-digits, uint8 (count, 1, size, size) each, from fixed seeds."""
+    g = torch.Generator().manual_seed(0)
+    u8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
+    shape = (count, 1, size, size)
+    held_out = held_out_digits(size)[:count].flatten(1)
+    order = torch.stack([torch.randperm(size * size, generator=g) for _ in range(count)])
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    period = 1 + torch.arange(count) % 4  # checkerboard squares of 1..4 px
+    smooth = torch.nn.functional.interpolate(
+        torch.randn(count, 1, 4, 4, generator=g), size=size, mode="bicubic"
+    )
+    return {
+        "Gaussian noise": gaussian_noise(count, 1, size, seed=0),
+        "uniform noise": torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),
+        "low-pass noise": u8(smooth / 2 + 0.5),
+        "black": torch.zeros(shape, dtype=torch.uint8),
+        "white": torch.full(shape, 255, dtype=torch.uint8),
+        "uniform grey": torch.linspace(0, 255, count).round().to(torch.uint8).view(-1, 1, 1, 1).expand(shape),
+        "scrambled digits": torch.gather(held_out, 1, order).view(shape),
+        "checkerboards": u8(
+            ((rows // period.view(-1, 1, 1) + cols // period.view(-1, 1, 1)) % 2)[:, None].float()
+        ),
+    }
+
+
+def _shapes(count: int, size: int = 28, parts: int = 3, strokes: bool = True) -> torch.Tensor:
+    """`parts` random line segments (1.5 px wide) or discs (radius 2..6 px) per image, white on black."""
+    g = torch.Generator().manual_seed(1)
+    y, x = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    out = torch.zeros(count, 1, size, size)
+    for i in range(count):
+        for _ in range(parts):
+            if strokes:
+                a, b = torch.rand(2, generator=g) * size, torch.rand(2, generator=g) * size
+                ab = b - a
+                t = (((y - a[0]) * ab[0] + (x - a[1]) * ab[1]) / (ab @ ab + 1e-6)).clamp(0, 1)
+                ink = 1.5 - ((y - a[0] - t * ab[0]) ** 2 + (x - a[1] - t * ab[1]) ** 2).sqrt()
+            else:
+                centre, radius = (
+                    size * (0.2 + 0.6 * torch.rand(2, generator=g)),
+                    2 + 4 * torch.rand(1, generator=g),
+                )
+                ink = radius - ((y - centre[0]) ** 2 + (x - centre[1]) ** 2).sqrt()
+            out[i, 0] = torch.maximum(out[i, 0], ink.clamp(0, 1))
+    return (out * 255).round().to(torch.uint8)
+
+
+def test_easy_non_digits_are_not_confident_digits(net):
+    for kind, images in _non_digits(200).items():
+        share = digit_scores(extract_features(images, net))["confident_share"]
+        assert share <= 0.05, (kind, share)
+    # random strokes and discs sometimes draw a digit (a "1", a "0"): a looser bound
+    for kind, images in (("strokes", _shapes(100)), ("discs", _shapes(100, strokes=False))):
+        share = digit_scores(extract_features(images, net))["confident_share"]
+        assert share <= 0.12, (kind, share)
+
+
+def test_held_out_digits_stay_confident_digits_and_scores_are_deterministic(net):
+    from minidiff.quality.in_distribution import THRESHOLD_QUANTILE
+
+    for size in (28, 16):
+        images = held_out_digits(size)[:500]
+        first, again = extract_features(images, net), extract_features(images, net)
+        assert torch.equal(first.distance, again.distance)
+        scores = digit_scores(first)
+        # 99% of the training digits pass at 28x28; the held-out ones are a little further (measured 95%)
+        assert scores["in_distribution_share"] >= THRESHOLD_QUANTILE - 0.07, size
+        assert scores["confident_share"] >= 0.9, size
+
+
+def test_in_distribution_statistics_belong_to_the_shipped_weights(tmp_path):
+    from minidiff.quality.in_distribution import STATS_FILE, load_stats
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(digit_net.WEIGHTS_FILE.read_bytes() + b" ")  # another digest
+    with pytest.raises(ValueError, match="refit it with `python -m minidiff.quality.in_distribution`"):
+        load_stats(STATS_FILE, other)
+
+
+@pytest.mark.slow
+def test_shipped_in_distribution_statistics_equal_a_refit():
+    from minidiff.quality.in_distribution import fit_stats, load_stats
+
+    shipped, refit = load_stats(), fit_stats()
+    assert shipped.keys() == refit.keys()
+    for key in shipped:  # float32 convolutions summed in another order on other CPUs: a small tolerance
+        torch.testing.assert_close(shipped[key], refit[key], rtol=1e-4, atol=1e-6)
 
 
 # ---- bad input --------------------------------------------------------------------------------------------
@@ -235,11 +328,13 @@ def test_eval_command_on_a_pipeline_saved_by_diffusers(diffusers_pipeline, capsy
     assert json.loads((diffusers_pipeline / "eval.json").read_text())["reference"]["digit"]["cached"]
 
 
-def test_eval_command_defaults_to_the_library_sample_count():
+def test_eval_command_defaults_to_the_library_sample_count_and_sampler():
     from minidiff.cli import build_parser
-    from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES
+    from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, DEFAULT_SAMPLER
 
-    assert build_parser().parse_args(["eval", "--model", "m"]).num_samples == DEFAULT_NUM_SAMPLES
+    args = build_parser().parse_args(["eval", "--model", "m"])
+    assert (args.num_samples, args.sampler) == (DEFAULT_NUM_SAMPLES, DEFAULT_SAMPLER)
+    assert DEFAULT_SAMPLER != "ddpm"  # DDPM's T steps take hours for 500 samples on a CPU
 
 
 def test_eval_errors_write_nothing(diffusers_pipeline, tmp_path, capsys):
@@ -266,3 +361,17 @@ def test_quality_vs_steps_and_its_plot(diffusers_pipeline, tmp_path):
     assert all(row["fid_std"] >= 0 and row["seeds"] == 2 for row in summarize(results))
     path = plot_quality_vs_steps(results, tmp_path / "quality_vs_steps.png")
     assert path.stat().st_size > 10_000
+
+
+def test_eval_of_an_rgb_model_says_in_one_line_to_use_inception(tmp_path, capsys):
+    from minidiff import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from minidiff.cli import main
+
+    torch.manual_seed(0)
+    folder = tmp_path / "rgb"
+    unet = UNet2DModel(**{**TINY_UNET, "in_channels": 3, "out_channels": 3})
+    DDPMPipeline(unet, DDPMScheduler()).save_pretrained(folder)
+    assert main(["eval", "--model", str(folder), "--num-samples", "70", "--steps", "2", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "makes 3-channel 8x8 images: use --metrics inception" in err, err
+    assert "1-channel digit images" in err and not (folder / "eval.json").exists()

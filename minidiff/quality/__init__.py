@@ -6,9 +6,9 @@ and on Inception-v3 with `pip install 'minidiff[fid]'`.
     plot_quality_vs_steps(quality_vs_steps("out/demo/model"), "out/demo/quality_vs_steps.png")
 
 Modules: digit_net (the CNN, its input conversion), train_digit_net (the script that made its weights),
-features (networks -> features), metrics (FID, KID, classifier scores), reference (cached real features),
-evaluate (sample + score; `digit_fid`, the reading a training run takes), steps (quality against sampling
-steps), calibration (known image sets).
+features (networks -> features), in_distribution (is an image a digit at all?), metrics (FID, KID,
+classifier scores), reference (cached real features), evaluate (sample + score; `digit_fid`, the reading a
+training run takes), steps (quality against sampling steps), calibration (known image sets).
 torchmetrics and matplotlib are imported inside the functions that use them.
 """
 

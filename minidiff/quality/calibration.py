@@ -28,10 +28,11 @@ import torch
 from minidiff.quality.digit_net import HELD_OUT_SPLIT
 from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, score
 from minidiff.quality.features import Features, extract_features, feature_network
+from minidiff.quality.metrics import CONFIDENT_RULE
 from minidiff.quality.reference import reference_features
 from minidiff.samplers import QUALITY_SWEEP, parse_settings
 
-KEYS = ("fid", "kid", "confident_share", "class_entropy_bits")
+KEYS = ("fid", "kid", "confident_share", "in_distribution_share", "class_entropy_bits")
 BOOTSTRAP_RESAMPLES = 10
 
 
@@ -60,8 +61,8 @@ def gaussian_noise(count: int, channels: int, image_size: int, seed: int) -> tor
 def bootstrap(features: Features, seed: int) -> Features:
     """The same number of rows, drawn with replacement."""
     rows = torch.randint(0, len(features), (len(features),), generator=torch.Generator().manual_seed(seed))
-    logits = features.logits[rows] if features.logits is not None else None
-    return Features(features.values[rows], features.network, logits)
+    logits, distance = (t[rows] if t is not None else None for t in (features.logits, features.distance))
+    return Features(features.values[rows], features.network, logits, distance)
 
 
 def summarize_rows(rows: list[dict], point: dict | None = None) -> dict[str, float]:
@@ -108,7 +109,7 @@ def markdown_table(table: dict[str, dict], num_samples: int, seeds: int) -> str:
 
     lines = [
         f"| images ({num_samples} per row, {seeds} seeds) | digit FID | digit KID | "
-        "confident (p >= 0.9) | class entropy (bits) | sampling time |",
+        f"confident digits ({CONFIDENT_RULE}) | class entropy (bits) | sampling time |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in table.items():

@@ -31,6 +31,7 @@ HELD_OUT_SPLIT = range(4000, 5000)  # accuracy and the FID floor
 WEIGHTS_FILE = Path(__file__).with_name("digit_net.safetensors")
 MIN_SIZE = 8  # pixels: smaller images cannot hold a readable digit
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 RGB -> grey, as PIL's convert("L")
+MID_LAYER = 14  # convs[:14] ends with the fourth conv layer's ReLU: (B, 64, 7, 7)
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -54,9 +55,16 @@ class DigitNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, 1, 28, 28) in [0, 1] -> logits (B, 10), features (B, 64)."""
-        h = self.convs(x * 2 - 1).mean(dim=(2, 3))  # (B, 128): global average pool
+        return self.read(x)[:2]
+
+    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, 1, 28, 28) in [0, 1] -> logits (B, 10), features (B, 64), and the fourth conv layer's
+        activations averaged over the image (B, 64), which `minidiff.quality.in_distribution` tests."""
+        h = self.convs[:MID_LAYER](x * 2 - 1)  # (B, 64, 7, 7)
+        mid = h.mean(dim=(2, 3))  # (B, 64)
+        h = self.convs[MID_LAYER:](h).mean(dim=(2, 3))  # (B, 128): global average pool
         features = torch.relu(self.embed(h))  # (B, 64)
-        return self.classify(self.dropout(features)), features
+        return self.classify(self.dropout(features)), features, mid
 
 
 def file_digest(path: str | Path) -> str:

@@ -17,13 +17,17 @@ from pathlib import Path
 import torch
 
 from minidiff.quality.features import Features, as_uint8, extract_features, feature_network
-from minidiff.quality.metrics import check_fid_count, digit_scores, fid, kid
+from minidiff.quality.metrics import CONFIDENT_RULE, check_fid_count, digit_scores, fid, kid
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
 from minidiff.samplers import default_steps, scheduler_for
 
-# Samples per evaluation: FID varies by about 4% between seeds there (README), and DDPM's 1,000 steps
-# stay within minutes on 2 CPU cores. FID depends on the count: compare figures of equal counts.
+# Samples per evaluation: FID varies by about 4% between seeds there (README). FID depends on the count:
+# compare figures of equal counts.
 DEFAULT_NUM_SAMPLES = 500
+# The default sampler, at its default steps (DDIM: 50): 20x fewer UNet calls than DDPM's 1,000 steps, which
+# take hours for 500 samples of the 32x32 tutorial UNet on a 2-core CPU. On a briefly trained model DDIM
+# scores worse than DDPM (the README's calibration table): compare figures of one sampler and step count.
+DEFAULT_SAMPLER = "ddim"
 METRIC_GROUPS = ("digit", "inception")  # one per feature network
 
 
@@ -101,11 +105,27 @@ def check_metrics(metrics: str | list[str] | tuple[str, ...]) -> list[str]:
     return names
 
 
+def check_digit_model(shape: tuple[int, int, int, int], model_name: str) -> None:
+    """The digit metrics read 1-channel digit images: a model of other images (RGB, e.g. butterflies) would
+    get digit scores that mean nothing, so it is refused with the metric to use instead."""
+    _, channels, height, width = shape
+    if channels != 1:
+        raise ValueError(
+            f"the digit network reads 1-channel digit images; {model_name} makes {channels}-channel "
+            f"{height}x{width} images: use --metrics inception"
+        )
+
+
 def prepare_networks(
-    names: list[str], shape: tuple[int, int, int, int], networks: dict | None = None
+    names: list[str],
+    shape: tuple[int, int, int, int],
+    networks: dict | None = None,
+    model_name: str = "the model",
 ) -> tuple[dict, list[str]]:
     """The feature network of each metric group, checked against the samples' `shape` (N, C, H, W) and
     count before anything is sampled; and the notes on how the images will be converted."""
+    if "digit" in names:
+        check_digit_model(shape, model_name)
     nets = {name: (networks or {}).get(name) or feature_network(name) for name in names}
     notes: list[str] = []
     for name, net in nets.items():
@@ -117,7 +137,7 @@ def prepare_networks(
 def evaluate(
     model,
     num_samples: int = DEFAULT_NUM_SAMPLES,
-    sampler: str = "ddpm",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     metrics: str | list[str] | tuple[str, ...] = ("digit",),
     data: str = "digits",
@@ -143,7 +163,8 @@ def evaluate(
     pipeline.to(device)
     steps = steps or default_steps(sampler, pipeline.scheduler.config.num_train_timesteps)
     channels, size = image_shape(pipeline)
-    nets, notes = prepare_networks(names, (num_samples, channels, size, size), networks)
+    model_name = str(model) if from_files else "the pipeline"
+    nets, notes = prepare_networks(names, (num_samples, channels, size, size), networks, model_name)
     seconds: dict[str, dict] = {"reference": {}, "features": {}}
     references, reference_info = {}, {}
     for name, net in nets.items():
@@ -205,7 +226,7 @@ def format_report(report: dict) -> str:
         rows.append((f"{name} FID", f"{scores['fid']:.2f}"))
         rows.append((f"{name} KID (+- std over subsets)", f"{scores['kid']:.4g} +- {scores['kid_std']:.2g}"))
         if "confident_share" in scores:
-            rows.append(("confident digits (p >= 0.9)", f"{scores['confident_share']:.1%}"))
+            rows.append((f"confident digits ({CONFIDENT_RULE})", f"{scores['confident_share']:.1%}"))
             rows.append(("class entropy (bits, max 3.32)", f"{scores['class_entropy_bits']:.3f}"))
     seconds = report["seconds"]
     rows.append((f"sampling {report['num_samples']} images", f"{seconds['sampling']:.1f} s"))

@@ -1,6 +1,6 @@
 """Feature networks: images -> the feature vectors that FID and KID compare.
 
-    network = feature_network("digit")         # the shipped digit CNN: 64 features + 10 class logits
+    network = feature_network("digit")         # the shipped digit CNN: 64 features, 10 logits, a distance
     network = feature_network("inception")     # Inception-v3 pool3, 2048 features (pip install 'minidiff[fid]')
     feats = extract_features(images, network)  # images: uint8 (N, C, H, W), or floats in [0, 1]
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import minidiff.quality.digit_net as digit_net
+import minidiff.quality.in_distribution as in_distribution
 
 NETWORKS = ("digit", "inception")
 # torch-fidelity's port of the TensorFlow FID Inception weights (Heusel et al. 2017), as pytorch-fid uses
@@ -33,6 +34,7 @@ class Features:
     values: torch.Tensor  # (N, num_features) float32, on the CPU
     network: str  # the network's id: its name and a digest of its weights
     logits: torch.Tensor | None = None  # (N, num_classes)
+    distance: torch.Tensor | None = None  # (N,) out-of-distribution score, <= 1 reads as a digit (digit only)
     notes: list[str] = field(default_factory=list)  # conversions applied to the images
 
     def __len__(self) -> int:
@@ -40,23 +42,29 @@ class Features:
 
 
 class DigitFeatures:
-    """The shipped digit CNN (`minidiff.quality.digit_net`): penultimate features and class logits."""
+    """The shipped digit CNN (`minidiff.quality.digit_net`): penultimate features, class logits, and the
+    distance of each image from the training digits (`minidiff.quality.in_distribution`)."""
 
     name = "digit"
     num_features = digit_net.NUM_FEATURES
 
-    def __init__(self, weights: str | os.PathLike = digit_net.WEIGHTS_FILE):
+    def __init__(
+        self,
+        weights: str | os.PathLike = digit_net.WEIGHTS_FILE,
+        stats: str | os.PathLike = in_distribution.STATS_FILE,
+    ):
         self.net = digit_net.load_digit_net(weights)
+        self.stats = in_distribution.load_stats(stats, weights)
         self.id = f"digitnet-{digit_net.file_digest(weights)}"
 
     def notes(self, shape: tuple[int, ...]) -> list[str]:
         return digit_net.input_notes(shape)
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (B, C, H, W) -> features (B, 64), logits (B, 10)."""
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 (B, C, H, W) -> features (B, 64), logits (B, 10), distance (B,)."""
         self.net.to(images.device)
-        logits, features = self.net(digit_net.to_input(images))
-        return features, logits
+        logits, features, mid = self.net.read(digit_net.to_input(images))
+        return features, logits, in_distribution.distance(mid.cpu(), self.stats)
 
 
 class InceptionFeatures:
@@ -86,12 +94,12 @@ class InceptionFeatures:
             notes.append("grey images repeated to 3 channels for Inception")
         return notes
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         self.notes(tuple(images.shape))
         self.extractor.to(images.device)
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        return self.extractor(images.contiguous()), None
+        return self.extractor(images.contiguous()), None, None
 
 
 def _load_inception() -> torch.nn.Module:
@@ -151,15 +159,18 @@ def extract_features(
     batch_size: int = 500,
     device: str | torch.device = "cpu",
 ) -> Features:
-    """`network`'s features (and logits) of `images`, computed `batch_size` images at a time on `device`."""
+    """`network`'s features (and logits, distances) of `images`, `batch_size` images at a time on `device`."""
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"images have shape {tuple(images.shape)}; expected (N, C, H, W) with N >= 1")
     notes = network.notes(tuple(images.shape))  # refuses what the network cannot read, before any work
     images = as_uint8(images)
-    values, logits = [], []
+    values, logits, distances = [], [], []
     for chunk in images.split(batch_size):
-        feats, chunk_logits = network(chunk.to(device))
+        feats, chunk_logits, chunk_distance = network(chunk.to(device))
         values.append(feats.float().cpu())
         if chunk_logits is not None:
             logits.append(chunk_logits.float().cpu())
-    return Features(torch.cat(values), network.id, torch.cat(logits) if logits else None, notes)
+        if chunk_distance is not None:
+            distances.append(chunk_distance.float().cpu())
+    logits, distances = (torch.cat(t) if t else None for t in (logits, distances))
+    return Features(torch.cat(values), network.id, logits, distances, notes)

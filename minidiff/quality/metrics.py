@@ -2,7 +2,7 @@
 
     fid(real, fake)                  # Frechet distance of Gaussians fitted to the two feature sets
     kid(real, fake, seed=0)          # kernel (MMD^2, cubic polynomial kernel) distance: mean and std
-    digit_scores(fake)               # share of confident samples, entropy of the predicted classes
+    digit_scores(fake)               # share of confident digits, entropy of the predicted classes
 
 FID (Heusel et al. 2017): ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)).
 KID (Binkowski et al. 2018): the unbiased MMD^2 estimate with k(x, y) = (x.y / d + 1)^3, averaged over
@@ -22,7 +22,9 @@ import torch
 
 from minidiff.quality.features import Features
 
-CONFIDENCE = 0.9  # a sample counts as a readable digit when the classifier's top probability reaches this
+CONFIDENCE = 0.9  # a confident digit: the classifier's top probability reaches this, and the image is
+# in the digits' distribution (`minidiff.quality.in_distribution`: distance <= 1)
+CONFIDENT_RULE = f"p >= {CONFIDENCE}, in-distribution"  # how reports name the criterion
 
 
 class _PassThrough(torch.nn.Module):
@@ -101,18 +103,21 @@ def kid(
 
 
 def digit_scores(fake: Features, confidence: float = CONFIDENCE) -> dict[str, object]:
-    """What the classifier says about the samples: the share classified with top probability >= `confidence`,
-    and the entropy (bits) of the predicted-class histogram: log2(10) = 3.32 when all ten digits appear
-    equally often, 0 when every sample is the same digit."""
-    if fake.logits is None:
-        raise ValueError(f"network {fake.network!r} is not a classifier: no class scores")
+    """What the digit network says about the samples: the share of confident digits (top probability
+    >= `confidence` and distance <= 1 from the training digits), the share in the digits' distribution
+    whatever the classifier says, and the entropy (bits) of the predicted-class histogram: log2(10) = 3.32
+    when all ten digits appear equally often, 0 when every sample is the same digit."""
+    if fake.logits is None or fake.distance is None:
+        raise ValueError(f"network {fake.network!r} is not the digit classifier: no class scores")
     probabilities = fake.logits.double().softmax(dim=1)  # (N, 10)
     top, predicted = probabilities.max(dim=1)
+    in_distribution = fake.distance <= 1
     counts = torch.bincount(predicted, minlength=probabilities.shape[1])
     shares = counts.double() / counts.sum()
     entropy = sum(p * math.log2(1 / p) for p in shares.tolist() if p > 0)  # H = sum p log2(1/p)
     return {
-        "confident_share": float((top >= confidence).double().mean()),
+        "confident_share": float(((top >= confidence) & in_distribution).double().mean()),
+        "in_distribution_share": float(in_distribution.double().mean()),
         "class_entropy_bits": entropy,
         "class_counts": counts.tolist(),
     }

@@ -18,6 +18,7 @@ import torch
 
 from minidiff.quality.evaluate import (
     DEFAULT_NUM_SAMPLES,
+    check_digit_model,
     generate,
     image_shape,
     load_pipeline,
@@ -55,8 +56,10 @@ def quality_vs_steps(
     if cache_dir is None and isinstance(model, str | os.PathLike) and Path(model).is_dir():
         cache_dir = Path(model) / CACHE_SUBDIR
     channels, size = image_shape(pipeline)
+    shape = (num_samples, channels, size, size)
+    check_digit_model(shape, str(model) if isinstance(model, str | os.PathLike) else "the pipeline")
     network = feature_network("digit")
-    network.notes((num_samples, channels, size, size))  # refuses images the network cannot read
+    network.notes(shape)  # refuses images the network cannot read
     reference, _, _ = reference_features(data, size, channels, network, cache_dir, device=device)
     results = []
     for sampler, steps in settings:
