@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -85,6 +86,11 @@ def _in_users_words(err: Exception, argv: list[str]) -> str:
     from minidiff.training.config import ConfigError
     from minidiff.training.flags import flag_name, typed_flags
 
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC and "free some space" not in str(err):
+        return (
+            f"{err}; every file saved before is intact (writes are atomic): free some space, then run again "
+            "(--resume continues a training run from its last checkpoint)"
+        )
     if not isinstance(err, ConfigError):
         return str(err).strip() or type(err).__name__
     typed = typed_flags(argv)

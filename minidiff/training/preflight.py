@@ -103,6 +103,7 @@ def claim_out_dir(config: TrainConfig) -> Path:
             )  # fmt: skip
         for path in [*checkpoints, *(out_dir / "checkpoints").glob(f"step-*.pt{DAMAGED}")]:
             path.unlink()
+        (out_dir / "samples.png").unlink(missing_ok=True)  # this run may draw none
         logs = Path(config.logging_dir)
         inside = [] if logs.is_absolute() or ".." in logs.parts else [str(logs)]  # never outside out_dir
         for folder in ("samples", "logs", *inside):

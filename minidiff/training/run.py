@@ -289,9 +289,10 @@ def plan_grid(unet, config: TrainConfig, train_seconds: float, automatic: bool) 
     if sampling_seconds(step, steps) > budget:  # a step's time grows about linearly with the images
         images = max(1, int(images * budget / sampling_seconds(step, steps)))
     logger.info(
-        "sample grid: %d images, DDIM with %d steps (%s) instead of %s, to take at most %.0f%% of the %.0f s "
+        "sample grid: %s, DDIM with %d steps (%s) instead of %s, to take at most %.0f%% of the %.0f s "
         "of training (--sampler, --sample-steps and --num-samples choose)",
-        images, steps, say_seconds(sampling_seconds(step, steps) * images / config.num_samples),
+        f"{images} image" + "s" * (images != 1), steps,
+        say_seconds(sampling_seconds(step, steps) * images / config.num_samples),
         f"{config.sampler.upper()} with {config.sample_steps} steps ({say_seconds(planned)})",
         100 * GRID_SHARE, train_seconds,
     )  # fmt: skip
