@@ -180,8 +180,8 @@ def _train(args: argparse.Namespace):
     from minidiff.training.preflight import check_before_start, hold_out_dir
 
     config = config_from_args(args, args.defaults)
-    check_before_start(config)
     _note_diffusers_defaults(args, config)
+    check_before_start(config)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 writes (and locks)
     with hold_out_dir(config.out_dir) if main_process else contextlib.nullcontext():
         return config, _train_now(args, config)

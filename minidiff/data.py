@@ -366,5 +366,9 @@ def decode_all(
             raise ValueError(
                 message + "\nfix or remove them, or skip them (skip_bad_images / --skip-bad-images)"
             )
-        warnings.warn(f"{message}\nskipped; training on the other {len(pixels)}", stacklevel=2)
+        summary = (
+            f"skipped {len(bad)} of {len(dataset)} images in {source!r} that cannot be read; "
+            f"training on the other {len(pixels)}"
+        )
+        warnings.warn(f"{summary}\n{message}", stacklevel=2)  # the first line says it all; then each file
     return torch.stack(pixels)  # (N, C, H, W)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 import shutil
 import socket
@@ -163,9 +164,10 @@ class FolderInUse(RuntimeError):
 
 
 class FolderLock:
-    """An exclusive OS lock (flock; msvcrt on Windows) on `folder/.minidiff.lock`, re-entrant within a
-    process, so the command line can take it before the library does. The file stays (it names the last
-    holder); the lock itself dies with the process, so a killed run never blocks the next one.
+    """An exclusive OS lock (fcntl's lockf; msvcrt on Windows) on `folder/.minidiff.lock`, re-entrant
+    within a process, so the command line can take it before the library does. The file stays (it names
+    the last holder); the lock dies with the process, so a killed run never blocks the next one. This
+    process never opens the file twice: closing any descriptor of it would drop a POSIX lock.
 
         with FolderLock("out/run"): ...        # FolderInUse if another process holds it
     """
@@ -224,10 +226,12 @@ def _try_lock(fd: int) -> bool:
         return True
     import fcntl
 
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
+    try:  # a POSIX record lock: owned by this process alone, so forked workers never keep it alive
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
     return True
 
 

@@ -165,12 +165,12 @@ def test_unwritable_output_folder_fails_before_training(tmp_path):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("mixed_precision", "fp8", "mixed_precision 'fp8'"),
+        ("mixed_precision", "fp8", "mixed_precision='fp8'"),
         ("batch_size", 0, "batch_size=0"),
         ("ema_decay", 1.0, "ema_decay=1.0"),
         ("lr", float("nan"), "lr=nan"),
         ("grad_accum", 0, "grad_accum=0"),
-        ("sampler", "euler", "sampler 'euler'"),
+        ("sampler", "euler", "sampler='euler'"),
         ("max_steps", -1, "max_steps=-1"),
         ("up_block_types", ("UpBlock2D",), "one down and one up block type"),
     ],

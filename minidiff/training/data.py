@@ -147,4 +147,5 @@ def _check_headers(source: Dataset, name: str, skip: bool) -> None:
             + "\nfix or remove them, or skip them (skip_bad_images / --skip-bad-images)"
         )
     if bad:
-        warnings.warn(describe_bad_images(bad, len(source), name) + "\nthey are skipped", stacklevel=2)
+        summary = f"skipping {len(bad)} of {len(source)} images in {name!r} that cannot be read"
+        warnings.warn(f"{summary}\n{describe_bad_images(bad, len(source), name)}", stacklevel=2)
