@@ -33,21 +33,35 @@ def code_digest(nb) -> str:
     return digest.hexdigest()
 
 
-def execute(path: str | os.PathLike = NOTEBOOK, quick: bool = False, timeout: int = 600):
-    """The notebook at `path`, executed in a fresh kernel (cwd: its folder); raises on the first cell error."""
+def execute(
+    path: str | os.PathLike = NOTEBOOK, quick: bool = False, timeout: int = 600, progress: bool = False
+):
+    """The notebook at `path`, executed in a fresh kernel (cwd: its folder); raises on the first cell error.
+    `progress` prints a line as each code cell starts: "cell n of N (elapsed), first line of the cell"."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    code_cells = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     previous = os.environ.get(QUICK_ENV)
     os.environ[QUICK_ENV] = "1" if quick else "0"  # the kernel inherits the environment
     started = time.perf_counter()
+
+    def announce(cell, cell_index: int) -> None:
+        if cell_index not in code_cells:  # nbclient calls this for markdown cells too
+            return
+        first = next((line for line in cell.source.splitlines() if line.strip()), "")
+        n = code_cells.index(cell_index) + 1
+        elapsed = time.perf_counter() - started
+        print(f"cell {n} of {len(code_cells)} ({elapsed:4.0f} s)  {first[:70]}", file=sys.stderr, flush=True)
+
     try:
         client = NotebookClient(
             nb,
             timeout=timeout,
             kernel_name="python3",
             resources={"metadata": {"path": str(Path(path).parent)}},
+            on_cell_start=announce if progress else None,
         )
         client.execute()
     finally:
@@ -76,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     import nbformat
 
-    nb = execute(NOTEBOOK, quick=args.quick, timeout=args.timeout)
+    nb = execute(NOTEBOOK, quick=args.quick, timeout=args.timeout, progress=True)
     out = args.out or NOTEBOOK
     tmp = out.with_name(out.name + ".tmp")
     nbformat.write(nb, tmp)

@@ -2,7 +2,7 @@
 
     minidiff demo                                   # train the tiny preset on the embedded digits -> out/demo/
     minidiff train --preset tutorial --data DIR     # the butterfly tutorial (a GPU job)
-    minidiff sample --model DIR --num 16 --scheduler ddim --steps 50
+    minidiff sample --model DIR --num 16 --sampler ddim --steps 50   # samplers: minidiff/samplers.py
     minidiff noise --schedule linear --beta-start 0.001 --beta-end 0.004
     minidiff parity --model DIR                     # per-layer comparison with diffusers
     minidiff eval --model DIR --sampler ddim --steps 50   # digit FID / KID of 500 samples -> eval.json
@@ -260,12 +260,14 @@ def _noise_pictures(noise_scheduler, x0, out_dir: Path, seed: int) -> dict[str, 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train under a time budget, then measure what the model draws: digit FID of DDPM's 1,000 steps and
-    of DDIM at 10 to 250 steps (quality_vs_steps.png); samples.png shows DDPM's first 16 images."""
+    """Train under a time budget, then measure what the model draws: digit FID of DDPM's 1,000 steps, of
+    DDIM at 10 to 250 steps and DPM-Solver++ at 10 and 20 (quality_vs_steps.png); samples.png shows DDPM's
+    first 16 images."""
     from minidiff.data import load_dataset
-    from minidiff.quality.calibration import parse_settings
     from minidiff.quality.digit_net import NUM_FEATURES
+    from minidiff.quality.metrics import check_fid_count
     from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
+    from minidiff.samplers import parse_settings
     from minidiff.training import build_noise_scheduler
     from minidiff.viz import enlarged, save_grid, to_pil_images
 
@@ -275,11 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--quality-settings {args.quality_settings!r}; expected DDPM's setting first (ddpm:1000,...)"
         )
-    if args.quality_samples <= NUM_FEATURES:
-        raise ValueError(
-            f"--quality-samples {args.quality_samples}: FID on the digit network's {NUM_FEATURES} features "
-            f"needs more than {NUM_FEATURES} samples"
-        )
+    check_fid_count(args.quality_samples, NUM_FEATURES, f"--quality-samples {args.quality_samples}")
     budget = f"at most {args.time_budget:.0f} s or " if args.time_budget else ""
     print(
         f"minidiff demo: training the tiny preset on {args.data!r} ({args.image_size}x{args.image_size}), "
@@ -290,7 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     unet = load_pipeline(result.model_dir).unet  # quality_vs_steps samples on the CPU
     _say_cost(unet, f"quality plot: {args.quality_samples} samples at {len(settings)} settings",
-              args.quality_samples, sum(steps for _, steps in settings))  # fmt: skip
+              args.quality_samples, sum(steps for _, steps in settings), cheaper=False)  # fmt: skip
     runs = quality_vs_steps(
         result.model_dir, settings, args.quality_samples, seeds=[config.seed],
         progress=config.progress, keep_images=True,
@@ -303,9 +301,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pictures = _noise_pictures(build_noise_scheduler(config), x0, result.out_dir, config.seed)
     _report(result, {**pictures, "quality vs steps": Path(plot)})
     print(f"sample quality ({args.quality_samples} samples each, digit network; lower FID is better):")
+    width = max(len(run["sampler"]) for run in runs)
     for run in runs:
         print(
-            f"  {run['sampler'].upper():4} {run['steps']:4d} steps: digit FID {run['fid']:6.2f}, "
+            f"  {run['sampler'].upper():{width}} {run['steps']:4d} steps: digit FID {run['fid']:6.2f}, "
             f"confident digits {100 * run['confident_share']:5.1f}%, sampling {run['seconds']:5.1f} s"
         )
     print(
@@ -328,15 +327,16 @@ def _local_pipeline_checked(model: str) -> None:
         )
 
 
-def _say_cost(unet, what: str, batch: int, steps: int, batches: int = 1, cheaper=(), how: str = "") -> None:
-    """Print the expected time of sampling before it starts, when it is more than a few seconds; `how`:
-    the flags of the `cheaper` (sampler, steps) settings."""
-    from minidiff.cost import FEW_SECONDS, cost_line, sampling_seconds, step_seconds
+def _say_cost(unet, what: str, batch: int, steps: int, batches: int = 1, cheaper: bool = True) -> None:
+    """Print the expected time of sampling before it starts, when it is more than a few seconds, and of
+    the samplers of minidiff/samplers.py that take fewer steps by default (`cheaper`)."""
+    from minidiff.cost import FEW_SECONDS, cheaper_samplers, cost_line, sampling_seconds, step_seconds
 
     step = step_seconds(unet, batch)
     if sampling_seconds(step, steps, batches) > FEW_SECONDS:
-        line = cost_line(what, step, steps, batches, cheaper)
-        print(f"expected: {line}" + (f" ({how})" if cheaper and how else ""), flush=True)
+        options = cheaper_samplers(steps) if cheaper else []
+        how = "; --sampler NAME --steps N chooses" if options else ""
+        print(f"expected: {cost_line(what, step, steps, batches, options)}{how}", flush=True)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -344,29 +344,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.scheduling_ddim import DDIMScheduler
-    from minidiff.scheduling_ddpm import DDPMScheduler
-    from minidiff.training import sampler_from_config
+    from minidiff.samplers import default_steps, scheduler_for
     from minidiff.training.preflight import pick_device
     from minidiff.viz import enlarged, save_grid
 
     pipeline = DDPMPipeline.from_pretrained(args.model)
-    scheduler_class = DDIMScheduler if args.scheduler == "ddim" else DDPMScheduler
-    pipeline.scheduler = sampler_from_config(scheduler_class, pipeline.scheduler.config)
+    pipeline.scheduler = scheduler_for(args.sampler, pipeline.scheduler.config)
     device = pick_device(args.device)
     pipeline.to(device)
-    steps = args.steps or (50 if args.scheduler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
+    steps = args.steps or default_steps(args.sampler, pipeline.scheduler.config.num_train_timesteps)
     if not args.fast:  # the fast sampler's CUDA graphs and bf16 make a plain forward's time no guide
-        cheaper = [("ddim", 50)] if args.scheduler == "ddpm" else []
-        _say_cost(pipeline.unet, f"{args.num} images, {args.scheduler} with {steps} steps", args.num, steps,
-                  cheaper=cheaper, how="--scheduler ddim --steps 50")  # fmt: skip
+        _say_cost(pipeline.unet, f"{args.num} images, {args.sampler} with {steps} steps", args.num, steps)
     started = time.perf_counter()
     if args.fast:  # minidiff.fast: on-device step tables, one CUDA graph per step (bf16 on a GPU)
         from minidiff.fast import sample
         from minidiff.viz import numpy_to_pil
 
-        if args.scheduler != "ddpm":
-            raise ValueError(f"--fast samples with DDPM; got --scheduler {args.scheduler!r}")
+        if args.sampler != "ddpm":
+            raise ValueError(f"--fast samples with DDPM; got --sampler {args.sampler!r}")
         images = sample(
             pipeline.unet, pipeline.scheduler, args.num, seed=args.seed, num_inference_steps=steps
         )
@@ -380,7 +375,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         ).images
     path = save_grid(enlarged(images), args.out)  # small images enlarged to 64 px, nearest neighbour
-    print(f"{args.num} images, {args.scheduler} with {steps} steps, in {time.perf_counter() - started:.1f} s")
+    print(f"{args.num} images, {args.sampler} with {steps} steps, in {time.perf_counter() - started:.1f} s")
     print(f"  samples  {path}")
     return 0
 
@@ -440,8 +435,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     steps = args.steps or (50 if args.sampler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
     batch = min(args.batch_size, args.num_samples)
     _say_cost(pipeline.unet, f"{args.num_samples} samples, {args.sampler} with {steps} steps", batch, steps,
-              -(-args.num_samples // batch), [("ddim", 50)] if args.sampler == "ddpm" else [],
-              how="--sampler ddim --steps 50")  # fmt: skip
+              -(-args.num_samples // batch))  # fmt: skip
     del pipeline
     local = Path(args.model).is_dir()
     out = Path(args.out) if args.out else (Path(args.model) / "eval.json" if local else Path("eval.json"))
@@ -467,6 +461,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sampler_flags(parser: argparse.ArgumentParser, default: str = "ddpm") -> None:
+    """--sampler (the names of minidiff/samplers.py) and --steps (default: the sampler's own count)."""
+    from minidiff.samplers import SAMPLER_NAMES, steps_help
+    from minidiff.training.flags import positive_int
+
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default=default, help="default: %(default)s")
+    parser.add_argument("--steps", type=positive_int, default=None, help=f"sampling steps ({steps_help()})")
+
+
 def _add_eval_parser(commands, common: argparse.ArgumentParser) -> None:
     from minidiff.training.flags import positive_int
 
@@ -477,8 +480,7 @@ def _add_eval_parser(commands, common: argparse.ArgumentParser) -> None:
     ev.add_argument(  # 500 = minidiff.quality.evaluate.DEFAULT_NUM_SAMPLES (not imported: --help stays light)
         "--num-samples", type=positive_int, default=500, help="images to sample (FID depends on it)"
     )
-    ev.add_argument("--steps", type=positive_int, default=None, help="sampling steps (ddpm: T, ddim: 50)")
-    ev.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    _add_sampler_flags(ev)
     ev.add_argument("--metrics", default="digit", help="comma list out of digit, inception (minidiff[fid])")
     ev.add_argument("--data", default="digits", help="the real images: 'digits', a folder, or a hub id")
     ev.add_argument("--seed", type=int, default=0)
@@ -498,6 +500,7 @@ def _add_eval_parser(commands, common: argparse.ArgumentParser) -> None:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `minidiff` parser; `argv` only decides which preset's defaults `train --help` shows."""
     from minidiff import __version__
+    from minidiff.samplers import QUALITY_SWEEP, SAMPLER_NAMES
     from minidiff.training.flags import add_train_flags, positive_int
 
     argv = sys.argv[1:] if argv is None else argv
@@ -524,8 +527,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="images per sampler for the digit FID and quality_vs_steps.png (> 64; default: %(default)s)",
     )  # fmt: skip
     demo.add_argument(
-        "--quality-settings", default="ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,ddim:250",
-        help="the samplers of the quality plot, DDPM first (default: %(default)s)",
+        "--quality-settings", default=QUALITY_SWEEP,
+        help="SAMPLER:STEPS,... of the quality plot, DDPM first (default: %(default)s)",
     )  # fmt: skip
 
     preset_name = _preset_in(argv, "tutorial")
@@ -552,10 +555,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     sample.add_argument("--model", required=True, help="pipeline folder (e.g. out/demo/model) or hub id")
     sample.add_argument("--num", type=positive_int, default=16, help="number of images")
-    sample.add_argument("--scheduler", choices=["ddpm", "ddim"], default="ddpm")
-    sample.add_argument(
-        "--steps", type=positive_int, default=None, help="denoising steps (ddpm: T, ddim: 50)"
-    )
+    _add_sampler_flags(sample)
+    # the flag's former name, still accepted (not shown in --help)
+    sample.add_argument("--scheduler", dest="sampler", choices=SAMPLER_NAMES, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # fmt: skip
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM's noise scale (0 = deterministic)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="auto")

@@ -3,12 +3,14 @@
     pipeline = DDPMPipeline(unet, scheduler)                   # or DDPMPipeline.from_pretrained("out/pipeline")
     images = pipeline(batch_size=16, generator=torch.Generator().manual_seed(0)).images   # 16 PIL images
 
-Sampling (Ho et al. 2020, Algorithm 2):
-    x_T ~ N(0, I)
-    for t = T, ..., 1:   x_{t-1} = scheduler.step(epsilon_theta(x_t, t), t, x_t).prev_sample
-The scheduler decides what one step is: DDPM's ancestral step (eq. 6-7) or DDIM's (Song et al. 2021, eq. 12,
-with `eta`), and over which timesteps (`num_inference_steps` of the T training steps). `denoise` below is
-that loop; DDIMPipeline runs it too. Files and devices: minidiff/pipeline_utils.py.
+Sampling (Ho et al. 2020, Algorithm 2, in the form every scheduler shares):
+    x_T ~ N(0, I) * init_noise_sigma
+    for t in timesteps:   x_{t-1} = scheduler.step(epsilon_theta(scale_model_input(x_t, t), t), t, x_t).prev_sample
+The scheduler decides what one step is: DDPM's ancestral step (eq. 6-7), DDIM's (Song et al. 2021, eq. 12,
+with `eta`), or any sampler of minidiff/samplers.py; and over which timesteps (`num_inference_steps` of the
+T training steps). DDPM and DDIM start from N(0, I) and feed x_t unscaled (init_noise_sigma 1, scale_model_input
+the identity); Euler's samplers work in sigma = sqrt((1 - alpha_bar) / alpha_bar) and scale both. `denoise`
+below is that loop; DDIMPipeline runs it too. Files and devices: minidiff/pipeline_utils.py.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def denoise(
     use_clipped_model_output: bool = False,
     progress: bool | None = None,
 ) -> torch.Tensor | object:
-    """Algorithm 2: x_T ~ N(0, I), then one scheduler step per timestep; images in [0, 1] as `output_type`.
-    `eta` and `use_clipped_model_output` go to a DDIM step (eta None: a step that takes neither)."""
+    """Algorithm 2 for any scheduler: x_T ~ N(0, I) * init_noise_sigma, then one scheduler step per timestep;
+    images in [0, 1] as `output_type`. `eta` and `use_clipped_model_output` go to a step that takes them
+    (a DDIM step; eta None: none), `generator` to a step that draws noise."""
     unet, scheduler = pipeline.unet, pipeline.scheduler
     # 1. x_T ~ N(0, I) in the UNet's dtype, drawn before anything else (same seed -> same numbers)
     size = unet.config.sample_size
@@ -59,25 +62,22 @@ def denoise(
     else:
         image = randn_tensor(shape, generator, device, unet.dtype)
 
-    # 2. the timesteps t_1 > t_2 > ... > t_n the sampler visits
+    # 2. the timesteps t_1 > t_2 > ... > t_n the sampler visits, and the noise level of x_T in its units
+    # (1 for DDPM / DDIM; the largest sigma for Euler's samplers, known once the timesteps are set)
     scheduler.set_timesteps(num_inference_steps)
+    image = image * scheduler.init_noise_sigma
+
+    # the step's keywords: the caller's generator where the step draws noise, DDIM's eta where it takes one
+    takes = inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generator} if "generator" in takes else {}
+    if eta is not None:
+        step_kwargs.update(eta=eta, use_clipped_model_output=use_clipped_model_output)
 
     for t in pipeline.progress_bar(scheduler.timesteps, disable=None if progress is None else not progress):
-        # 3. epsilon_theta(x_t, t): the UNet's estimate of the noise in x_t
-        model_output = unet(image, t).sample
+        # 3. epsilon_theta(x_t, t): the UNet's estimate of the noise in x_t (fed as the sampler scales it)
+        model_output = unet(scheduler.scale_model_input(image, t), t).sample
         # 4. x_t -> x_{t-1}: the scheduler's reverse step (may add sigma_t z from `generator`)
-        if eta is None:
-            image = scheduler.step(model_output, t, image, generator=generator).prev_sample
-        else:
-            step = scheduler.step(
-                model_output,
-                t,
-                image,
-                eta=eta,
-                use_clipped_model_output=use_clipped_model_output,
-                generator=generator,
-            )
-            image = step.prev_sample
+        image = scheduler.step(model_output, t, image, **step_kwargs).prev_sample
 
     # 5. [-1, 1] -> [0, 1]
     image = (image / 2 + 0.5).clamp(0, 1)
@@ -91,7 +91,8 @@ def denoise(
 
 
 class DDPMPipeline(DiffusionPipeline):
-    """A UNet that predicts the noise and a scheduler (DDPM, or DDIM) that turns it into one reverse step."""
+    """A UNet that predicts the noise and a scheduler (DDPM, DDIM or any of minidiff/samplers.py) that turns
+    it into one reverse step."""
 
     @torch.no_grad()
     def __call__(
@@ -110,7 +111,8 @@ class DDPMPipeline(DiffusionPipeline):
             UNet draws on the CPU and moves the noise, so a seed gives the same images on any device.
         num_inference_steps: denoising steps (the scheduler spaces them over its T training steps).
         output_type: "pil" (list of PIL images), "np" (NHWC numpy in [0, 1]) or "pt" (NCHW tensor in [0, 1]).
-        eta: DDIM's noise scale (0: deterministic DDIM, 1: DDPM's variance); only with a DDIMScheduler.
+        eta: DDIM's noise scale (0: deterministic DDIM, 1: DDPM's variance); only with a scheduler whose step
+            takes `eta` (DDIMScheduler).
         progress: show the tqdm bar (None: as `set_progress_bar_config` says; shown by default).
         """
         check_call(batch_size, output_type, generator)

@@ -11,6 +11,7 @@ either library loads the other's:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -20,21 +21,21 @@ from tqdm.auto import tqdm
 
 from minidiff.configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig
 from minidiff.files import atomic_write_text, resolve_file, swap_in
-from minidiff.scheduling_ddim import DDIMScheduler
-from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.samplers import SCHEDULER_CLASS_NAMES, scheduler_class_named
 from minidiff.unet_2d import UNet2DModel
 from minidiff.viz import numpy_to_pil
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-SCHEDULER_CLASSES = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}
-PIPELINE_CLASSES = ("DDPMPipeline", "DDIMPipeline")  # same two components: either folder loads in either
+# pipeline class -> its module (same two components: either folder loads in either); the schedulers a
+# pipeline folder may name are those of minidiff/samplers.py
+PIPELINE_CLASSES = {"DDPMPipeline": "minidiff.pipeline_ddpm", "DDIMPipeline": "minidiff.pipeline_ddim"}
 MODEL_INDEX = "model_index.json"
 
 
 class DiffusionPipeline:
     """A UNet that predicts the noise and a scheduler that turns the prediction into one reverse step."""
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler | DDIMScheduler):
+    def __init__(self, unet: UNet2DModel, scheduler):
         self.unet = unet
         self.scheduler = scheduler
         self._progress_bar_config: dict[str, object] = {}
@@ -113,28 +114,29 @@ class DiffusionPipeline:
             )
         scheduler_class = components["scheduler"]
         scheduler_class = scheduler_class[1] if isinstance(scheduler_class, list) else scheduler_class
-        if scheduler_class not in SCHEDULER_CLASSES:
+        if scheduler_class not in SCHEDULER_CLASS_NAMES:
             raise ValueError(
                 f"{index_path}: scheduler class {scheduler_class!r} is not supported; "
-                f"expected one of {list(SCHEDULER_CLASSES)}"
+                f"expected one of {list(SCHEDULER_CLASS_NAMES)}"
             )
         unet = UNet2DModel.from_pretrained(
             pretrained_model_name_or_path, subfolder="unet", torch_dtype=torch_dtype
         )
-        scheduler = SCHEDULER_CLASSES[scheduler_class].from_pretrained(
+        scheduler = scheduler_class_named(scheduler_class).from_pretrained(
             pretrained_model_name_or_path, subfolder="scheduler"
         )
         if cls is DiffusionPipeline:
-            import minidiff
-
-            cls = getattr(minidiff, index["_class_name"])
+            name = index["_class_name"]
+            cls = getattr(importlib.import_module(PIPELINE_CLASSES[name]), name)
         return cls(unet=unet, scheduler=scheduler)
 
     def model_index(self) -> dict[str, object]:
         """What model_index.json holds: diffusers' library and class names of each component."""
         scheduler_class = type(self.scheduler).__name__
-        if scheduler_class not in SCHEDULER_CLASSES:
-            raise ValueError(f"cannot save a {scheduler_class}; expected one of {list(SCHEDULER_CLASSES)}")
+        if scheduler_class not in SCHEDULER_CLASS_NAMES:
+            raise ValueError(
+                f"cannot save a {scheduler_class}; expected one of {list(SCHEDULER_CLASS_NAMES)}"
+            )
         return {
             "_class_name": type(self).__name__,
             "_diffusers_version": DIFFUSERS_FORMAT_VERSION,

@@ -22,6 +22,7 @@ from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import DDIMSchedulerOutput
 from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
 from minidiff.scheduling_utils import (
+    KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     clip_or_threshold,
@@ -78,8 +79,7 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
     last step lands on alpha_bar = 1 (True) or on alpha_bar_0 (False). Call `set_timesteps` before `step`.
     """
 
-    # diffusers lists every Karras scheduler here; minidiff has these two
-    _compatibles = ["DDPMScheduler", "DDIMScheduler"]
+    _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
     order = 1
 
     @register_to_config

@@ -25,6 +25,7 @@ from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import DDPMSchedulerOutput
 from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
 from minidiff.scheduling_utils import (
+    KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     clip_or_threshold,
@@ -113,8 +114,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     prediction_type: epsilon, sample, v_prediction. timestep_spacing: leading, linspace, trailing.
     """
 
-    # diffusers lists every Karras scheduler here; minidiff has these two
-    _compatibles = ["DDPMScheduler", "DDIMScheduler"]
+    _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
     order = 1
 
     @register_to_config

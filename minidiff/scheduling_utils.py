@@ -1,9 +1,11 @@
-"""What DDPM and DDIM sampling share: the pieces of a reverse step and the timesteps a sampler visits.
+"""What the samplers share: the pieces of a reverse step and the timesteps a sampler visits.
 
 Sections of this file:
   1. the parts of a reverse step: x_0 / eps from the model output, clipping, dynamic thresholding,
      seeded noise drawn as diffusers draws it;
-  2. the inference timesteps (`timestep_spacing`) and host/device handling of a timestep.
+  2. the inference timesteps (`timestep_spacing`) and host/device handling of a timestep;
+  3. sigmas (Karras et al. 2022): sigma_t from alpha_bar_t, Karras / exponential / beta sigma schedules,
+     sigma -> t interpolation, and the step index of the sigma samplers (Euler, Euler ancestral, DPM-Solver).
 The beta tables and the forward process q(x_t | x_0) are in minidiff/schedules.py.
 """
 
@@ -137,6 +139,15 @@ def randn_tensor(
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
+def check_step_count(num_inference_steps: int, num_train_timesteps: int) -> None:
+    """num_inference_steps must be an int in 1..T: a ValueError naming the value otherwise."""
+    n, T = num_inference_steps, num_train_timesteps
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= T:
+        raise ValueError(
+            f"num_inference_steps {n!r} is out of range; expected an int in 1..{T} (num_train_timesteps)"
+        )
+
+
 def inference_timesteps(
     num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str, steps_offset: int
 ) -> np.ndarray:
@@ -147,10 +158,7 @@ def inference_timesteps(
     """
     check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
     T, n = num_train_timesteps, num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= T:
-        raise ValueError(
-            f"num_inference_steps {n!r} is out of range; expected an int in 1..{T} (num_train_timesteps)"
-        )
+    check_step_count(n, T)
     if timestep_spacing == "linspace":
         return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
     if timestep_spacing == "leading":
@@ -202,3 +210,121 @@ def host_timestep(timestep: int | torch.Tensor, num_train_timesteps: int) -> int
 def gather_row(table: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
     """table[timestep] for a 0-d device tensor without a sync: plain `table[t]` calls `t.item()` inside."""
     return table.index_select(0, timestep.reshape(1).to(table.device))[0]
+
+
+# ---- 3. sigmas (Karras et al. 2022) -------------------------------------------------------------
+# The schedulers one config can move between (`from_config`): diffusers' KarrasDiffusionSchedulers that
+# minidiff has (a name minidiff lacks is skipped by `compatibles`).
+KARRAS_SCHEDULERS = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+]
+
+
+# The k-diffusion samplers (Euler, Euler ancestral, DPM-Solver) see DDPM's x_t through the variance-
+# exploding lens of EDM (Karras et al. 2022, Table 1, "VP"): x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps with
+#     sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t),
+# so x_t itself is the model input x / sqrt(sigma^2 + 1) (EDM's c_in) and sampling starts from sigma_max * z.
+def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t for every training timestep t (float32, ascending in t), in diffusers' op order."""
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def karras_sigmas(
+    sigma_min: float, sigma_max: float, num_inference_steps: int, rho: float = 7.0
+) -> np.ndarray:
+    """EDM eq. (5): sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+    descending, float64 (rho = 7 as in the paper). Small steps where sigma is small, where detail forms."""
+    ramp = np.linspace(0, 1, num_inference_steps)
+    min_inv_rho = sigma_min ** (1 / rho)
+    max_inv_rho = sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int) -> np.ndarray:
+    """log sigma evenly spaced from log sigma_max down to log sigma_min (float64)."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps))
+
+
+def beta_sigmas(
+    sigma_min: float, sigma_max: float, num_inference_steps: int, alpha: float = 0.6, beta: float = 0.6
+) -> np.ndarray:
+    """sigma_min + ppf(1 - i / (n - 1)) (sigma_max - sigma_min), ppf the Beta(0.6, 0.6) quantile function
+    ("Beta Sampling is All You Need", Lee et al. 2024): more steps at both ends. Needs scipy."""
+    try:
+        import scipy.stats
+    except ImportError:  # an optional dependency, as in diffusers
+        raise ImportError("use_beta_sigmas=True needs scipy: pip install scipy") from None
+    ppfs = [scipy.stats.beta.ppf(u, alpha, beta) for u in 1 - np.linspace(0, 1, num_inference_steps)]
+    return np.array([sigma_min + ppf * (sigma_max - sigma_min) for ppf in ppfs])
+
+
+def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional training timestep of each sigma: linear interpolation in log sigma between the two
+    training timesteps that bracket it (clipped to [0, T - 1]), as diffusers and k-diffusion do."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]  # (T, n)
+    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
+
+
+def sigma_timesteps(
+    num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str, steps_offset: int
+) -> np.ndarray:
+    """The float32 timesteps of the sigma samplers: those of `inference_timesteps`, except that `linspace`
+    is not rounded (linspace(0, T - 1, n) in float32, so n may exceed T), as diffusers' Euler picks them."""
+    n = num_inference_steps
+    if timestep_spacing != "linspace":
+        return inference_timesteps(num_train_timesteps, n, timestep_spacing, steps_offset).astype(np.float32)
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"num_inference_steps {n!r} is out of range; expected an int >= 1")
+    return np.linspace(0, num_train_timesteps - 1, n, dtype=np.float32)[::-1].copy()
+
+
+class StepIndexMixin:
+    """Where a sigma sampler is in its schedule: `step_index` (None until the first `scale_model_input` or
+    `step`, then counted up by `step`) and `begin_index` (set by a pipeline that starts part way, e.g.
+    image-to-image). The first look-up of a timestep compares it with a host copy of `timesteps`, so a
+    device timestep costs one read-back per sampling run (diffusers' `nonzero()` look-up)."""
+
+    _step_index: int | None = None
+    _begin_index: int | None = None
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at `timesteps[begin_index]`; a pipeline calls this before its first step."""
+        self._begin_index = begin_index
+
+    def index_for_timestep(
+        self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None
+    ) -> int:
+        """The position of `timestep` in the schedule; the second one when it appears twice, so that a run
+        started part way (image-to-image) does not skip a sigma, as in diffusers."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        if isinstance(timestep, torch.Tensor):
+            timestep = timestep.cpu()
+        indices = (schedule.cpu() == timestep).nonzero()
+        if len(indices) == 0:
+            value = timestep.item() if isinstance(timestep, torch.Tensor) else timestep
+            raise ValueError(f"timestep {value!r} is not in scheduler.timesteps {schedule.tolist()}")
+        return int(indices[1 if len(indices) > 1 else 0])
+
+    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
+        if self._begin_index is None:
+            self._step_index = self.index_for_timestep(timestep)
+        else:
+            self._step_index = self._begin_index

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,13 +93,36 @@ def test_train_resume(tmp_path, capsys):
     assert len((tmp_path / "loss.csv").read_text().splitlines()) == 1 + 2
 
 
-def test_sample_ddpm_and_ddim(trained, tmp_path, capsys):
-    for scheduler in ("ddpm", "ddim"):
-        png = tmp_path / f"{scheduler}.png"
+def test_sample_with_every_kind_of_sampler(trained, tmp_path, capsys):
+    for sampler in ("ddpm", "ddim", "dpmsolver++", "euler_a"):
+        png = tmp_path / f"{sampler}.png"
         args = ["sample", "--model", str(trained / "model"), "--num", "4", "--steps", "3", "--quiet"]
-        assert main([*args, "--scheduler", scheduler, "--out", str(png), "--device", "cpu"]) == 0
+        assert main([*args, "--sampler", sampler, "--out", str(png), "--device", "cpu"]) == 0
         assert Image.open(png).size == (2 * 64, 2 * 64)  # a 2 x 2 grid of 8 x 8 digits enlarged 8 times
-        assert str(png) in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert str(png) in printed and f"{sampler} with 3 steps" in printed
+
+
+def test_sample_steps_default_from_the_table_and_the_old_flag_name(trained, tmp_path, capsys):
+    png = tmp_path / "s.png"
+    args = [
+        "sample",
+        "--model",
+        str(trained / "model"),
+        "--num",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        str(png),
+    ]
+    assert main([*args, "--scheduler", "dpmsolver++"]) == 0  # sample's former flag: still accepted
+    assert "dpmsolver++ with 20 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    helptext = capsys.readouterr().out
+    assert "--sampler" in helptext and "--scheduler" not in helptext and "dpmsolver++: 20" in helptext
 
 
 def test_noise_pictures_and_terminal_signal_warning(tmp_path, capsys):
@@ -140,7 +164,9 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
         "--quality-samples",
         "65",
         "--quality-settings",
-        "ddpm:3,ddim:2,ddim:3",
+        "ddpm:3,ddim:2,dpmsolver++:3",
+        "--sampler",  # the training run's grids: any sampler of the table
+        "euler",
     ]
     assert main([*args, "--quiet"]) == 0
     for name in ("samples.png", "noise.png", "snr.png", "loss.png", "loss.csv", "quality_vs_steps.png"):
@@ -150,6 +176,8 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
     assert "demo finished in" in printed and str(out / "noise.png") in printed
     assert "steps/s" in printed and "the demo's samples (DDPM, 3 steps): digit FID" in printed
     assert printed.count("steps: digit FID") == 3  # one row per sampler setting
+    assert "DPMSOLVER++    3 steps: digit FID" in printed
+    assert json.loads((out / "config.json").read_text())["sampler"] == "euler"
 
 
 @pytest.mark.parametrize(
@@ -157,6 +185,10 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
     [
         (["--quality-samples", "64"], "needs more than 64 samples"),
         (["--quality-settings", "ddim:10,ddpm:1000"], "expected DDPM's setting first"),
+        (
+            ["--quality-settings", "ddpm:10,heun:10"],
+            "setting 'heun:10'; expected SAMPLER:STEPS with SAMPLER one of",
+        ),
     ],
 )
 def test_demo_refuses_bad_quality_flags_before_training(tmp_path, capsys, flags, message):
@@ -181,7 +213,7 @@ def test_help(command, capsys):
         (["train", "--max-steps", "0"], "'0' is not a positive integer"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
         (["sample"], "the following arguments are required: --model"),
-        (["sample", "--model", "m", "--scheduler", "euler"], "invalid choice: 'euler'"),
+        (["sample", "--model", "m", "--sampler", "heun"], "invalid choice: 'heun'"),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )
@@ -300,7 +332,15 @@ def test_model_config_name_or_path_sets_the_architecture(tmp_path, capsys):
 
 
 def test_a_diffusers_command_line_on_another_preset_says_which_defaults_differ(tmp_path, capsys):
-    argv = ["train", "--preset", "tiny", "--train_data_dir", str(tmp_path / "missing"), "--learning_rate", "1e-3"]
+    argv = [
+        "train",
+        "--preset",
+        "tiny",
+        "--train_data_dir",
+        str(tmp_path / "missing"),
+        "--learning_rate",
+        "1e-3",
+    ]
     assert main(argv) == 1  # the data folder is missing; the note comes before
     err = capsys.readouterr().err
     assert "note: settings not given come from the tiny preset, not train_unconditional.py" in err
@@ -315,8 +355,14 @@ def test_a_diffusers_command_line_on_another_preset_says_which_defaults_differ(t
         (["--image-size", "30"], "--image-size 30 cannot be halved 3 times"),
         (["--learning_rate=nan"], "--learning_rate nan; expected a positive finite number"),
         (["--data", "./no/such/folder"], "--data ./no/such/folder: that folder does not exist"),
-        (["--train_data_dir", "./no/such/folder"], "--train_data_dir ./no/such/folder: that folder does not exist"),
-        (["--resume_from_checkpoint", "./no/ckpt.pt"], "--resume_from_checkpoint ./no/ckpt.pt: that checkpoint"),
+        (
+            ["--train_data_dir", "./no/such/folder"],
+            "--train_data_dir ./no/such/folder: that folder does not exist",
+        ),
+        (
+            ["--resume_from_checkpoint", "./no/ckpt.pt"],
+            "--resume_from_checkpoint ./no/ckpt.pt: that checkpoint",
+        ),
     ],
 )
 def test_refused_settings_are_named_as_typed_before_torch_loads(flags, message, tmp_path):
@@ -335,10 +381,24 @@ def test_sample_announces_its_cost_and_a_cheaper_setting(trained, tmp_path, monk
     import minidiff.cost
 
     monkeypatch.setattr(minidiff.cost, "step_seconds", lambda unet, batch_size: 1.0)  # a slow machine
-    args = ["sample", "--model", str(trained / "model"), "--num", "4", "--steps", "60", "--quiet", "--device", "cpu"]
+    args = [
+        "sample",
+        "--model",
+        str(trained / "model"),
+        "--num",
+        "4",
+        "--steps",
+        "60",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--out", str(tmp_path / "s.png")]) == 0
     out = capsys.readouterr().out
-    assert "expected: 4 images, ddpm with 60 steps: ~60 s (1 s a step); ddim with 50 steps: ~50 s" in out
+    assert (
+        "expected: 4 images, ddpm with 60 steps: ~60 s (1 s a step); ddim with 50 steps: ~50 s or dpmsolver++ "
+        "with 20 steps: ~20 s; --sampler NAME --steps N chooses"
+    ) in out
     monkeypatch.setattr(minidiff.cost, "step_seconds", lambda unet, batch_size: 0.01)
     assert main([*args, "--out", str(tmp_path / "s.png")]) == 0
     assert "expected" not in capsys.readouterr().out  # 0.6 s: not worth a line

@@ -265,7 +265,7 @@ def test_save_never_leaves_a_broken_folder(unets, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        ({"scheduler": ["diffusers", "PNDMScheduler"]}, "'PNDMScheduler' is not supported"),
+        ({"scheduler": ["diffusers", "LMSDiscreteScheduler"]}, "'LMSDiscreteScheduler' is not supported"),
         ({"_class_name": "StableDiffusionPipeline"}, "'StableDiffusionPipeline'"),
         ({"vae": ["diffusers", "AutoencoderKL"]}, "components"),
         ({"unet": ["diffusers", "UNet2DConditionModel"]}, "'UNet2DConditionModel' is not supported"),

@@ -192,7 +192,10 @@ def test_configs_move_between_ddpm_and_ddim_as_in_diffusers():
         assert again.config.variance_type == "fixed_large"
         configs[library] = [comparable(x.config) for x in (ddpm, ddim, again)]
     assert configs[minidiff] == configs[diffusers]
-    assert [c.__name__ for c in minidiff.DDIMScheduler().compatibles] == ["DDIMScheduler", "DDPMScheduler"]
+    # diffusers' Karras schedulers that minidiff has, this class first
+    names = [c.__name__ for c in minidiff.DDIMScheduler().compatibles]
+    assert names[:2] == ["DDIMScheduler", "DDPMScheduler"]
+    assert set(names) <= {c.__name__ for c in diffusers.DDIMScheduler().compatibles}
 
 
 @pytest.mark.parametrize("eta", [-0.5, 1.5])

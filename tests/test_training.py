@@ -170,7 +170,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path):
         ("ema_decay", 1.0, "ema_decay=1.0"),
         ("lr", float("nan"), "lr=nan"),
         ("grad_accum", 0, "grad_accum=0"),
-        ("sampler", "euler", "sampler='euler'"),
+        ("sampler", "heun", "sampler='heun'"),
         ("max_steps", -1, "max_steps=-1"),
         ("up_block_types", ("UpBlock2D",), "one down and one up block type"),
     ],

@@ -136,13 +136,19 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
     train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=4, **settings))
     newest = tmp_path / "b" / "checkpoints" / "step-00000004.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # a crash mid-copy, a full disk...
-    with pytest.warns(UserWarning, match=r"step-00000004.pt.*could not be read; moved aside to step-00000004"):
+    with pytest.warns(
+        UserWarning, match=r"step-00000004.pt.*could not be read; moved aside to step-00000004"
+    ):
         resumed = train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=6, resume=True, **settings))
     assert resumed.losses == straight.losses  # resumed at step 2, bit for bit
     # the damaged file left the rotation: not read, counted nor listed again, and no second warning
     aside = newest.with_name("step-00000004.pt.damaged")
     assert aside.stat().st_size == 1000
-    assert [p.name for p in resumed.checkpoints] == ["step-00000002.pt", "step-00000004.pt", "step-00000006.pt"]
+    assert [p.name for p in resumed.checkpoints] == [
+        "step-00000002.pt",
+        "step-00000004.pt",
+        "step-00000006.pt",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=7, resume=True, **settings))
@@ -356,7 +362,9 @@ def test_two_processes_cannot_share_an_output_folder(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "minidiff", "train", *SMALL, "--out", str(out), "--max-steps", "100000",
             "--checkpoint-every", "1000"]  # fmt: skip
-    first = subprocess.Popen([*argv, "--seed", "1"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [*argv, "--seed", "1"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         assert _wait_for(lambda: (out / "config.json").is_file(), first), first.stderr.read().decode()[-2000:]
         second = subprocess.run([*argv, "--seed", "2"], env=ENV, capture_output=True, text=True, timeout=120)
@@ -432,7 +440,9 @@ def test_a_batch_larger_than_the_data_is_a_note(tmp_path, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="minidiff")
-    train(preset("tiny", out_dir=str(tmp_path), max_steps=1, **{**SMALL_CONFIG, "limit": 3, "batch_size": 16}))
+    train(
+        preset("tiny", out_dir=str(tmp_path), max_steps=1, **{**SMALL_CONFIG, "limit": 3, "batch_size": 16})
+    )
     assert "a batch of 16 is larger than the 3 images of 'digits': each step trains on all 3" in caplog.text
 
 
@@ -447,5 +457,8 @@ def test_the_end_of_run_grid_costs_a_fraction_of_the_training(tmp_path, caplog, 
     caplog.set_level(logging.INFO, logger="minidiff")
     settings = {**SMALL_CONFIG, "sample_steps": None, "num_samples": 4}
     result = train(preset("tiny", out_dir=str(tmp_path), max_steps=1, **settings))
-    assert "sample grid: 1 image, DDIM with 10 steps (~4.2 min) instead of DDIM with 50 steps (~83.3 min)" in caplog.text
+    assert (
+        "sample grid: 1 image, DDIM with 10 steps (~4.2 min) instead of DDIM with 50 steps (~83.3 min)"
+        in caplog.text
+    )
     assert result.samples_png.is_file()

@@ -7,11 +7,12 @@ and on Inception-v3 with `pip install 'minidiff[fid]'`.
 
 Modules: digit_net (the CNN, its input conversion), train_digit_net (the script that made its weights),
 features (networks -> features), metrics (FID, KID, classifier scores), reference (cached real features),
-evaluate (sample + score), steps (quality against sampling steps), calibration (known image sets).
+evaluate (sample + score; `digit_fid`, the reading a training run takes), steps (quality against sampling
+steps), calibration (known image sets).
 torchmetrics and matplotlib are imported inside the functions that use them.
 """
 
-from minidiff.quality.evaluate import evaluate, format_report
+from minidiff.quality.evaluate import digit_fid, evaluate, format_report
 from minidiff.quality.features import Features, extract_features, feature_network
 from minidiff.quality.metrics import digit_scores, fid, kid
 from minidiff.quality.reference import reference_features
@@ -19,6 +20,7 @@ from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
 
 __all__ = [
     "Features",
+    "digit_fid",
     "digit_scores",
     "evaluate",
     "extract_features",

@@ -8,7 +8,8 @@ Rows, all against the same reference (the 4,000 training-split digits at the mod
   would score with this many samples;
 - the same digits blurred (Gaussian, sigma = 1 px at the model's size), and pure Gaussian noise (x_T as
   the pipeline would output it, (x / 2 + 0.5).clamp(0, 1)): two kinds of failure;
-- the model with DDPM's 1,000 steps and DDIM at 10 / 20 / 50 / 100 / 250 steps (with --model).
+- the model with each sampler setting of --settings (with --model; by default minidiff/samplers.py's
+  QUALITY_SWEEP: DDPM's 1,000 steps, DDIM at 10 / 20 / 50 / 100 / 250 steps, DPM-Solver++ at 10 / 20).
 Noise and model rows show the mean and standard deviation over seeds (drawn afresh for every seed). The
 held-out and blurred sets are fixed: their figure is the set's own, their spread the standard deviation
 over 10 bootstrap resamples (drawn with replacement).
@@ -28,6 +29,7 @@ from minidiff.quality.digit_net import HELD_OUT_SPLIT
 from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, score
 from minidiff.quality.features import Features, extract_features, feature_network
 from minidiff.quality.reference import reference_features
+from minidiff.samplers import QUALITY_SWEEP, parse_settings
 
 KEYS = ("fid", "kid", "confident_share", "class_entropy_bits")
 BOOTSTRAP_RESAMPLES = 10
@@ -118,17 +120,6 @@ def markdown_table(table: dict[str, dict], num_samples: int, seeds: int) -> str:
     return "\n".join(lines)
 
 
-def parse_settings(text: str) -> list[tuple[str, int]]:
-    """ "ddpm:1000,ddim:50" -> [("ddpm", 1000), ("ddim", 50)]."""
-    settings = []
-    for item in text.split(","):
-        sampler, _, steps = item.strip().partition(":")
-        if sampler not in ("ddpm", "ddim") or not steps.isdigit():
-            raise ValueError(f"setting {item!r}; expected SAMPLER:STEPS with SAMPLER ddpm or ddim")
-        settings.append((sampler, int(steps)))
-    return settings
-
-
 def model_rows(args, seeds: list[int], table: dict) -> list[dict]:
     """quality_vs_steps one (setting, seed) at a time; runs already in --json are kept, and the file is
     rewritten after every run, so a long calibration can be stopped and resumed."""
@@ -156,8 +147,6 @@ def model_rows(args, seeds: list[int], table: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minidiff.quality.steps import DEFAULT_SETTINGS
-
     parser = argparse.ArgumentParser(prog="python -m minidiff.quality.calibration", description=__doc__)
     parser.add_argument("--model", default=None, help="a pipeline folder to add the sampler rows for")
     parser.add_argument(
@@ -167,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, help="images per row (at most 1,000)"
     )
     parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
-    parser.add_argument("--settings", default=",".join(f"{s}:{n}" for s, n in DEFAULT_SETTINGS))
+    parser.add_argument("--settings", default=QUALITY_SWEEP, help="SAMPLER:STEPS,... (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--json", default=None, help="the model runs, kept here (resumable)")
     parser.add_argument("--plot", default=None, help="write quality_vs_steps.png here (with --model)")

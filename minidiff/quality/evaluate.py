@@ -3,8 +3,9 @@
     report = evaluate("out/demo/model", num_samples=500, sampler="ddim", steps=50)
     print(format_report(report))          # the table `minidiff eval` prints; `report` is eval.json's content
 
-Samples come from `DDPMPipeline` (DDPM's or DDIM's step on the pipeline's own schedule), batch after batch
-from one CPU generator seeded by `seed`: the same (seed, batch_size) give the same samples on any device.
+Samples come from `DDPMPipeline` (the step of any sampler of minidiff/samplers.py on the pipeline's own
+schedule), batch after batch from one CPU generator seeded by `seed`: the same (seed, batch_size) give the
+same samples on any device. `digit_fid` is the one-number reading a training run takes (eval_every).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 import torch
 
 from minidiff.quality.features import Features, as_uint8, extract_features, feature_network
-from minidiff.quality.metrics import digit_scores, fid, kid
+from minidiff.quality.metrics import check_fid_count, digit_scores, fid, kid
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
+from minidiff.samplers import default_steps, scheduler_for
 
-SAMPLERS = ("ddpm", "ddim")
 # Samples per evaluation: FID varies by about 4% between seeds there (README), and DDPM's 1,000 steps
 # stay within minutes on 2 CPU cores. FID depends on the count: compare figures of equal counts.
 DEFAULT_NUM_SAMPLES = 500
@@ -34,17 +35,11 @@ def load_pipeline(model):
 
 
 def with_sampler(pipeline, sampler: str):
-    """A pipeline on the same UNet whose scheduler is a fresh `sampler` ("ddpm" | "ddim") built from the
-    pipeline's scheduler config (same schedule), so sampling never touches the original scheduler."""
+    """A pipeline on the same UNet whose scheduler is a fresh `sampler` (a name of minidiff/samplers.py)
+    built from the pipeline's scheduler config (same schedule), so sampling never touches the original."""
     from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.scheduling_ddim import DDIMScheduler
-    from minidiff.scheduling_ddpm import DDPMScheduler
-    from minidiff.training import sampler_from_config
 
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is not known; expected one of {list(SAMPLERS)}")
-    scheduler_class = DDIMScheduler if sampler == "ddim" else DDPMScheduler
-    return DDPMPipeline(pipeline.unet, sampler_from_config(scheduler_class, pipeline.scheduler.config))
+    return DDPMPipeline(pipeline.unet, scheduler_for(sampler, pipeline.scheduler.config))
 
 
 def image_shape(pipeline) -> tuple[int, int]:
@@ -115,11 +110,7 @@ def prepare_networks(
     notes: list[str] = []
     for name, net in nets.items():
         notes += net.notes(shape)  # refuses what the network cannot read
-        if shape[0] <= net.num_features:
-            raise ValueError(
-                f"--num-samples {shape[0]}: FID on the {name} network's {net.num_features} features "
-                f"needs more than {net.num_features} samples"
-            )
+        check_fid_count(shape[0], net.num_features, f"--num-samples {shape[0]} ({name} network)")
     return nets, notes
 
 
@@ -139,7 +130,7 @@ def evaluate(
 ) -> dict[str, object]:
     """Sample `model` and score the samples against `data` with each metric group's network.
 
-    steps: sampling steps (default: T for ddpm, 50 for ddim). cache_dir: the folder of cached
+    steps: sampling steps (default: the sampler's, minidiff/samplers.py: T for ddpm, 50 for ddim, ...). cache_dir: the folder of cached
     reference features (default: eval/reference/ inside the model folder, when it is a local folder).
     networks: feature networks by group name in place of the default ones (e.g. a stand-in Inception).
     Every check (sampler, metrics, image shape, sample count) runs before the first sample is drawn.
@@ -150,7 +141,7 @@ def evaluate(
         cache_dir = Path(model) / CACHE_SUBDIR
     pipeline = with_sampler(load_pipeline(model), sampler)
     pipeline.to(device)
-    steps = steps or (50 if sampler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
+    steps = steps or default_steps(sampler, pipeline.scheduler.config.num_train_timesteps)
     channels, size = image_shape(pipeline)
     nets, notes = prepare_networks(names, (num_samples, channels, size, size), networks)
     seconds: dict[str, dict] = {"reference": {}, "features": {}}
@@ -183,6 +174,28 @@ def evaluate(
         "seconds": {"sampling": sampling_s, **seconds},
         "notes": notes,
     }
+
+
+def digit_fid(
+    pipeline,
+    data: str,
+    num_samples: int,
+    seed: int = 0,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> float:
+    """The digit FID of `num_samples` images of `pipeline` (any DDPMPipeline; `sampler` with `steps`, by
+    default the sampler's own count, on its schedule) against all of `data`, on the UNet's device; the
+    reference features are cached in `cache_dir`. The reading a training run takes every `eval_every` steps."""
+    network = feature_network("digit")
+    channels, size = image_shape(pipeline)
+    device = pipeline.device
+    reference, _, _ = reference_features(data, size, channels, network, cache_dir, device=device)
+    runner = with_sampler(pipeline, sampler)
+    steps = steps or default_steps(sampler, pipeline.scheduler.config.num_train_timesteps)
+    images, _ = generate(runner, num_samples, steps, seed, progress=False)
+    return fid(reference, extract_features(images, network, device=device))
 
 
 def format_report(report: dict) -> str:

@@ -50,6 +50,16 @@ def _check_pair(real: Features, fake: Features) -> int:
     return real.values.shape[1]
 
 
+def check_fid_count(count: int, width: int, label: str) -> None:
+    """FID fits a Gaussian to each feature set: more samples than features, or the covariance is singular.
+    `label` names the setting that gave `count` (e.g. "--num-samples 10")."""
+    if isinstance(count, bool) or not isinstance(count, int) or count <= width:
+        raise ValueError(
+            f"{label}: FID on {width} features needs more than {width} samples for a full-rank covariance "
+            "(use more, or KID, which is unbiased on small sets)"
+        )
+
+
 def fid(real: Features, fake: Features) -> float:
     """Frechet distance between the two feature sets. Each needs more samples than features, or its
     covariance is singular (use `kid` for small sets)."""
@@ -57,11 +67,7 @@ def fid(real: Features, fake: Features) -> float:
 
     width = _check_pair(real, fake)
     for what, feats in (("reference", real), ("sample", fake)):
-        if len(feats) <= width:
-            raise ValueError(
-                f"FID on {width} features needs more than {width} {what} images for a full-rank covariance; "
-                f"got {len(feats)} (use more images, or KID, which is unbiased on small sets)"
-            )
+        check_fid_count(len(feats), width, f"{len(feats)} {what} images")
     metric = FrechetInceptionDistance(feature=_PassThrough(width))
     metric.update(real.values.double(), real=True)
     metric.update(fake.values.double(), real=False)

@@ -1,8 +1,10 @@
 """Quality against the number of sampling steps, with the time each setting takes: the speed-quality
 trade-off of one trained model in one table and one picture.
 
-    results = quality_vs_steps("out/demo/model")                  # DDPM 1000; DDIM 10, 20, 50, 100, 250
+    results = quality_vs_steps("out/demo/model")     # DDPM 1000; DDIM 10 to 250; DPM-Solver++ 10, 20
     plot_quality_vs_steps(results, "out/demo/quality_vs_steps.png")
+
+The settings are (sampler, steps) pairs over minidiff/samplers.py's names; its QUALITY_SWEEP is the default.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from minidiff.quality.evaluate import (
 )
 from minidiff.quality.features import extract_features, feature_network
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
+from minidiff.samplers import QUALITY_SWEEP, parse_settings
 
-DEFAULT_SETTINGS = (("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("ddim", 250))
+DEFAULT_SETTINGS = tuple(parse_settings(QUALITY_SWEEP))
 
 
 def quality_vs_steps(
@@ -91,7 +94,7 @@ def summarize(results: Sequence[dict], key: str = "fid") -> list[dict[str, objec
 
 def plot_quality_vs_steps(results: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> Path:
     """Digit FID (left axis, mean +- std over seeds) and sampling time (right axis) against the number of
-    sampling steps (log scale), DDIM as a line and DDPM as separate points."""
+    sampling steps (log scale): one line per sampler (a single setting is a point), in the order they come."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -102,10 +105,10 @@ def plot_quality_vs_steps(results: Sequence[dict], path: str | os.PathLike, titl
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax_time = ax.twinx()
-    for sampler, color, marker in (("ddim", "tab:blue", "o"), ("ddpm", "tab:red", "s")):
+    samplers = list(dict.fromkeys(r["sampler"] for r in summary))
+    for i, sampler in enumerate(samplers):
+        color, marker = f"C{i}", "osD^v<>p"[i % 8]
         rows = sorted((r for r in summary if r["sampler"] == sampler), key=lambda r: r["steps"])
-        if not rows:
-            continue
         steps = [r["steps"] for r in rows]
         ax.errorbar(
             steps, [r["fid"] for r in rows], yerr=[r["fid_std"] for r in rows], color=color, marker=marker,

@@ -8,6 +8,8 @@ rules.py        the rules: target per prediction_type, loss, AdamW, lr schedule,
 step.py         the plain engine: one eager optimizer step (`train_step`), batches drawn on the host
 loop.py         `train`: the loop that drives either engine (the fast one is minidiff.fast.FastTrainer)
 run.py          what every run shares: model, noise schedule, data, progress, loss log, output files
+data.py         the images of a run: resident on the device, or streamed through DataLoader workers
+flags.py        TrainConfig as command-line flags, with diffusers' train_unconditional.py names
 checkpoint.py   atomic checkpoints with everything a bit-exact resume needs
 distributed.py  torchrun / DistributedDataParallel helpers
 preflight.py    the checks before step 1: device, writable output folder, free disk space
@@ -24,13 +26,13 @@ _EXPORTS = {
     "EMA": "rules", "loss_fn": "rules", "training_target": "rules",
     "PRESETS": "config", "TrainConfig": "config", "preset": "config",
     "train": "loop", "TrainingInterrupted": "loop",
-    "TrainResult": "run", "build_noise_scheduler": "run", "build_unet": "run", "sampler_from_config": "run",
+    "TrainResult": "run", "build_noise_scheduler": "run", "build_unet": "run",
     "PlainEngine": "step", "TrainState": "step", "make_train_state": "step", "train_step": "step",
 }  # fmt: skip
 __all__ = [
     "EMA", "PRESETS", "PlainEngine", "TrainConfig", "TrainResult", "TrainState", "TrainingInterrupted",
-    "build_noise_scheduler", "build_unet", "loss_fn", "make_train_state", "preset", "sampler_from_config",
-    "train", "train_step", "training_target",
+    "build_noise_scheduler", "build_unet", "loss_fn", "make_train_state", "preset", "train", "train_step",
+    "training_target",
 ]  # fmt: skip
 
 
@@ -46,5 +48,5 @@ if TYPE_CHECKING:
     from minidiff.training.config import PRESETS, TrainConfig, preset
     from minidiff.training.loop import TrainingInterrupted, train
     from minidiff.training.rules import EMA, loss_fn, training_target
-    from minidiff.training.run import TrainResult, build_noise_scheduler, build_unet, sampler_from_config
+    from minidiff.training.run import TrainResult, build_noise_scheduler, build_unet
     from minidiff.training.step import PlainEngine, TrainState, make_train_state, train_step

@@ -10,15 +10,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from minidiff.samplers import SAMPLER_NAMES, default_steps
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # the schedulers' prediction types (minidiff.scheduling_utils; a test keeps the two equal): this module
 # imports no torch, so that `minidiff train --help` answers at once
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-SAMPLERS = ("ddpm", "ddim")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
-EVAL_STEPS = 50  # the DDIM steps of the digit FID readings during training (eval_every)
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 
@@ -87,10 +87,10 @@ class TrainConfig:
     sample_every: int | None = None  # epochs -> out_dir/samples/epoch-XXXX.png
     save_model_every: int | None = None  # epochs -> out_dir/model (the EMA weights when EMA is on)
     num_samples: int = 16  # images per sample grid (0: no grids)
-    sampler: str | None = None  # "ddpm" | "ddim"; None: DDIM for runs under QUICK_RUN steps, else DDPM
-    sample_steps: int | None = None  # None: 50 for DDIM, num_train_timesteps for DDPM
+    sampler: str | None = None  # a name of minidiff/samplers.py; None: DDIM under QUICK_RUN steps, else DDPM
+    sample_steps: int | None = None  # None: the sampler's default (DDIM 50, DDPM num_train_timesteps, ...)
     eval_every: int | None = None  # steps between digit FID readings (loss.csv's digit_fid, loss.png)
-    eval_samples: int = 100  # images each reading samples (DDIM, EVAL_STEPS steps); > 64 for the FID
+    eval_samples: int = 100  # images each reading samples (DDIM, 50 steps); > 64 for the FID
     log_every: int = 10  # steps between loss.csv writes / progress updates (one host sync each)
     logger: str = "none"  # "none" | "tensorboard" (loss, lr and sample grids in out_dir/logging_dir)
     logging_dir: str = "logs"  # the TensorBoard folder, inside out_dir unless absolute
@@ -105,13 +105,6 @@ class TrainConfig:
         if self.resume == "":
             raise ConfigError(
                 "{resume}; expected True, False, 'latest', 'auto' or a checkpoint path", resume=""
-            )
-        if self.eval_every is not None and not (
-            isinstance(self.eval_samples, int) and self.eval_samples > 64
-        ):
-            raise ConfigError(
-                "{eval_samples}; the digit FID of 64 features needs more than 64 samples",
-                eval_samples=self.eval_samples,
             )
         if not 0.0 <= self.ema_min_decay <= max(self.ema_decay, 0.0):
             raise ConfigError(
@@ -191,7 +184,7 @@ def _one_of(allowed: tuple):
 # (fields, test of one value, what is expected): TrainConfig.validate reads it top to bottom
 CHECKS = (
     (("image_size", "layers_per_block", "num_train_timesteps", "epochs", "batch_size", "grad_accum",
-      "keep_checkpoints", "log_every", "data_budget_mb"), _int_at_least(1), "expected a positive int"),
+      "keep_checkpoints", "log_every", "data_budget_mb", "eval_samples"), _int_at_least(1), "expected a positive int"),
     (("max_steps", "checkpoint_every", "sample_every", "save_model_every", "limit", "sample_steps"),
      _int_at_least(1, allow_none=True), "expected a positive int or None"),
     (("num_samples",), _int_at_least(0), "expected an int >= 0 (0: no sample grids)"),
@@ -202,7 +195,7 @@ CHECKS = (
     (("resume",), lambda value: isinstance(value, bool | str),
      "expected True, False, 'latest', 'auto' or a checkpoint path"),
     (("mixed_precision",), _one_of(MIXED_PRECISION), f"expected one of {list(MIXED_PRECISION)}"),
-    (("sampler",), _one_of((*SAMPLERS, None)), f"expected one of {[*SAMPLERS, None]}"),
+    (("sampler",), _one_of((*SAMPLER_NAMES, None)), f"expected one of {[*SAMPLER_NAMES, None]}"),
     (("logger",), _one_of(LOGGERS), f"expected one of {list(LOGGERS)}"),
     (("prediction_type",), _one_of(PREDICTION_TYPES), f"expected one of {list(PREDICTION_TYPES)}"),
     (("lr_scheduler",), _one_of(LR_SCHEDULES), f"expected one of {list(LR_SCHEDULES)}"),
@@ -286,11 +279,10 @@ RESUMABLE_CHANGES = {  # fields that may differ between a run and its resumption
 
 
 def sampling_settings(config: TrainConfig, total_steps: int) -> tuple[str, int]:
-    """(sampler, steps) of the sample grids: as set, else DDIM with 50 steps for a quick run (fewer than
-    QUICK_RUN steps) and DDPM with every training timestep for a longer one."""
+    """(sampler, steps) of the sample grids: as set, else DDIM for a quick run (fewer than QUICK_RUN steps)
+    and DDPM for a longer one; steps as set, else the sampler's default (DDIM 50, DDPM every timestep)."""
     sampler = config.sampler or ("ddim" if total_steps < QUICK_RUN else "ddpm")
-    steps = config.sample_steps or (50 if sampler == "ddim" else config.num_train_timesteps)
-    return sampler, steps
+    return sampler, config.sample_steps or default_steps(sampler, config.num_train_timesteps)
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -19,12 +19,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from minidiff.samplers import SAMPLER_NAMES, steps_help
 from minidiff.training.config import (
     LOGGERS,
     LR_SCHEDULES,
     MIXED_PRECISION,
     PREDICTION_TYPES,
-    SAMPLERS,
     ConfigError,
     TrainConfig,
 )
@@ -136,9 +136,10 @@ FLAGS = (
     Flag(("--save-model-every", "--save_model_epochs"), "save_model_every", "write the model folder every N epochs",
          positive_int),
     Flag(("--num-samples", "--eval_batch_size"), "num_samples", "images per sample grid (0: none)", int),
-    Flag(("--sampler",), "sampler", "sampler of the grids (None: DDIM for short runs, else DDPM)", choices=SAMPLERS),
-    Flag(("--sample-steps", "--ddpm_num_inference_steps"), "sample_steps", "denoising steps of the grids (None: 50 "
-         "for DDIM, T for DDPM)", positive_int),
+    Flag(("--sampler",), "sampler", "sampler of the grids (None: DDIM for short runs, else DDPM)",
+         choices=SAMPLER_NAMES),
+    Flag(("--sample-steps", "--ddpm_num_inference_steps"), "sample_steps", "denoising steps of the grids (None: "
+         f"{steps_help()})", positive_int),
     Flag(("--eval-every",), "eval_every", "steps between digit FID readings (loss.csv, loss.png)", positive_int),
     Flag(("--eval-samples",), "eval_samples", "images per digit FID reading (DDIM, 50 steps; > 64)", positive_int),
     Flag(("--log-every",), "log_every", "steps between loss.csv writes", positive_int),

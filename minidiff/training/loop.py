@@ -95,6 +95,11 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
     refused (`minidiff.files.FolderInUse`) while the first holds it.
     """
     check_before_start(config)
+    if config.eval_every is not None:  # the digit FID readings: refused now, not at the first reading
+        from minidiff.quality.digit_net import NUM_FEATURES
+        from minidiff.quality.metrics import check_fid_count
+
+        check_fid_count(config.eval_samples, NUM_FEATURES, f"eval_samples={config.eval_samples}")
     if config.fast:
         from minidiff.fast.trainer import check_fast_supported
 

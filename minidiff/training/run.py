@@ -185,26 +185,17 @@ class TensorBoard:
 
 
 def digit_fid(unet, noise_scheduler, config: TrainConfig, out_dir: Path) -> float:
-    """The digit FID of `config.eval_samples` images from `unet` (DDIM, EVAL_STEPS steps, seed config.seed)
-    against the run's data source (all of it, whatever `limit` trains on); its features are cached in
-    out_dir/eval/reference."""
+    """The digit FID of `config.eval_samples` images from `unet` (DDIM, 50 steps, seed config.seed) against
+    the run's data source (all of it, whatever `limit` trains on); its features are cached in
+    out_dir/eval/reference. The measurement is minidiff.quality's."""
     from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.quality.evaluate import generate, with_sampler
-    from minidiff.quality.features import extract_features, feature_network
-    from minidiff.quality.metrics import fid
-    from minidiff.quality.reference import CACHE_SUBDIR, reference_features
-    from minidiff.training.config import EVAL_STEPS
+    from minidiff.quality import digit_fid as measure
+    from minidiff.quality.reference import CACHE_SUBDIR
 
-    network = feature_network("digit")
-    channels = unet.config.in_channels
-    reference, _, _ = reference_features(
-        config.data, config.image_size, channels, network, out_dir / CACHE_SUBDIR, device=unet.device
+    pipeline = DDPMPipeline(unet, noise_scheduler)
+    return measure(
+        pipeline, config.data, config.eval_samples, config.seed, "ddim", cache_dir=out_dir / CACHE_SUBDIR
     )
-    pipeline = with_sampler(DDPMPipeline(unet, noise_scheduler), "ddim")
-    was_training = unet.training
-    images, _ = generate(pipeline, config.eval_samples, EVAL_STEPS, config.seed, progress=False)
-    unet.train(was_training)
-    return fid(reference, extract_features(images, network, device=unet.device))
 
 
 def write_run_config(out_dir: Path, config: TrainConfig, **resolved) -> Path:
@@ -224,24 +215,15 @@ def write_run_config(out_dir: Path, config: TrainConfig, **resolved) -> Path:
 
 
 # ---- what a run leaves behind -----------------------------------------------------------------------------
-def sampler_from_config(scheduler_class, config):
-    """`scheduler_class` built from another scheduler's config, keeping only the keys it takes (DDIM has no
-    `variance_type`, for one), as diffusers does when it swaps compatible schedulers."""
-    accepted = set(scheduler_class.init_keywords())
-    return scheduler_class.from_config({k: v for k, v in config.items() if k in accepted})
-
-
 def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainConfig) -> Path:
-    """A grid of `config.num_samples` images from `unet` (DDPM or DDIM, `config.sample_steps` steps),
+    """A grid of `config.num_samples` images from `unet` (`config.sampler`, `config.sample_steps` steps),
     drawn from a generator seeded by `config.seed`, so every grid of a run starts from the same noise."""
     from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.scheduling_ddim import DDIMScheduler
-    from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.samplers import scheduler_for
     from minidiff.viz import enlarged, save_grid
 
     # a fresh scheduler: set_timesteps must not touch the one training uses
-    sampler_class = DDIMScheduler if config.sampler == "ddim" else DDPMScheduler
-    pipeline = DDPMPipeline(unet=unet, scheduler=sampler_from_config(sampler_class, noise_scheduler.config))
+    pipeline = DDPMPipeline(unet=unet, scheduler=scheduler_for(config.sampler, noise_scheduler.config))
     pipeline.set_progress_bar_config(disable=not config.progress, desc="sampling", leave=False)
     generator = torch.Generator(unet.device).manual_seed(config.seed)
     was_training = unet.training

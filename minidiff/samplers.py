@@ -1,0 +1,122 @@
+"""The samplers by name: which scheduler takes the reverse steps, how many steps by default, and the rebuild
+of that scheduler from any pipeline's scheduler config (the same noise schedule, another step).
+
+    from minidiff.samplers import scheduler_for
+    pipeline.scheduler = scheduler_for("dpmsolver++", pipeline.scheduler.config)     # 20 steps by default
+
+Every place that offers a choice of sampler reads this table: `minidiff sample|eval|train|demo --sampler`,
+TrainConfig.sampler, minidiff.quality's evaluate and quality_vs_steps. The pipelines run one loop for all
+of them (minidiff/pipeline_ddpm.py `denoise`). This module imports no torch: the command's `--help` and
+the torch-free TrainConfig read the names from it; a scheduler class is imported when it is first asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+
+class Sampler(NamedTuple):
+    module: str  # the minidiff module that defines the scheduler (diffusers' file name)
+    class_name: str  # diffusers' class name
+    steps: int | None  # default number of steps (None: every training timestep, T)
+    description: str
+    overrides: tuple[tuple[str, object], ...] = ()  # scheduler keywords the sampler fixes
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler("minidiff.scheduling_ddpm", "DDPMScheduler", None,
+                    "DDPM's ancestral step (Ho et al. 2020), every training timestep"),
+    "ddim": Sampler("minidiff.scheduling_ddim", "DDIMScheduler", 50,
+                    "DDIM (Song et al. 2021), deterministic unless eta > 0"),
+    "pndm": Sampler("minidiff.scheduling_pndm", "PNDMScheduler", 50,
+                    "pseudo numerical methods (Liu et al. 2022): Runge-Kutta warm-up, then linear multistep"),
+    "dpmsolver++": Sampler("minidiff.scheduling_dpmsolver_multistep", "DPMSolverMultistepScheduler", 20,
+                           "DPM-Solver++ (Lu et al. 2022), second-order multistep ODE solver",
+                           (("algorithm_type", "dpmsolver++"),)),
+    "euler": Sampler("minidiff.scheduling_euler_discrete", "EulerDiscreteScheduler", 50,
+                     "Euler's method on the probability-flow ODE in sigma (Karras et al. 2022)"),
+    "euler_a": Sampler("minidiff.scheduling_euler_ancestral_discrete", "EulerAncestralDiscreteScheduler", 50,
+                       "Euler ancestral: an Euler step, then fresh noise (k-diffusion's sample_euler_ancestral)"),
+}  # fmt: skip
+SAMPLER_NAMES = tuple(SAMPLERS)
+
+# the noise schedule of a config: a sampler rebuilt from it must keep these (or refuse, when it cannot)
+SCHEDULE_KEYS = (
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+    "rescale_betas_zero_snr", "timestep_spacing", "steps_offset",
+)  # fmt: skip
+
+
+def check_sampler(name: str) -> Sampler:
+    """The table's entry for `name`; a ValueError naming the known samplers for any other."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler {name!r} is not known; expected one of {list(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def default_steps(name: str, num_train_timesteps: int) -> int:
+    """The sampler's default number of steps (DDPM: every one of the T training timesteps)."""
+    steps = check_sampler(name).steps
+    return num_train_timesteps if steps is None else steps
+
+
+def steps_help() -> str:
+    """ "ddpm: T, ddim: 50, ...": the default step counts, for --help."""
+    return ", ".join(f"{name}: {s.steps or 'T'}" for name, s in SAMPLERS.items())
+
+
+def scheduler_class(name: str) -> type:
+    """The scheduler class of sampler `name` (imported on first use)."""
+    sampler = check_sampler(name)
+    return getattr(importlib.import_module(sampler.module), sampler.class_name)
+
+
+def scheduler_class_named(class_name: str) -> type | None:
+    """The minidiff scheduler class of a diffusers class name ("DDIMScheduler"), None when there is none:
+    the registry that configuration.py and pipeline_utils.py read instead of the whole package."""
+    for sampler in SAMPLERS.values():
+        if sampler.class_name == class_name:
+            return getattr(importlib.import_module(sampler.module), class_name)
+    return None
+
+
+SCHEDULER_CLASS_NAMES = tuple(dict.fromkeys(s.class_name for s in SAMPLERS.values()))
+
+
+def scheduler_for(name: str, config: dict):
+    """A fresh scheduler of sampler `name` on the noise schedule of `config` (any scheduler's config).
+
+    As diffusers' `from_config`: every key the new class takes is passed on (betas, prediction_type,
+    zero-SNR, timestep spacing, ...), the others stay in its config. Keys a config left at their defaults
+    are passed too, so a scheduler rebuilt from an object equals one rebuilt from its saved file. A schedule
+    key the new class cannot take (rescale_betas_zero_snr=True for PNDM) is refused, not dropped.
+    """
+    sampler = check_sampler(name)
+    cls = scheduler_class(name)
+    config = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
+    accepted = set(cls.init_keywords())
+    for key in SCHEDULE_KEYS:
+        if key in config and key not in accepted and config[key] is not None and config[key] is not False:
+            raise ValueError(
+                f"sampler {name!r} ({sampler.class_name}) has no {key}; this schedule has {key}={config[key]!r}"
+            )
+    return cls.from_config(config, **dict(sampler.overrides))
+
+
+def parse_settings(text: str) -> list[tuple[str, int]]:
+    """ "ddpm:1000,ddim:50" -> [("ddpm", 1000), ("ddim", 50)]: samplers of the table with step counts."""
+    settings = []
+    for item in text.split(","):
+        sampler, _, steps = item.strip().partition(":")
+        if sampler not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+            raise ValueError(
+                f"setting {item.strip()!r}; expected SAMPLER:STEPS with SAMPLER one of {list(SAMPLERS)} "
+                "and STEPS a positive int"
+            )
+        settings.append((sampler, int(steps)))
+    return settings
+
+
+# the sweep of `quality_vs_steps` and `minidiff demo`: DDPM first (the demo's samples.png comes from it)
+QUALITY_SWEEP = "ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,ddim:250,dpmsolver++:10,dpmsolver++:20"
