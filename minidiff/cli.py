@@ -7,18 +7,24 @@
     minidiff parity --model DIR                     # per-layer comparison with diffusers
     minidiff eval --model DIR --sampler ddim --steps 50   # digit FID / KID of 500 samples -> eval.json
 
-Heavy modules (torch models, datasets, matplotlib, diffusers) are imported inside the subcommands, so
-`minidiff --help` answers quickly. Errors from the library print their whole message and exit with
-status 1 (`--debug`, before or after the subcommand, shows the traceback); bad flags are argparse errors
-(status 2); an interrupted training run exits 130 (SIGINT) or 143 (SIGTERM) after saving its work.
+Heavy modules (torch models, datasets, matplotlib, diffusers) are imported inside the subcommands, after
+the settings and paths are checked, so `minidiff --help` and a wrong path answer at once. Errors print one
+line naming the flag as it was typed and exit with status 1; warnings are one `warning: ...` line each
+(`--debug`, before or after the subcommand, shows tracebacks and the warnings' full text); bad flags are
+argparse errors (status 2); an interrupted training run exits 130 (SIGINT) or 143 (SIGTERM) after saving
+its work. Sampling that takes more than a few seconds is announced with its expected time first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -31,13 +37,73 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
 def _setup_logging() -> None:
     logger = logging.getLogger("minidiff")
     if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
         handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+def _say(text: str) -> None:
+    """A line on stderr that does not tear a progress bar."""
+    if "tqdm" in sys.modules:
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _clean_warnings(debug: bool):
+    """Every warning as one `warning: ...` line (its first); with --debug its full text and origin."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip()
+        if debug:
+            _say(f"warning: {text}\n  ({category.__name__} at {filename}:{lineno})")
+        else:
+            _say(f"warning: {text.splitlines()[0] if text else category.__name__}")
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _in_users_words(err: Exception, argv: list[str]) -> str:
+    """The error's message; a refused setting (ConfigError) named as the flag the user typed."""
+    from minidiff.training.config import ConfigError
+    from minidiff.training.flags import flag_name, typed_flags
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC and "free some space" not in str(err):
+        return (
+            f"{err}; every file saved before is intact (writes are atomic): free some space, then run again "
+            "(--resume continues a training run from its last checkpoint)"
+        )
+    if not isinstance(err, ConfigError):
+        return str(err).strip() or type(err).__name__
+    typed = typed_flags(argv)
+
+    def spell(field: str, value, how: str) -> str:
+        flag, text = typed.get(field, (flag_name(field), None))
+        if flag is None:
+            return f"{field}={value!r}" if how == "" else field
+        if how in ("name", "on"):
+            return flag_name(field) if flag.startswith("--no-") else flag
+        return f"{flag} {text if text is not None else value}"
+
+    return err.render(spell)
 
 
 # ---- train / demo ---------------------------------------------------------------------------------------
@@ -48,6 +114,8 @@ DEMO_QUALITY_SAMPLES = 80  # per sampler: > 64, the digit network's features, fo
 def _preset_in(argv: list[str], default: str) -> str:
     """The --preset named on the command line (looked up before parsing: --help shows its defaults)."""
     for i, word in enumerate(argv):
+        if word == "--diffusers-defaults":
+            return "diffusers"
         if word == "--preset" and i + 1 < len(argv):
             return argv[i + 1]
         if word.startswith("--preset="):
@@ -71,11 +139,19 @@ def _defaults(command: str, preset_name: str):
     return defaults
 
 
+def _steps(n: int) -> str:
+    return f"{n} step" + "s" * (n != 1)
+
+
 def _report(result, extra: dict[str, Path] | None = None) -> None:
-    rate = result.steps / result.train_seconds if result.train_seconds > 0 else float("nan")
+    """What this start did (steps, time, speed), where the run stands, and the files that exist."""
+    done = result.steps - result.first_step
+    rate = done / result.train_seconds if result.train_seconds > 0 else float("nan")
+    resumed = f"; resumed at step {result.first_step}, the run now has {_steps(result.steps)}"
+    epochs = f"{result.epochs_completed} epoch" + "s" * (result.epochs_completed != 1)
     print(
-        f"trained {result.steps} steps ({result.epochs_completed} epochs) in {result.seconds:.0f} s; "
-        f"{rate:.2f} steps/s ({result.train_seconds:.0f} s of steps)"
+        f"trained {_steps(done)} in {result.seconds:.0f} s; {rate:.2f} steps/s ({result.train_seconds:.0f} s "
+        f"of steps){resumed if result.first_step else ''}; {epochs} in all"
     )
     print(
         f"final loss (mean of the last 100 steps): {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}"
@@ -91,21 +167,33 @@ def _report(result, extra: dict[str, Path] | None = None) -> None:
         files[f"samples {grid.stem}"] = grid
     for ckpt in result.checkpoints:
         files[f"checkpoint {ckpt.stem}"] = ckpt
+    files = {what: path for what, path in files.items() if path is not None and Path(path).exists()}
     width = max(len(k) for k in files)
     for what, path in files.items():
         print(f"  {what:<{width}}  {path}")
 
 
 def _train(args: argparse.Namespace):
-    """Train as the flags say; an interrupted run says where it stopped and how to go on."""
-    from minidiff.training import train
+    """Train as the flags say; an interrupted run says where it stopped and how to go on. Settings, paths
+    and the output folder's lock are checked before torch is imported: a wrong path fails at once."""
     from minidiff.training.flags import config_from_args
+    from minidiff.training.preflight import check_before_start, hold_out_dir
+
+    config = config_from_args(args, args.defaults)
+    _note_diffusers_defaults(args, config)
+    check_before_start(config)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 writes (and locks)
+    with hold_out_dir(config.out_dir) if main_process else contextlib.nullcontext():
+        return config, _train_now(args, config)
+
+
+def _train_now(args: argparse.Namespace, config):
+    from minidiff.training import train
     from minidiff.training.loop import TrainingInterrupted
 
     _setup_logging()
-    config = config_from_args(args, args.defaults)
     try:
-        return config, train(config)
+        return train(config)
     except TrainingInterrupted as stop:
         import shlex
 
@@ -117,10 +205,39 @@ def _train(args: argparse.Namespace):
         raise
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from minidiff.training.distributed import is_main
+# what a train_unconditional.py command line leaves to the defaults, where the presets differ
+DIFFUSERS_DEFAULTS_SAID = ("lr", "lr_scheduler", "warmup_steps", "batch_size", "image_size", "epochs",
+                           "beta_schedule", "adam_beta1", "weight_decay", "grad_clip")  # fmt: skip
 
+
+def _note_diffusers_defaults(args: argparse.Namespace, config) -> None:
+    """A command line in diffusers' spelling on another preset: say which defaults differ from its script's."""
+    from minidiff.training.config import PRESETS
+    from minidiff.training.flags import FLAGS, flag_name, typed_flags
+
+    typed = typed_flags(args.argv)
+    diffusers_names = {name for flag in FLAGS for name in flag.names[1:]}
+    if getattr(args, "preset", None) in (None, "diffusers") or not any(
+        f in diffusers_names for f, _ in typed.values()
+    ):
+        return
+    theirs = PRESETS["diffusers"]
+    differ = [
+        f"{flag_name(k)} {getattr(config, k)} (its {getattr(theirs, k)})"
+        for k in DIFFUSERS_DEFAULTS_SAID
+        if k not in typed and getattr(config, k) != getattr(theirs, k)
+    ]
+    if differ:
+        _say(
+            f"note: settings not given come from the {args.preset} preset, not train_unconditional.py: "
+            f"{', '.join(differ)}, and the UNet; --preset diffusers gives that script's defaults"
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     _, result = _train(args)
+    from minidiff.training.distributed import is_main  # (torch is loaded by now)
+
     if is_main():  # under torchrun: one report (rank 0 wrote the files)
         _report(result)
     return 0
@@ -167,6 +284,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{budget}{args.max_steps} steps; then {args.quality_samples} samples per sampler for the quality plot"
     )
     config, result = _train(args)
+    from minidiff.quality.evaluate import load_pipeline
+
+    unet = load_pipeline(result.model_dir).unet  # quality_vs_steps samples on the CPU
+    _say_cost(unet, f"quality plot: {args.quality_samples} samples at {len(settings)} settings",
+              args.quality_samples, sum(steps for _, steps in settings), cheaper=False)  # fmt: skip
     runs = quality_vs_steps(
         result.model_dir, settings, args.quality_samples, seeds=[config.seed],
         progress=config.progress, keep_images=True,
@@ -194,7 +316,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---- sample / noise / parity ------------------------------------------------------------------------
+def _local_pipeline_checked(model: str) -> None:
+    """A local-looking --model that is not a pipeline folder fails before torch is imported."""
+    from minidiff.files import looks_local
+
+    index = Path(model).expanduser() / "model_index.json"
+    if looks_local(model) and not index.is_file():
+        raise FileNotFoundError(
+            f"--model {model}: {index} does not exist; expected a pipeline folder (OUT/model)"
+        )
+
+
+def _say_cost(unet, what: str, batch: int, steps: int, batches: int = 1, cheaper: bool = True) -> None:
+    """Print the expected time of sampling before it starts, when it is more than a few seconds, and of
+    the samplers of minidiff/samplers.py that take fewer steps by default (`cheaper`)."""
+    from minidiff.cost import FEW_SECONDS, cheaper_samplers, cost_line, sampling_seconds, step_seconds
+
+    step = step_seconds(unet, batch)
+    if sampling_seconds(step, steps, batches) > FEW_SECONDS:
+        options = cheaper_samplers(steps) if cheaper else []
+        how = "; --sampler NAME --steps N chooses" if options else ""
+        print(f"expected: {cost_line(what, step, steps, batches, options)}{how}", flush=True)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    _local_pipeline_checked(args.model)
     import torch
 
     from minidiff.pipeline_ddpm import DDPMPipeline
@@ -207,6 +353,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     pipeline.to(device)
     steps = args.steps or default_steps(args.sampler, pipeline.scheduler.config.num_train_timesteps)
+    if not args.fast:  # the fast sampler's CUDA graphs and bf16 make a plain forward's time no guide
+        _say_cost(pipeline.unet, f"{args.num} images, {args.sampler} with {steps} steps", args.num, steps)
     started = time.perf_counter()
     if args.fast:  # minidiff.fast: on-device step tables, one CUDA graph per step (bf16 on a GPU)
         from minidiff.fast import sample
@@ -278,10 +426,17 @@ def cmd_parity(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    _local_pipeline_checked(args.model)
     from minidiff.files import atomic_write_text
-    from minidiff.quality.evaluate import evaluate, format_report
+    from minidiff.quality.evaluate import evaluate, format_report, load_pipeline
     from minidiff.training.preflight import pick_device
 
+    pipeline = load_pipeline(args.model).to(pick_device(args.device))
+    steps = args.steps or (50 if args.sampler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
+    batch = min(args.batch_size, args.num_samples)
+    _say_cost(pipeline.unet, f"{args.num_samples} samples, {args.sampler} with {steps} steps", batch, steps,
+              -(-args.num_samples // batch))  # fmt: skip
+    del pipeline
     local = Path(args.model).is_dir()
     out = Path(args.out) if args.out else (Path(args.model) / "eval.json" if local else Path("eval.json"))
     report = evaluate(
@@ -379,11 +534,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     preset_name = _preset_in(argv, "tutorial")
     train = commands.add_parser(
-        "train", parents=[common], help="train a DDPM (presets: tiny, tutorial)",
+        "train", parents=[common], help="train a DDPM (presets: tiny, tutorial, diffusers)",
         description="Train a DDPM. Every flag also answers to the name diffusers' train_unconditional.py gives "
-        "it (shown beside it); defaults are the chosen --preset's.",
+        "it (shown beside it), and that script's other flags are honoured or refused with the reason. Defaults "
+        "are the chosen --preset's: tutorial (the butterfly tutorial: lr 4e-4 constant, batch 64, 32 px, "
+        "30 epochs), tiny (the digits demo) or diffusers (train_unconditional.py's own: lr 1e-4 cosine with "
+        "500 warm-up steps, batch 16, 64 px, 100 epochs, its 6-level UNet).",
     )  # fmt: skip
-    train.add_argument("--preset", choices=["tiny", "tutorial"], default="tutorial", help="starting settings")
+    train.add_argument(
+        "--preset", choices=["tiny", "tutorial", "diffusers"], default="tutorial", help="starting settings"
+    )
+    train.add_argument(
+        "--diffusers-defaults", dest="preset", action="store_const", const="diffusers",
+        help="the same as --preset diffusers: train_unconditional.py's defaults",
+    )  # fmt: skip
     train.set_defaults(func=cmd_train, defaults=_defaults("train", preset_name))
     add_train_flags(train, _defaults("train", preset_name))
 
@@ -437,13 +601,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # errors name the flags as typed
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with _clean_warnings(args.debug):
+            return args.func(args)
     except KeyboardInterrupt as stop:  # TrainingInterrupted says where it stopped (_train printed it)
         if not hasattr(stop, "exit_code"):
             print(f"minidiff {args.command}: interrupted", file=sys.stderr)
@@ -451,8 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the library's errors name the bad value; no traceback without --debug
         if args.debug:
             raise
-        message = str(err).strip() or type(err).__name__
-        print(f"minidiff {args.command}: error: {message}", file=sys.stderr)
+        print(f"minidiff {args.command}: error: {_in_users_words(err, argv)}", file=sys.stderr)
         return 1
 
 

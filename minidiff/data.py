@@ -157,8 +157,9 @@ def _image_suffixes() -> set[str]:
     return {suffix.lower() for suffix in ImageFolder.EXTENSIONS}
 
 
-def _load_hf_dataset(source: str, split: str):
-    """A `datasets.Dataset` from a local folder (imagefolder builder) or a hub id."""
+def _load_hf_dataset(source: str, split: str, name: str | None = None, cache_dir: str | None = None):
+    """A `datasets.Dataset` from a local folder (imagefolder builder) or a hub id (configuration `name`);
+    `cache_dir`: where `datasets` keeps what it downloads and prepares."""
     try:
         import datasets
     except ImportError as err:
@@ -168,7 +169,9 @@ def _load_hf_dataset(source: str, split: str):
     folder = Path(source).expanduser()
     if folder.is_dir():
         try:
-            return datasets.load_dataset("imagefolder", data_dir=str(folder), split=split)
+            return datasets.load_dataset(
+                "imagefolder", data_dir=str(folder), split=split, cache_dir=cache_dir
+            )
         except (datasets.data_files.EmptyDatasetError, ValueError) as err:
             # datasets says "doesn't contain any data files" or 'Instruction "train" corresponds to no data!'
             if not any(p.suffix.lower() in _image_suffixes() for p in folder.rglob("*") if p.is_file()):
@@ -183,7 +186,7 @@ def _load_hf_dataset(source: str, split: str):
     if not hub_offline() and not hub_reachable():
         raise _offline_error(source, "the hub could not be reached (no network?)")
     try:
-        return datasets.load_dataset(source, split=split)
+        return datasets.load_dataset(source, name, split=split, cache_dir=cache_dir)
     except ConnectionError as err:
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if hub_offline() else str(err)
         raise _offline_error(source, why) from err
@@ -248,12 +251,12 @@ def _check_limit(limit: int | None) -> None:
         raise ValueError(f"limit={limit!r}; expected None or a positive int")
 
 
-def _open(source: str, transform: transforms.Compose | None, split: str, limit: int | None):
+def _open(source: str, transform: transforms.Compose | None, split: str, limit: int | None, **hub):
     source = str(source)
     if source == DEFAULT_DATASET:
         dataset = DigitsDataset(transform, limit)
     else:
-        hf = _load_hf_dataset(source, split)
+        hf = _load_hf_dataset(source, split, **hub)
         dataset = ImageDataset(hf.select(range(min(limit, len(hf)))) if limit else hf, source, transform)
     if len(dataset) == 0:
         raise ValueError(f"data source {source!r} (split {split!r}) holds no images")
@@ -298,12 +301,14 @@ def open_images(
     limit: int | None = None,
     split: str = "train",
     center_crop: bool = False,
+    name: str | None = None,
+    cache_dir: str | None = None,
 ) -> torch.utils.data.Dataset:
-    """The images of `source` as resized PIL images, decoded on access (what a streaming loader reads)."""
+    """The images of `source` as resized PIL images, decoded on access (what a streaming loader reads).
+    name, cache_dir: a hub dataset's configuration and `datasets`' cache folder (its keywords)."""
     _check_limit(limit)
-    return _open(
-        source, resize_transform(image_size, default_channels(source, channels), center_crop), split, limit
-    )
+    transform = resize_transform(image_size, default_channels(source, channels), center_crop)
+    return _open(source, transform, split, limit, name=name, cache_dir=cache_dir)
 
 
 def to_uint8(image: Image.Image) -> torch.Tensor:
@@ -367,5 +372,9 @@ def decode_all(
             raise ValueError(
                 message + "\nfix or remove them, or skip them (skip_bad_images / --skip-bad-images)"
             )
-        warnings.warn(f"{message}\nskipped; training on the other {len(pixels)}", stacklevel=2)
+        summary = (
+            f"skipped {len(bad)} of {len(dataset)} images in {source!r} that cannot be read; "
+            f"training on the other {len(pixels)}"
+        )
+        warnings.warn(f"{summary}\n{message}", stacklevel=2)  # the first line says it all; then each file
     return torch.stack(pixels)  # (N, C, H, W)

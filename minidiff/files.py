@@ -1,7 +1,10 @@
-"""File plumbing, in one place: atomic writes, folder swaps, and the Hugging Face hub look-ups.
+"""File plumbing, in one place: atomic writes, folder swaps, the one-run-per-folder lock, and the
+Hugging Face hub look-ups.
 
 Everything minidiff saves (configs, weights, pipeline folders, checkpoints) goes through `atomic_path`
-or `swap_in`, so a crash or a full disk leaves either the old file or the new one, never half of one.
+or `swap_in`, so a crash or a full disk leaves either the old file or the new one, never half of one,
+and every file gets the same mode (0666 less the umask, as `open` gives). `FolderLock` lets one run at
+a time write into an output folder; the OS drops the lock when its process dies, so none goes stale.
 Every hub look-up (model files, data sets) asks `hub_offline` / `hub_reachable` first, so without a
 network it fails in seconds with a message instead of retrying for half a minute.
 """
@@ -9,9 +12,12 @@ network it fails in seconds with a message instead of retrying for half a minute
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +43,13 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def file_mode() -> int:
+    """The mode `open` gives a new file: 0o666 less the umask (which can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     """Yield one temporary path beside each of `paths` for the block to write. When the block succeeds,
@@ -49,8 +62,10 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     temporary = [t.with_name(f".{t.name}.tmp-{os.getpid()}") for t in targets]
     try:
         yield temporary
+        mode = file_mode()
         for tmp in temporary:
             _fsync_file(tmp)
+            os.chmod(tmp, mode)  # some writers (safetensors) create 0600 files; all get the same mode
         for tmp, target in zip(temporary, targets):
             os.replace(tmp, target)
         for folder in {t.parent for t in targets}:
@@ -72,6 +87,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and prove we can write there, before any time is spent."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"output folder {str(path)!r} is not writable: {err}") from err
+    return path
 
 
 # ---- folder swaps -------------------------------------------------------------------------------------
@@ -119,6 +146,93 @@ def _replace_entries(new: Path, target: Path, old: Path, names: Sequence[str]) -
         for name in reversed(moved_aside):
             os.replace(old / name, target / name)
         raise
+
+
+# ---- one run per folder ---------------------------------------------------------------------------------
+LOCK_NAME = ".minidiff.lock"
+
+
+class FolderInUse(RuntimeError):
+    """Another live process holds the folder's lock; `holder` is what it wrote there (pid, host, start)."""
+
+    def __init__(self, folder: Path, holder: str):
+        self.folder, self.holder = folder, holder
+        super().__init__(
+            f"output folder {str(folder)!r} is in use by another run ({holder or 'holder unknown'}); "
+            "wait for it to end or stop it, or choose another output folder"
+        )
+
+
+class FolderLock:
+    """An exclusive OS lock (fcntl's lockf; msvcrt on Windows) on `folder/.minidiff.lock`, re-entrant
+    within a process, so the command line can take it before the library does. The file stays (it names
+    the last holder); the lock dies with the process, so a killed run never blocks the next one. This
+    process never opens the file twice: closing any descriptor of it would drop a POSIX lock.
+
+        with FolderLock("out/run"): ...        # FolderInUse if another process holds it
+    """
+
+    _held: dict[str, list] = {}  # real path -> [file descriptor, count] of this process's locks
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.key = os.path.realpath(self.folder)
+
+    def acquire(self) -> FolderLock:
+        held = self._held.get(self.key)
+        if held is not None:
+            held[1] += 1
+            return self
+        path = self.folder / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not _try_lock(fd):
+                holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+                raise FolderInUse(self.folder, holder)
+            started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+        except BaseException:
+            os.close(fd)  # closing drops a lock we may have taken
+            raise
+        self._held[self.key] = [fd, 1]
+        return self
+
+    def release(self) -> None:
+        held = self._held.get(self.key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del self._held[self.key]
+            os.close(held[0])  # releases the lock
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive lock on `fd` without waiting; False when another process holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:  # a POSIX record lock: owned by this process alone, so forked workers never keep it alive
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+    return True
 
 
 # ---- the Hugging Face hub -----------------------------------------------------------------------------

@@ -155,8 +155,8 @@ LIBRARY = {
     "config grad_clip 0": (lambda: TrainConfig(grad_clip=0.0).validate(), ValueError, "grad_clip=0.0"),
     "config grad_clip nan": (lambda: TrainConfig(grad_clip=NAN).validate(), ValueError, "grad_clip=nan"),
     "config warmup negative": (lambda: TrainConfig(warmup_steps=-1).validate(), ValueError, "warmup_steps=-1"),
-    "config mixed_precision": (lambda: TrainConfig(mixed_precision="fp8").validate(), ValueError, "mixed_precision 'fp8'"),
-    "config sampler": (lambda: TrainConfig(sampler="heun").validate(), ValueError, "sampler 'heun'"),
+    "config mixed_precision": (lambda: TrainConfig(mixed_precision="fp8").validate(), ValueError, "mixed_precision='fp8'"),
+    "config sampler": (lambda: TrainConfig(sampler="heun").validate(), ValueError, "sampler='heun'"),
     "config image_size not halvable": (lambda: TrainConfig(image_size=36).validate(), ValueError, "image_size=36 cannot be halved 3 times"),
     "config keep_checkpoints 0": (lambda: TrainConfig(keep_checkpoints=0).validate(), ValueError, "keep_checkpoints=0"),
 }  # fmt: skip
@@ -222,13 +222,14 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 def _cli_errors(root: Path) -> dict[str, tuple[list[str], str]]:
     out = ["--out", str(root / "out")]
     return {
-        "train lr nan": ([*TRAIN, *out, "--lr", "nan"], "lr=nan; expected a positive finite number"),
-        "train lr negative": ([*TRAIN, *out, "--lr", "-1"], "lr=-1.0"),
-        "train ema decay 1": ([*TRAIN, *out, "--ema-decay", "1"], "ema_decay=1.0"),
-        "train warmup negative": ([*TRAIN, *out, "--warmup-steps", "-3"], "warmup_steps=-3"),
-        "train grad clip 0": ([*TRAIN, *out, "--grad-clip", "0"], "grad_clip=0.0"),
+        "train lr nan": ([*TRAIN, *out, "--lr", "nan"], "--lr nan; expected a positive finite number"),
+        "train lr negative": ([*TRAIN, *out, "--lr", "-1"], "--lr -1;"),
+        "train ema decay 1": ([*TRAIN, *out, "--ema-decay", "1"], "--ema-decay 1; expected 0 (off)"),
+        "train warmup negative": ([*TRAIN, *out, "--warmup-steps", "-3"], "--warmup-steps -3; expected an int >= 0"),
+        "train grad clip 0": ([*TRAIN, *out, "--grad-clip", "0"], "--grad-clip 0;"),
+        "train resolution 30": ([*TRAIN, *out, "--resolution", "30"], "--resolution 30 cannot be halved 2 times"),
         "train channels 2": ([*TRAIN, *out, "--channels", "2"], "channels=2 is not supported"),
-        "train image size 6": ([*TRAIN, *out, "--image-size", "6"], "image_size=6 cannot be halved 2 times"),
+        "train image size 6": ([*TRAIN, *out, "--image-size", "6"], "--image-size 6 cannot be halved 2 times"),
         "train device cuda": ([*TRAIN, *out, "--device", "cuda:99"], "device 'cuda:99'"),
         "train device meta": ([*TRAIN, *out, "--device", "meta"], "device 'meta' holds no data"),
         "train device tpu": ([*TRAIN, *out, "--device", "tpu"], "device 'tpu' is not a torch device"),
@@ -319,8 +320,8 @@ def test_refused_resume_and_refused_rerun_leave_checkpoints_untouched(tmp_path, 
     assert cli.main(argv) == 1  # not resuming: refuses to overwrite
     assert cli.main([*argv, "--resume", "--lr", "0.5"]) == 1  # resuming with other settings: refused
     err = capsys.readouterr().err
-    assert "of an earlier run; continue it with resume=True (--resume), replace it with overwrite=True" in err
-    assert "cannot resume: the checkpoint was trained with other settings (lr: 0.001 -> 0.5)" in err
+    assert "of an earlier run; continue it with --resume, replace it with --overwrite, or choose another --out" in err
+    assert "cannot resume: the checkpoint was trained with other settings: --lr 0.5 (the checkpoint's is 0.001)" in err
     assert _digest(tmp_path / "checkpoints") == before
 
 

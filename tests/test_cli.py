@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -50,9 +51,15 @@ def test_train_prints_where_files_went(tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "trained 1 steps" in printed
+    assert "trained 1 step in" in printed
     for path in (out / "samples.png", out / "loss.png", out / "loss.csv", out / "model"):
         assert str(path) in printed
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert len(set(modes.values())) == 1, modes  # the weights too (safetensors writes 0600)
+    again = ["train", "--preset", "tiny", "--out", str(out), "--max-steps", "1", "--quiet", *TRAIN_TINY]
+    assert main([*again, "--overwrite", "--num-samples", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "samples.png" not in printed and not (out / "samples.png").exists()  # only files that exist
 
 
 def test_train_prediction_type_reaches_the_saved_scheduler(tmp_path, capsys):
@@ -81,7 +88,8 @@ def test_train_resume(tmp_path, capsys):
     assert main([*args, "--max-steps", "2"]) == 1  # checkpoints there: refuses to start over
     assert "--resume" in capsys.readouterr().err
     assert main([*args, "--max-steps", "2", "--resume"]) == 0
-    assert "trained 2 steps" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "trained 1 step in" in printed and "resumed at step 1, the run now has 2 steps" in printed
     assert len((tmp_path / "loss.csv").read_text().splitlines()) == 1 + 2
 
 
@@ -236,3 +244,161 @@ def test_the_installed_command_exits_non_zero_on_a_bad_flag():
         timeout=120,
     )
     assert done.returncode == 2 and "invalid float value: 'fast'" in done.stderr
+
+
+# ---- diffusers' command lines: every flag of train_unconditional.py is honoured or refused with a reason ----
+FLAGS_FILE = Path(__file__).parent / "data" / "train_unconditional_flags.txt"
+
+
+def _diffusers_flags() -> list[list[str]]:
+    lines = [line.split() for line in FLAGS_FILE.read_text().splitlines()]
+    return [words for words in lines if words and not words[0].startswith("#")]
+
+
+def test_the_flag_list_is_train_unconditional_py_whole():
+    names = [words[0] for words in _diffusers_flags()]
+    assert len(names) == len(set(names)) == 45
+
+
+@pytest.mark.parametrize("words", _diffusers_flags(), ids=lambda words: words[0])
+def test_every_train_unconditional_flag_is_honoured_or_refused_with_a_reason(words, capsys):
+    from minidiff.cli import build_parser
+    from minidiff.training.flags import REFUSED
+
+    argv = ["train", *words]
+    if words[0] in REFUSED:
+        with pytest.raises(SystemExit) as info:
+            build_parser(argv).parse_args(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"{words[0]} is not supported: {REFUSED[words[0]]}" in err
+        assert "unrecognized" not in err
+    else:
+        build_parser(argv).parse_args(argv)  # accepted (argparse exits 2 otherwise)
+
+
+def test_diffusers_preset_is_train_unconditional_py_defaults():
+    """--diffusers-defaults = --preset diffusers: the script's defaults, flag for flag (those not
+    listed here have no counterpart in TrainConfig)."""
+    from minidiff.cli import build_parser
+    from minidiff.training.flags import config_from_args
+
+    argv = ["train", "--diffusers-defaults"]
+    args = build_parser(argv).parse_args(argv)
+    config = config_from_args(args, args.defaults)
+    script = dict(image_size=64, batch_size=16, num_samples=16, epochs=100, sample_every=10, save_model_every=10,
+                  grad_accum=1, lr=1e-4, lr_scheduler="cosine", warmup_steps=500, adam_beta1=0.95, adam_beta2=0.999,
+                  weight_decay=1e-6, adam_epsilon=1e-8, ema_decay=0.0, ema_inv_gamma=1.0, ema_power=0.75,
+                  mixed_precision="no", prediction_type="epsilon", num_train_timesteps=1000, sample_steps=1000,
+                  beta_schedule="linear", checkpoint_every=500, flip=False, center_crop=False, logger="tensorboard",
+                  logging_dir="logs", out_dir="ddpm-model-64", grad_clip=1.0, layers_per_block=2,
+                  block_out_channels=(128, 128, 256, 256, 512, 512))  # fmt: skip
+    assert {k: getattr(config, k) for k in script} == script
+
+
+def test_unet_config_defaults_are_unet2dmodels():
+    """--model_config_name_or_path refuses keys that differ from these defaults: they must be
+    UNet2DModel's, in minidiff and in diffusers."""
+    import inspect
+
+    from minidiff.training.flags import UNET_DEFAULTS
+    from minidiff.unet_2d import UNet2DModel
+
+    ours = inspect.signature(UNet2DModel.__init__).parameters
+    assert {k: ours[k].default for k in UNET_DEFAULTS} == UNET_DEFAULTS
+    diffusers = pytest.importorskip("diffusers")
+    theirs = inspect.signature(diffusers.UNet2DModel.__init__).parameters
+    assert {k: theirs[k].default for k in UNET_DEFAULTS} == UNET_DEFAULTS
+
+
+def test_model_config_name_or_path_sets_the_architecture(tmp_path, capsys):
+    import json
+
+    from minidiff.cli import build_parser
+    from minidiff.training.flags import config_from_args
+
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    unet = dict(block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4, sample_size=8,
+                down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"])  # fmt: skip
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", **unet}))
+    argv = ["train", "--model_config_name_or_path", str(folder)]
+    args = build_parser(argv).parse_args(argv)
+    config = config_from_args(args, args.defaults)
+    assert config.block_out_channels == (8, 16) and config.down_block_types == ("DownBlock2D", "DownBlock2D")
+    (folder / "config.json").write_text(json.dumps({**unet, "act_fn": "gelu"}))
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert f"--model_config_name_or_path {folder} sets act_fn='gelu'; minidiff trains UNets" in err
+
+
+def test_a_diffusers_command_line_on_another_preset_says_which_defaults_differ(tmp_path, capsys):
+    argv = [
+        "train",
+        "--preset",
+        "tiny",
+        "--train_data_dir",
+        str(tmp_path / "missing"),
+        "--learning_rate",
+        "1e-3",
+    ]
+    assert main(argv) == 1  # the data folder is missing; the note comes before
+    err = capsys.readouterr().err
+    assert "note: settings not given come from the tiny preset, not train_unconditional.py" in err
+    assert "--lr-scheduler constant (its cosine)" in err and "--lr " not in err  # typed: not listed
+
+
+# ---- errors in the user's words, before torch is imported --------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--resolution", "30"], "--resolution 30 cannot be halved 3 times by the UNet's down path"),
+        (["--image-size", "30"], "--image-size 30 cannot be halved 3 times"),
+        (["--learning_rate=nan"], "--learning_rate nan; expected a positive finite number"),
+        (["--data", "./no/such/folder"], "--data ./no/such/folder: that folder does not exist"),
+        (
+            ["--train_data_dir", "./no/such/folder"],
+            "--train_data_dir ./no/such/folder: that folder does not exist",
+        ),
+        (
+            ["--resume_from_checkpoint", "./no/ckpt.pt"],
+            "--resume_from_checkpoint ./no/ckpt.pt: that checkpoint",
+        ),
+    ],
+)
+def test_refused_settings_are_named_as_typed_before_torch_loads(flags, message, tmp_path):
+    """A subprocess, so that it can prove torch was never imported."""
+    code = (
+        "import sys; from minidiff.cli import main; "
+        f"code = main(['train', '--out', {str(tmp_path / 'run')!r}, *{flags!r}]); "
+        "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert done.stdout.strip() == "no torch" and not (tmp_path / "run").exists()
+
+
+def test_sample_announces_its_cost_and_a_cheaper_setting(trained, tmp_path, monkeypatch, capsys):
+    import minidiff.cost
+
+    monkeypatch.setattr(minidiff.cost, "step_seconds", lambda unet, batch_size: 1.0)  # a slow machine
+    args = [
+        "sample",
+        "--model",
+        str(trained / "model"),
+        "--num",
+        "4",
+        "--steps",
+        "60",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
+    assert main([*args, "--out", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "expected: 4 images, ddpm with 60 steps: ~60 s (1 s a step); ddim with 50 steps: ~50 s or dpmsolver++ "
+        "with 20 steps: ~20 s; --sampler NAME --steps N chooses"
+    ) in out
+    monkeypatch.setattr(minidiff.cost, "step_seconds", lambda unet, batch_size: 0.01)
+    assert main([*args, "--out", str(tmp_path / "s.png")]) == 0
+    assert "expected" not in capsys.readouterr().out  # 0.6 s: not worth a line

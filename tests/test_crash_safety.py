@@ -212,6 +212,37 @@ def test_failing_checkpoint_write_keeps_the_previous_ones(tmp_path, monkeypatch)
     check_complete_checkpoints(ckpt_dir)
 
 
+def test_full_disk_while_saving_on_the_command_line(tmp_path, monkeypatch, capsys):
+    """The disk fills up while step 2's checkpoint is written (the writer raises ENOSPC half-way): one
+    clear line, exit 1, step 1's checkpoint intact, no half-written file; --resume then goes on."""
+    import minidiff.training.checkpoint as checkpoint
+    from minidiff import cli
+
+    real_save, calls = torch.save, []
+
+    def save_until_full(obj, f):
+        calls.append(1)
+        if len(calls) == 2:
+            Path(f).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    out = tmp_path / "run"
+    argv = ["train", *TRAIN_ARGS, "--max-steps", "3", "--out", str(out)]
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (above: the log's lines)
+    assert err == (
+        "minidiff train: error: [Errno 28] No space left on device; every file saved before is intact (writes "
+        "are atomic): free some space, then run again (--resume continues a training run from its last checkpoint)"
+    )
+    ckpt_dir = out / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step-00000001.pt"]
+    check_complete_checkpoints(ckpt_dir)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert cli.main([*argv, "--resume"]) == 0
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_fp16_scaler_skips_a_non_finite_step_instead_of_stopping():
     """With mixed_precision='fp16' a NaN in the batch makes inf/nan gradients: GradScaler skips the

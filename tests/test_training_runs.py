@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,11 @@ SMALL_CONFIG = dict(
 
 
 def _digest(folder: Path) -> dict[str, str]:
+    """Every file's hash, but the folder's lock (which names its latest holder)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".minidiff.lock"
     }
 
 
@@ -134,9 +136,22 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
     train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=4, **settings))
     newest = tmp_path / "b" / "checkpoints" / "step-00000004.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # a crash mid-copy, a full disk...
-    with pytest.warns(UserWarning, match=r"step-00000004.pt.*could not be read.*trying the one before"):
+    with pytest.warns(
+        UserWarning, match=r"step-00000004.pt.*could not be read; moved aside to step-00000004"
+    ):
         resumed = train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=6, resume=True, **settings))
     assert resumed.losses == straight.losses  # resumed at step 2, bit for bit
+    # the damaged file left the rotation: not read, counted nor listed again, and no second warning
+    aside = newest.with_name("step-00000004.pt.damaged")
+    assert aside.stat().st_size == 1000
+    assert [p.name for p in resumed.checkpoints] == [
+        "step-00000002.pt",
+        "step-00000004.pt",
+        "step-00000006.pt",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=7, resume=True, **settings))
     newest.write_bytes(newest.read_bytes()[:1000])  # the resumed run wrote step 4 again: damage it again
     with pytest.raises(ValueError, match=r"step-00000004.pt' \(1000 bytes\) could not be read"):
         train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=6, resume=str(newest), **settings))
@@ -174,8 +189,12 @@ def test_every_unreadable_image_is_named_in_one_error(folder_with_bad_images, tm
     assert "23 of 35 images in" in err and "... and 3 more" in err  # the first 20, one per line, and a count
     assert sum("bad-" in line and ".png" in line for line in err.splitlines()) == 20
     assert "--skip-bad-images" in err
-    with pytest.warns(UserWarning, match="23 of 35 images"):
-        assert main([*argv, "--out", str(tmp_path / "b"), "--skip-bad-images"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b"), "--skip-bad-images"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warned == [
+        f"warning: skipped 23 of 35 images in {str(folder_with_bad_images)!r} that cannot be read; "
+        "training on the other 12"
+    ]  # one line; --debug adds the names
 
 
 def test_sixteen_bit_and_palette_images_keep_their_values(tmp_path):
@@ -322,3 +341,124 @@ def test_digit_fid_readings_go_into_loss_csv_and_survive_a_resume(tmp_path):
     assert float(rows[4].split(",")[2]) == result.evals[4]
     with pytest.raises(ValueError, match="more than 64 samples"):
         train(preset("tiny", out_dir=str(tmp_path / "x"), eval_every=2, eval_samples=10))
+
+
+# ---- 8. one run per folder; damaged checkpoints and warnings on the command line; what a refusal says ------
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _wait_for(found, proc: subprocess.Popen, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if found():
+            return True
+        time.sleep(0.01)
+    return found()
+
+
+def test_two_processes_cannot_share_an_output_folder(tmp_path):
+    """Two real `minidiff train` processes into one folder: the second is refused at once, naming the
+    first (pid), and writes nothing; the first's files stay its own."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "minidiff", "train", *SMALL, "--out", str(out), "--max-steps", "100000",
+            "--checkpoint-every", "1000"]  # fmt: skip
+    first = subprocess.Popen(
+        [*argv, "--seed", "1"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        assert _wait_for(lambda: (out / "config.json").is_file(), first), first.stderr.read().decode()[-2000:]
+        second = subprocess.run([*argv, "--seed", "2"], env=ENV, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1
+        err = second.stderr.strip()
+        assert f"output folder {str(out)!r} is in use by another run (pid {first.pid} on " in err, err
+        assert len(err.splitlines()) == 1 and "started 20" in err
+        assert json.loads((out / "config.json").read_text())["seed"] == 1  # the second wrote nothing
+        assert first.poll() is None  # and the first goes on
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+        first.stderr.close()
+
+
+def test_a_killed_lock_holder_leaves_no_stale_lock(tmp_path, capsys):
+    """SIGKILL a process that holds the folder's lock: the OS drops the lock, the next run starts."""
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from minidiff.files import FolderLock; "
+         f"FolderLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["train", *SMALL, "--out", str(out), "--max-steps", "1"]) == 1
+        assert f"is in use by another run (pid {holder.pid} on" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [".minidiff.lock"]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    assert main(["train", *SMALL, "--out", str(out), "--max-steps", "1"]) == 0
+
+
+def test_cli_warnings_are_one_line_and_debug_shows_them_whole(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *SMALL, "--out", str(out), "--checkpoint-every", "1", "--num-samples", "0"]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    newest = out / "checkpoints" / "step-00000002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "3", "--resume"]) == 0
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if line.startswith("warning")]
+    assert warned == [
+        f"warning: checkpoint {str(newest)!r} (1000 bytes) could not be read; moved aside to "
+        "step-00000002.pt.damaged; resuming from step-00000001.pt"
+    ]
+    assert "miniz" not in captured.err and "UserWarning" not in captured.err
+    assert "step-00000002.pt.damaged" not in captured.out  # not listed among the outputs
+    newest = out / "checkpoints" / "step-00000003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    assert main([*argv, "--max-steps", "3", "--resume", "--debug"]) == 0
+    err = capsys.readouterr().err
+    assert "PytorchStreamReader" in err and "UserWarning at" in err  # the whole text and its origin
+
+
+def test_refused_resume_says_why_and_what_to_do(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *SMALL, "--out", str(out), "--checkpoint-every", "1", "--lr_scheduler", "cosine"]
+    assert main([*argv, "--max_train_steps", "2"]) == 0
+    assert main([*argv, "--max_train_steps", "3", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "cannot resume: the checkpoint was trained with other settings: --max_train_steps 3 (the checkpoint's is "
+        "2: its cosine lr schedule is laid out over the run's length; keep 2, or stop early with --time-budget)"
+    ) in err
+
+
+def test_a_batch_larger_than_the_data_is_a_note(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="minidiff")
+    train(
+        preset("tiny", out_dir=str(tmp_path), max_steps=1, **{**SMALL_CONFIG, "limit": 3, "batch_size": 16})
+    )
+    assert "a batch of 16 is larger than the 3 images of 'digits': each step trains on all 3" in caplog.text
+
+
+def test_the_end_of_run_grid_costs_a_fraction_of_the_training(tmp_path, caplog, monkeypatch):
+    """On a machine where a denoising step of the grid takes 100 s, a quick run's automatic grid (DDIM,
+    50 steps: 83 min) is cut to 10 steps of one image, and the log says so."""
+    import logging
+
+    import minidiff.cost
+
+    monkeypatch.setattr(minidiff.cost, "step_seconds", lambda unet, batch_size: 100.0)
+    caplog.set_level(logging.INFO, logger="minidiff")
+    settings = {**SMALL_CONFIG, "sample_steps": None, "num_samples": 4}
+    result = train(preset("tiny", out_dir=str(tmp_path), max_steps=1, **settings))
+    assert (
+        "sample grid: 1 image, DDIM with 10 steps (~4.2 min) instead of DDIM with 50 steps (~83.3 min)"
+        in caplog.text
+    )
+    assert result.samples_png.is_file()

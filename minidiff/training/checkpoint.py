@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from minidiff.files import atomic_path
-from minidiff.training.config import RESUMABLE_CHANGES, TrainConfig, config_dict
+from minidiff.training.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, config_dict
 from minidiff.training.run import Progress
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+DAMAGED = ".damaged"  # the suffix of a checkpoint that could not be read, set aside by a resume
 
 
 def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
@@ -47,36 +48,59 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     size = path.stat().st_size
     if size == 0:
-        raise ValueError(f"checkpoint {str(path)!r} could not be read: the file is empty (0 bytes)")
+        empty = ValueError(f"checkpoint {str(path)!r} could not be read: the file is empty (0 bytes)")
+        empty.size = 0
+        raise empty
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, not a torch file, or a pickled object that is not data
         why = str(err).strip() or "the file ends too early (truncated?)"
-        raise ValueError(
+        unreadable = ValueError(
             f"checkpoint {str(path)!r} ({size} bytes) could not be read: {type(err).__name__}: {why}"
-        ) from err
+        )
+        unreadable.size = size
+        raise unreadable from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a dict")
     return state
 
 
 def checkpoint_to_resume(
-    folder: str | os.PathLike, resume: bool | str, map_location: str | torch.device = "cpu"
+    folder: str | os.PathLike,
+    resume: bool | str,
+    map_location: str | torch.device = "cpu",
+    set_aside: bool = True,
 ) -> tuple[Path, dict[str, Any]] | None:
     """(path, contents) of the checkpoint `resume` names: a path (damaged: an error with the reason), or
-    for True / "latest" / "auto" the newest intact one in `folder`, skipping damaged newer ones with a
-    warning naming each. None when `folder` holds no checkpoint and resume is "auto"; an error otherwise."""
+    for True / "latest" / "auto" the newest intact one in `folder`. Damaged newer ones are renamed
+    `step-*.pt.damaged` (`set_aside`; only the process that writes files should), so they leave the
+    rotation, with one warning naming each and where it went. None when `folder` holds no checkpoint and
+    resume is "auto"; an error otherwise."""
     if isinstance(resume, str) and resume not in ("latest", "auto"):
         return Path(resume), load_checkpoint(resume, map_location)
-    damaged = []
+    damaged: list[tuple[Path, ValueError]] = []
     for path in reversed(list_checkpoints(folder)):
         try:
-            return path, load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
+        except FileNotFoundError:  # another process of the run set it aside meanwhile
+            continue
         except ValueError as err:
-            warnings.warn(f"{err}; trying the one before", stacklevel=2)
-            damaged.append(str(err))
+            damaged.append((path, err))
+            continue
+        for bad, err in damaged:
+            aside = bad.with_name(bad.name + DAMAGED)
+            if set_aside:
+                os.replace(bad, aside)
+            warnings.warn(
+                f"checkpoint {str(bad)!r} ({err.size} bytes) could not be read; "
+                f"{'moved aside to ' + aside.name if set_aside else 'skipped it'}; resuming from {path.name}\n{err}",
+                stacklevel=2,
+            )
+        return path, state
     if damaged:  # never start afresh over checkpoints that exist but cannot be read
-        raise ValueError(f"no intact checkpoint in {str(folder)!r}:\n  " + "\n  ".join(damaged))
+        raise ValueError(
+            f"no intact checkpoint in {str(folder)!r}:\n  " + "\n  ".join(str(e) for _, e in damaged)
+        )
     if resume == "auto":
         return None
     raise FileNotFoundError(
@@ -175,6 +199,24 @@ def state_to_checkpoint(
     }
 
 
+def _cannot_resume(changed: list[str], saved: dict, config: TrainConfig) -> ConfigError:
+    """Why a checkpoint cannot go on under `config`, each changed setting named, and what to do."""
+    parts = []
+    for name in changed:
+        was = repr(saved.get(name)).replace("{", "{{").replace("}", "}}")  # literal text of the template
+        if name in ("epochs", "max_steps"):
+            parts.append(
+                f"{{{name}}} (the checkpoint's is {was}: its {config.lr_scheduler} lr schedule is laid out over "
+                f"the run's length; keep {was}, or stop early with {{time_budget:name}})"
+            )
+        else:
+            parts.append(f"{{{name}}} (the checkpoint's is {was})")
+    return ConfigError(
+        "cannot resume: the checkpoint was trained with other settings: " + "; ".join(parts),
+        **{name: getattr(config, name) for name in changed}, time_budget=config.time_budget,
+    )  # fmt: skip
+
+
 def checkpoint_to_state(
     ckpt: dict[str, Any], engine, config: TrainConfig
 ) -> tuple[Progress, list[float], dict[int, float]]:
@@ -189,8 +231,7 @@ def checkpoint_to_state(
         resumable = resumable - {"epochs", "max_steps"}
     changed = sorted(k for k, v in current.items() if k not in resumable and saved.get(k) != v)
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume: the checkpoint was trained with other settings ({details})")
+        raise _cannot_resume(changed, saved, config)
     engine.unet.load_state_dict(ckpt["model"])
     if engine.ema is not None:
         engine.ema.load_state_dict(ckpt["ema"])

@@ -37,6 +37,8 @@ class TrainConfig:
     stream: bool | None = None  # None: decode up front when the uint8 data fits data_budget_mb, else stream
     data_budget_mb: int = 2048
     num_workers: int | None = None  # decoding workers when streaming (None: one per core, at most 4)
+    dataset_config_name: str | None = None  # a hub dataset's configuration (datasets' `name`)
+    cache_dir: str | None = None  # where `datasets` keeps hub downloads (None: its default cache)
     # model: UNet2DModel keywords
     block_out_channels: tuple[int, ...] = (64, 128, 128, 256)
     layers_per_block: int = 2
@@ -90,95 +92,121 @@ class TrainConfig:
     eval_every: int | None = None  # steps between digit FID readings (loss.csv's digit_fid, loss.png)
     eval_samples: int = 100  # images each reading samples (DDIM, 50 steps); > 64 for the FID
     log_every: int = 10  # steps between loss.csv writes / progress updates (one host sync each)
-    logger: str = "none"  # "none" | "tensorboard" (loss, lr and sample grids in out_dir/logs)
+    logger: str = "none"  # "none" | "tensorboard" (loss, lr and sample grids in out_dir/logging_dir)
+    logging_dir: str = "logs"  # the TensorBoard folder, inside out_dir unless absolute
     progress: bool = True
 
     def validate(self) -> None:
-        def positive(name: str, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}; expected a positive int" + (" or None" * allow_none))
-
-        for name in ("image_size", "layers_per_block", "num_train_timesteps", "epochs", "batch_size"):
-            positive(name)
-        for name in ("grad_accum", "keep_checkpoints", "log_every", "data_budget_mb", "eval_samples"):
-            positive(name)
-        if (
-            isinstance(self.num_samples, bool)
-            or not isinstance(self.num_samples, int)
-            or self.num_samples < 0
-        ):
-            raise ValueError(f"num_samples={self.num_samples!r}; expected an int >= 0 (0: no sample grids)")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise ValueError(
-                f"time_budget={self.time_budget!r}; expected None or a positive number of seconds"
+        """Raise `ConfigError` naming the first setting out of range, and what it expects."""
+        for fields, accepts, expected in CHECKS:
+            for name in fields:
+                if not accepts(getattr(self, name)):
+                    raise ConfigError(f"{{{name}}}; {expected}", **{name: getattr(self, name)})
+        if self.resume == "":
+            raise ConfigError(
+                "{resume}; expected True, False, 'latest', 'auto' or a checkpoint path", resume=""
             )
-        for name in (
-            "max_steps",
-            "checkpoint_every",
-            "sample_every",
-            "save_model_every",
-            "limit",
-            "sample_steps",
-        ):
-            positive(name, allow_none=True)
-        if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
-            raise ValueError(f"num_workers={self.num_workers!r}; expected None or an int >= 0")
-        if not isinstance(self.resume, bool | str) or self.resume == "":
-            raise ValueError(
-                f"resume={self.resume!r}; expected True, False, 'latest', 'auto' or a checkpoint path"
-            )
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"mixed_precision {self.mixed_precision!r}; expected one of {list(MIXED_PRECISION)}"
-            )
-        for name, allowed in (
-            ("sampler", (*SAMPLER_NAMES, None)),
-            ("logger", LOGGERS),
-            ("prediction_type", PREDICTION_TYPES),
-            ("lr_scheduler", LR_SCHEDULES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} {getattr(self, name)!r}; expected one of {list(allowed)}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay={self.ema_decay!r}; expected 0 (off) or a value in (0, 1)")
         if not 0.0 <= self.ema_min_decay <= max(self.ema_decay, 0.0):
-            raise ValueError(f"ema_min_decay={self.ema_min_decay!r}; expected a value in [0, ema_decay]")
-        if self.ema_update_after_step < 0:
-            raise ValueError(f"ema_update_after_step={self.ema_update_after_step!r}; expected >= 0")
-        if not (self.ema_inv_gamma > 0 and self.ema_power > 0):
-            raise ValueError(
-                f"ema_inv_gamma={self.ema_inv_gamma!r}, ema_power={self.ema_power!r}; expected positive numbers"
+            raise ConfigError(
+                "{ema_min_decay}; expected a value in [0, ema_decay]", ema_min_decay=self.ema_min_decay
             )
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}={getattr(self, name)!r}; expected a value in [0, 1)")
-        if not self.adam_epsilon > 0 or self.weight_decay < 0:
-            raise ValueError(
-                f"adam_epsilon={self.adam_epsilon!r}, weight_decay={self.weight_decay!r}; expected eps > 0, "
-                "weight decay >= 0"
+        levels = len(self.block_out_channels)
+        if len(self.down_block_types) != levels or len(self.up_block_types) != levels:
+            raise ConfigError(
+                f"{{block_out_channels}} needs one down and one up block type per level; got "
+                f"{len(self.down_block_types)} down and {len(self.up_block_types)} up",
+                block_out_channels=self.block_out_channels,
             )
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr={self.lr!r}; expected a positive finite number")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip={self.grad_clip!r}; expected a positive number or None")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps!r}; expected >= 0")
-        if len(self.down_block_types) != len(self.block_out_channels) or len(self.up_block_types) != len(
-            self.block_out_channels
-        ):
-            raise ValueError(
-                f"block_out_channels {self.block_out_channels} needs one down and one up block type per "
-                f"level; got {len(self.down_block_types)} down and {len(self.up_block_types)} up"
-            )
-        halvings = len(self.block_out_channels) - 1  # each down block but the last halves H and W
+        halvings = levels - 1  # each down block but the last halves H and W
         if self.image_size % 2**halvings:
-            raise ValueError(
-                f"image_size={self.image_size!r} cannot be halved {halvings} times by the UNet's down path; "
-                f"expected a multiple of {2**halvings}"
+            raise ConfigError(
+                f"{{image_size}} cannot be halved {halvings} times by the UNet's down path; "
+                f"expected a multiple of {2**halvings}",
+                image_size=self.image_size,
             )
+
+
+class ConfigError(ValueError):
+    """A refused setting. The message is a template naming settings as `{field}` (said `field=value`),
+    `{field:name}` (the name alone) or `{field:on}` (how to switch it on): `str()` says them as TrainConfig
+    fields; `render(spell)` lets the command line say them as the flags the user typed."""
+
+    def __init__(self, template: str, **values):
+        self.template, self.values = template, values
+        super().__init__(self.render())
+
+    def render(self, spell=None) -> str:
+        """`spell(field, value, how)` -> the words for one setting (how: "", "name" or "on")."""
+        spell = spell or _as_field
+        return self.template.format(**{k: _Said(k, v, spell) for k, v in self.values.items()})
+
+
+def _as_field(field: str, value, how: str) -> str:
+    return {"name": field, "on": f"{field}=True"}.get(how, f"{field}={value!r}")
+
+
+@dataclass(frozen=True)
+class _Said:
+    field: str
+    value: object
+    spell: object
+
+    def __format__(self, how: str) -> str:
+        return self.spell(self.field, self.value, how)
+
+
+def _int_at_least(low: int, allow_none: bool = False):
+    def accepts(value) -> bool:
+        if value is None:
+            return allow_none
+        return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+    return accepts
+
+
+def _number_in(low: float, high: float, low_open: bool = False, allow_none: bool = False):
+    """A finite number in [low, high) (or (low, high) when low_open)."""
+
+    def accepts(value) -> bool:
+        if value is None:
+            return allow_none
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        return (low < value if low_open else low <= value) and value < high
+
+    return accepts
+
+
+def _one_of(allowed: tuple):
+    return lambda value: value in allowed
+
+
+# (fields, test of one value, what is expected): TrainConfig.validate reads it top to bottom
+CHECKS = (
+    (("image_size", "layers_per_block", "num_train_timesteps", "epochs", "batch_size", "grad_accum",
+      "keep_checkpoints", "log_every", "data_budget_mb", "eval_samples"), _int_at_least(1), "expected a positive int"),
+    (("max_steps", "checkpoint_every", "sample_every", "save_model_every", "limit", "sample_steps"),
+     _int_at_least(1, allow_none=True), "expected a positive int or None"),
+    (("num_samples",), _int_at_least(0), "expected an int >= 0 (0: no sample grids)"),
+    (("num_workers",), _int_at_least(0, allow_none=True), "expected None or an int >= 0"),
+    (("warmup_steps", "ema_update_after_step"), _int_at_least(0), "expected an int >= 0"),
+    (("time_budget",), _number_in(0, math.inf, low_open=True, allow_none=True),
+     "expected None or a positive number of seconds"),
+    (("resume",), lambda value: isinstance(value, bool | str),
+     "expected True, False, 'latest', 'auto' or a checkpoint path"),
+    (("mixed_precision",), _one_of(MIXED_PRECISION), f"expected one of {list(MIXED_PRECISION)}"),
+    (("sampler",), _one_of((*SAMPLER_NAMES, None)), f"expected one of {[*SAMPLER_NAMES, None]}"),
+    (("logger",), _one_of(LOGGERS), f"expected one of {list(LOGGERS)}"),
+    (("prediction_type",), _one_of(PREDICTION_TYPES), f"expected one of {list(PREDICTION_TYPES)}"),
+    (("lr_scheduler",), _one_of(LR_SCHEDULES), f"expected one of {list(LR_SCHEDULES)}"),
+    (("ema_decay",), _number_in(0, 1), "expected 0 (off) or a value in (0, 1)"),
+    (("ema_inv_gamma", "ema_power", "adam_epsilon"), _number_in(0, math.inf, low_open=True),
+     "expected a positive number"),
+    (("adam_beta1", "adam_beta2"), _number_in(0, 1), "expected a value in [0, 1)"),
+    (("weight_decay",), _number_in(0, math.inf), "expected a number >= 0"),
+    (("lr",), _number_in(0, math.inf, low_open=True), "expected a positive finite number"),
+    (("grad_clip",), _number_in(0, math.inf, low_open=True, allow_none=True), "expected a positive number or None"),
+)  # fmt: skip
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -204,8 +232,35 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+# diffusers' examples/unconditional_image_generation/train_unconditional.py, flag for flag: its defaults
+# and its built-in UNet (36 M parameters at 64x64, six levels). It always clips gradients at 1.0.
+PRESETS["diffusers"] = TrainConfig(
+    image_size=64,
+    block_out_channels=(128, 128, 256, 256, 512, 512),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+    beta_schedule="linear",
+    epochs=100,
+    batch_size=16,
+    lr=1e-4,
+    lr_scheduler="cosine",
+    warmup_steps=500,
+    adam_beta1=0.95,
+    weight_decay=1e-6,
+    flip=False,
+    grad_clip=1.0,
+    out_dir="ddpm-model-64",
+    sample_every=10,
+    save_model_every=10,
+    sampler="ddpm",
+    sample_steps=1000,
+    logger="tensorboard",
+)
+
+
 def preset(name: str, **overrides) -> TrainConfig:
-    """A named TrainConfig ("tutorial" or "tiny") with some fields replaced."""
+    """A named TrainConfig ("tutorial", "tiny" or "diffusers") with some fields replaced."""
     if name not in PRESETS:
         raise ValueError(f"preset {name!r} is not known; expected one of {list(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -219,6 +274,7 @@ RESUMABLE_CHANGES = {  # fields that may differ between a run and its resumption
     "epochs", "max_steps", "out_dir", "resume", "device", "checkpoint_every", "keep_checkpoints",
     "sample_every", "save_model_every", "num_samples", "sample_steps", "sampler", "log_every", "logger",
     "progress", "overwrite", "stream", "data_budget_mb", "num_workers", "time_budget", "eval_every", "eval_samples",
+    "cache_dir", "logging_dir",
 }  # fmt: skip
 
 

@@ -118,8 +118,9 @@ def open_training_images(config: TrainConfig, device: torch.device) -> ResidentI
     """Resident when the uint8 data set fits `config.data_budget_mb` (or `stream=False`, or the fast
     engine), streamed otherwise (or `stream=True`)."""
     source = open_images(
-        config.data, config.image_size, config.channels, config.limit, center_crop=config.center_crop
-    )
+        config.data, config.image_size, config.channels, config.limit, center_crop=config.center_crop,
+        name=config.dataset_config_name, cache_dir=config.cache_dir,
+    )  # fmt: skip
     channels = default_channels(config.data, config.channels)
     size_mb = len(source) * channels * config.image_size**2 / 2**20
     stream = config.stream if config.stream is not None else size_mb > config.data_budget_mb
@@ -146,4 +147,5 @@ def _check_headers(source: Dataset, name: str, skip: bool) -> None:
             + "\nfix or remove them, or skip them (skip_bad_images / --skip-bad-images)"
         )
     if bad:
-        warnings.warn(describe_bad_images(bad, len(source), name) + "\nthey are skipped", stacklevel=2)
+        summary = f"skipping {len(bad)} of {len(source)} images in {name!r} that cannot be read"
+        warnings.warn(f"{summary}\n{describe_bad_images(bad, len(source), name)}", stacklevel=2)

@@ -6,14 +6,18 @@ Each setting answers to a short hyphenated name and, where diffusers' example
     minidiff train --learning_rate 1e-4 --train_batch_size 16 --resolution 64 --train_data_dir DIR
     minidiff train --lr 1e-4 --batch-size 16 --image-size 64 --data DIR                       # the same run
 
-`--help` shows every default as the chosen preset resolves it.
+`--help` shows every default as the chosen preset resolves it; `--preset diffusers` gives that script's
+defaults. Each of its flags is either honoured with its meaning there or refused (REFUSED) with the reason
+and what to use instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from minidiff.samplers import SAMPLER_NAMES, steps_help
 from minidiff.training.config import (
@@ -21,11 +25,20 @@ from minidiff.training.config import (
     LR_SCHEDULES,
     MIXED_PRECISION,
     PREDICTION_TYPES,
+    ConfigError,
     TrainConfig,
 )
 
 # diffusers' names for what minidiff calls otherwise (its other lr schedules are refused by name)
 LR_SCHEDULE_ALIASES = {"constant_with_warmup": "constant"}
+
+
+def logger_name(text: str) -> str:
+    if text == "wandb":
+        raise argparse.ArgumentTypeError("'wandb' is not supported (minidiff logs offline); use tensorboard")
+    if text not in LOGGERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not supported; expected one of {list(LOGGERS)}")
+    return text
 
 
 def positive_int(text: str) -> int:
@@ -59,6 +72,8 @@ class Flag:
 FLAGS = (
     # data
     Flag(("--data", "--dataset_name", "--train_data_dir"), "data", "'digits', a folder of images or a hub dataset id"),
+    Flag(("--dataset-config", "--dataset_config_name"), "dataset_config_name", "a hub dataset's configuration"),
+    Flag(("--cache-dir", "--cache_dir"), "cache_dir", "where `datasets` keeps hub downloads"),
     Flag(("--image-size", "--resolution"), "image_size", "train at this resolution (square)", positive_int),
     Flag(("--channels",), "channels", "1 or 3 (None: 1 for the digits, 3 otherwise)", int),
     Flag(("--center-crop", "--center_crop"), "center_crop", "shorter side to the size, then the central square "
@@ -128,12 +143,53 @@ FLAGS = (
     Flag(("--eval-every",), "eval_every", "steps between digit FID readings (loss.csv, loss.png)", positive_int),
     Flag(("--eval-samples",), "eval_samples", "images per digit FID reading (DDIM, 50 steps; > 64)", positive_int),
     Flag(("--log-every",), "log_every", "steps between loss.csv writes", positive_int),
-    Flag(("--logger",), "logger", "also log to TensorBoard (out/logs)", choices=LOGGERS),
+    Flag(("--logger",), "logger", "also log to TensorBoard (in --logging-dir)", logger_name),
+    Flag(("--logging-dir", "--logging_dir"), "logging_dir", "TensorBoard's folder, inside --out unless absolute"),
 )  # fmt: skip
 
 
+# train_unconditional.py's flags minidiff does not take: the reason, and what to use instead
+OFFLINE = "minidiff trains offline and never uploads; upload the model folder afterwards with "
+OFFLINE += "`huggingface-cli upload REPO_ID OUT/model`"
+REFUSED = {
+    "--push_to_hub": OFFLINE,
+    "--hub_model_id": OFFLINE,
+    "--hub_token": OFFLINE,
+    "--hub_private_repo": OFFLINE,
+    "--enable_xformers_memory_efficient_attention": "minidiff's attention already runs torch's "
+    "scaled_dot_product_attention (flash / memory-efficient kernels); leave the flag out",
+    "--preserve_input_precision": "minidiff decodes every image to 8 bits per channel; leave the flag out",
+}
+TAKES_VALUE = {"--hub_model_id", "--hub_token"}
+
+# the UNet2DModel keys of a --model_config_name_or_path JSON: those TrainConfig sets, those minidiff
+# derives from other flags, and the rest, which must keep UNet2DModel's defaults (a test holds these to
+# minidiff.unet_2d and diffusers)
+UNET_CONFIG_FIELDS = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
+                      "norm_num_groups")  # fmt: skip
+UNET_DERIVED = ("sample_size", "in_channels", "out_channels", "num_train_timesteps")
+UNET_DEFAULTS = {
+    "center_input_sample": False, "time_embedding_type": "positional", "time_embedding_dim": None,
+    "freq_shift": 0, "flip_sin_to_cos": True, "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1,
+    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0,
+    "act_fn": "silu", "attention_head_dim": 8, "attn_norm_num_groups": None, "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None, "num_class_embeds": None,
+}  # fmt: skip
+
+
+MODEL_CONFIG = Flag(("--model-config", "--model_config_name_or_path"), "model_config", "")
+
+
+class _Refuse(argparse.Action):
+    """A train_unconditional.py flag minidiff does not take: a usage error with the reason."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not supported: {REFUSED[option_string]}")
+
+
 def add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    """Every flag of FLAGS, with `defaults`' values shown in --help; plus --use_ema and --quiet."""
+    """Every flag of FLAGS, with `defaults`' values shown in --help; plus --use_ema, --quiet, diffusers'
+    --model_config_name_or_path and --local_rank, and its flags that are refused with a reason."""
     for flag in FLAGS:
         options = dict(
             dest=flag.dest, default=getattr(defaults, flag.dest), help=flag.help + " (default: %(default)s)"
@@ -149,6 +205,18 @@ def add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> N
         "--use-ema", "--use_ema", dest="use_ema", action="store_true",
         help="diffusers' EMA: the inv_gamma / power warm-up up to --ema-decay (0.9999 unless set)",
     )  # fmt: skip
+    parser.add_argument(
+        "--model-config", "--model_config_name_or_path", dest="model_config", default=None,
+        help="a UNet2DModel config.json (or its folder): the architecture to train",
+    )  # fmt: skip
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=-1,
+        help="set by launchers; ignored, as minidiff reads LOCAL_RANK from the environment (torchrun sets it)",
+    )  # fmt: skip
+    for name in REFUSED:
+        parser.add_argument(
+            name, action=_Refuse, nargs=1 if name in TAKES_VALUE else 0, help=argparse.SUPPRESS
+        )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -159,5 +227,65 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
         values["ema_warmup"] = True
         if values["ema_decay"] == 0:
             values["ema_decay"] = 0.9999  # train_unconditional.py's --ema_max_decay
+    if getattr(args, "model_config", None):
+        values.update(unet_settings(args.model_config))
     values["progress"] = not args.quiet
     return dataclasses.replace(defaults, **values)
+
+
+def unet_settings(path: str) -> dict:
+    """The TrainConfig fields a UNet2DModel config.json (a file, or a folder holding one) sets; a key
+    minidiff cannot train with (a value other than UNet2DModel's default) is refused by name."""
+    file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise ConfigError("{model_config}: no such UNet config file (expected a config.json or its folder)",
+                          model_config=path)  # fmt: skip
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{{model_config}}: not a JSON file ({err})", model_config=path) from err
+    settings = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in UNET_CONFIG_FIELDS
+    }
+    other = {}
+    for key, value in config.items():
+        if key.startswith("_") or key in UNET_CONFIG_FIELDS or key in UNET_DERIVED:
+            continue
+        if key not in UNET_DEFAULTS or UNET_DEFAULTS[key] != value:
+            other[key] = value
+    if other:
+        refused = ", ".join(f"{k}={v!r}" for k, v in sorted(other.items()))
+        raise ConfigError(
+            f"{{model_config}} sets {refused}; minidiff trains UNets that differ from UNet2DModel's defaults "
+            f"only in {', '.join(UNET_CONFIG_FIELDS)} (the image size and channels come from --resolution and "
+            "--channels)", model_config=path,
+        )  # fmt: skip
+    return settings
+
+
+def typed_flags(argv: list[str]) -> dict[str, tuple[str, str | None]]:
+    """TrainConfig field -> (the flag as typed, its value as typed; None for a switch), from `argv`."""
+    names = {"--model-config": MODEL_CONFIG, "--model_config_name_or_path": MODEL_CONFIG}
+    for flag in FLAGS:
+        for name in flag.names:
+            names[name] = flag
+            if flag.action is argparse.BooleanOptionalAction:
+                names["--no-" + name[2:]] = flag
+    typed = {}
+    for i, word in enumerate(argv):
+        name, eq, text = word.partition("=")
+        flag = names.get(name)
+        if flag is None:
+            continue
+        if not eq:
+            switch = flag.action is not None or (
+                flag.nargs == "?" and (i + 1 == len(argv) or argv[i + 1][:2] == "--")
+            )
+            text = None if switch else argv[i + 1] if i + 1 < len(argv) else None
+        typed[flag.dest] = (name, text)
+    return typed
+
+
+def flag_name(dest: str) -> str | None:
+    """The short flag of a TrainConfig field (None when no flag sets it)."""
+    return next((flag.names[0] for flag in (*FLAGS, MODEL_CONFIG) if flag.dest == dest), None)

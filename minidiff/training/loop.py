@@ -17,6 +17,7 @@ uninterrupted one draws, and its weights come out bit-identical.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -41,7 +42,13 @@ from minidiff.training.checkpoint import (
 )
 from minidiff.training.config import QUICK_RUN, TrainConfig, sampling_settings
 from minidiff.training.data import ResidentImages, StreamedImages, open_training_images
-from minidiff.training.preflight import check_free_space, claim_out_dir, pick_device
+from minidiff.training.preflight import (
+    check_before_start,
+    check_free_space,
+    claim_out_dir,
+    hold_out_dir,
+    pick_device,
+)
 from minidiff.training.rules import epoch_order
 from minidiff.training.run import (
     LossLog,
@@ -52,6 +59,7 @@ from minidiff.training.run import (
     build_unet,
     digit_fid,
     make_noise_generator,
+    plan_grid,
     save_model,
     save_outputs,
     save_samples,
@@ -83,9 +91,10 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
     `unet`: start from these weights instead of a fresh `build_unet(config)` (resume still loads the
     checkpoint). Under torchrun (WORLD_SIZE > 1) the plain engine trains with DistributedDataParallel.
     SIGINT / SIGTERM stop the run after the current step with a checkpoint and the model folder saved,
-    then raise `TrainingInterrupted`.
+    then raise `TrainingInterrupted`. One run at a time writes into an output folder: a second one is
+    refused (`minidiff.files.FolderInUse`) while the first holds it.
     """
-    config.validate()
+    check_before_start(config)
     if config.eval_every is not None:  # the digit FID readings: refused now, not at the first reading
         from minidiff.quality.digit_net import NUM_FEATURES
         from minidiff.quality.metrics import check_fid_count
@@ -133,6 +142,8 @@ class Run:
     stop_signal: int | None = None  # set by the SIGINT / SIGTERM handler
     train_started: float = 0.0  # when the first step began (time_budget counts from here)
     eval_seconds: float = 0.0  # spent on digit FID readings
+    first_step: int = 0  # the step this start began at (a resumed run's checkpoint)
+    auto_grid: bool = False  # the end-of-run grid's sampler and steps are minidiff's choice
     sample_grids: list[Path] = field(default_factory=list)
 
     def start_epoch(self) -> None:
@@ -142,22 +153,19 @@ class Run:
 
 
 def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.device) -> TrainResult:
-    created = not Path(config.out_dir).exists()
-    try:
+    # rank 0 holds the output folder for the whole run (a refused run leaves no empty folder behind)
+    held = hold_out_dir(config.out_dir) if distributed.is_main() else contextlib.nullcontext()
+    with held:
         run = _start(config, unet, device)
-    except BaseException:
-        if created and distributed.is_main():  # a refused run leaves no empty folder behind
-            _remove_if_empty(Path(config.out_dir))
-        raise
-    previous = {
-        s: signal.signal(s, lambda signum, frame: setattr(run, "stop_signal", signum)) for s in _signals()
-    }
-    try:
-        _loop(run)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return _finish(run)
+        previous = {
+            s: signal.signal(s, lambda signum, frame: setattr(run, "stop_signal", signum)) for s in _signals()
+        }
+        try:
+            _loop(run)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return _finish(run)
 
 
 def _loop(run: Run) -> None:
@@ -193,7 +201,9 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     main = distributed.is_main()
     out_dir = claim_out_dir(config) if main else Path(config.out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    resume_from = checkpoint_to_resume(ckpt_dir, config.resume, device) if config.resume else None
+    resume_from = (
+        checkpoint_to_resume(ckpt_dir, config.resume, device, set_aside=main) if config.resume else None
+    )
     if main:
         remove_stale_temporary_files(ckpt_dir)  # half-written checkpoints of a killed run
     started = time.perf_counter()
@@ -205,11 +215,17 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     batches_per_epoch = math.ceil(len(data) / config.batch_size)
     steps = total_steps(config, batches_per_epoch)
     auto_sampler = config.sampler is None
+    auto_grid = auto_sampler and config.sample_steps is None
     sampler, sample_steps = sampling_settings(config, steps)
     config = dataclasses.replace(config, sampler=sampler, sample_steps=sample_steps)
     engine = make_engine(config, unet, noise_scheduler, data, steps, device)
     if main:
         check_free_space(out_dir, config, unet)
+        if config.batch_size > len(data):
+            logger.warning(
+                "note: a batch of %d is larger than the %d images of %r: each step trains on all %d",
+                config.batch_size, len(data), config.data, len(data),
+            )  # fmt: skip
 
     # 3. resume: weights, optimizer, schedules, position in the data and the generator
     progress, losses, evals = Progress(), [], {}
@@ -225,7 +241,7 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     if main:
         write_run_config(out_dir, config, total_steps=steps, num_images=len(data), device=str(device),
                          streamed=isinstance(data, StreamedImages))  # fmt: skip
-        if auto_sampler and sampler == "ddim":
+        if auto_sampler and sampler == "ddim" and config.num_samples:
             logger.info(
                 "sample grids: DDIM with %d steps, as for every run under %d steps (--sampler ddpm for DDPM's)",
                 sample_steps, QUICK_RUN,
@@ -235,6 +251,7 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     return Run(
         config, out_dir, engine, data, noise_scheduler, batches_per_epoch, steps, progress,
         _open_log(config, out_dir, losses, evals, progress, steps, engine, main), main, started,
+        first_step=progress.step, auto_grid=auto_grid,
     )  # fmt: skip
 
 
@@ -250,7 +267,7 @@ def _open_log(
     log = LossLog(out_dir / "loss.csv", losses, bar, images_per_step, write=main, skip_nonfinite=fp16)
     log.start(evals if config.eval_every else None)
     if main and config.logger == "tensorboard":
-        log.tensorboard = TensorBoard(out_dir / "logs")
+        log.tensorboard = TensorBoard(out_dir / config.logging_dir)
         log.lr = lambda: engine.lr_scheduler.get_last_lr()[0]
     return log
 
@@ -352,24 +369,20 @@ def _stop(run: Run) -> None:
     raise TrainingInterrupted(signum, run.progress.step, checkpoint, model_dir)
 
 
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()  # only succeeds when nothing was written there
-    except OSError:
-        pass
-
-
 def _finish(run: Run) -> TrainResult:
     """The model as a pipeline folder (EMA weights when EMA is on), samples.png, loss.png."""
     run.log.bar.close()
     out_dir = run.out_dir
-    model_dir, samples_png, loss_png = out_dir / "model", out_dir / "samples.png", out_dir / "loss.png"
+    train_seconds = time.perf_counter() - run.train_started - run.eval_seconds
+    model_dir, samples_png, loss_png = out_dir / "model", None, out_dir / "loss.png"
     if run.main:
+        config = plan_grid(run.engine.sampling_model, run.config, train_seconds, run.auto_grid)
         model_dir, samples_png, loss_png = save_outputs(
-            run.engine.sampling_model, run.noise_scheduler, run.log, out_dir, run.config
+            run.engine.sampling_model, run.noise_scheduler, run.log, out_dir, config
         )
         if run.log.tensorboard is not None:
-            run.log.tensorboard.image("samples", samples_png, run.progress.step)
+            if samples_png is not None:
+                run.log.tensorboard.image("samples", samples_png, run.progress.step)
             run.log.tensorboard.close()
     return TrainResult(
         losses=run.log.losses,
@@ -383,6 +396,7 @@ def _finish(run: Run) -> TrainResult:
         samples_png=samples_png,
         sample_grids=run.sample_grids,
         checkpoints=list_checkpoints(out_dir / "checkpoints"),
-        train_seconds=time.perf_counter() - run.train_started - run.eval_seconds,
+        train_seconds=train_seconds,
         evals=dict(run.log.evals or {}),
+        first_step=run.first_step,
     )

@@ -1,30 +1,83 @@
-"""Checks a run makes before it spends any time: the device exists, the output folder is writable,
-its disk has room for what the run will write. Each fails at once, naming the value and what was expected.
+"""Checks a run makes before it spends any time: the settings and paths make sense (before torch loads),
+the output folder is its own (one run at a time) and writable, the device exists, the disk has room for
+what the run will write. Each fails at once, naming the value and what was expected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from minidiff.files import LOCK_NAME, FolderLock, looks_local, writable_dir
+from minidiff.training.config import ConfigError, TrainConfig
 
-from minidiff.training.config import TrainConfig
+if TYPE_CHECKING:
+    import torch
 
 
-def writable_dir(path: str | os.PathLike) -> Path:
-    """Create `path` if needed and prove we can write there, before any training time is spent."""
-    path = Path(path)
+class RunExists(ConfigError, FileExistsError):
+    """The output folder holds another run's model or checkpoints."""
+
+
+class MissingPath(ConfigError, FileNotFoundError):
+    """A path a setting names does not exist."""
+
+
+def check_before_start(config: TrainConfig) -> None:
+    """What can be checked without torch or `datasets`: every setting in range, the data, the checkpoint
+    to resume from and the output folder exist where they must (a wrong path fails in well under a second)."""
+    config.validate()
+    data = Path(str(config.data)).expanduser()
+    if str(config.data) != "digits":  # minidiff.data.DEFAULT_DATASET (not imported: it loads torch)
+        if data.is_file():
+            raise ConfigError(
+                "{data} is a file; expected a folder of images, a hub id or 'digits'", data=config.data
+            )
+        if not data.exists() and looks_local(config.data):
+            raise MissingPath("{data}: that folder does not exist", data=config.data)
+        if data.is_dir() and not any(p.is_file() for p in data.rglob("*")):
+            raise ConfigError("{data}: that folder holds no image files", data=config.data)
+        if config.dataset_config_name is not None and data.is_dir():
+            raise ConfigError(
+                "{dataset_config_name} names a configuration of a hub dataset; {data} is a local folder",
+                dataset_config_name=config.dataset_config_name, data=config.data,
+            )  # fmt: skip
+    if isinstance(config.resume, str) and config.resume not in ("latest", "auto"):
+        if not Path(config.resume).is_file():
+            raise MissingPath("{resume}: that checkpoint file does not exist", resume=config.resume)
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PermissionError(f"output folder {str(out_dir)!r} is not writable: it is a file")
+
+
+@contextlib.contextmanager
+def hold_out_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Create `out_dir` if needed and hold its lock (`minidiff.files.FolderLock`) for the block: a second
+    run into it is refused at once, naming the holder. A folder this call created is removed again when
+    the block fails with nothing written into it."""
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(out_dir).acquire()
     except OSError as err:
-        raise PermissionError(f"output folder {str(path)!r} is not writable: {err}") from err
-    return path
+        raise PermissionError(f"output folder {str(out_dir)!r} is not writable: {err}") from err
+    try:
+        yield out_dir
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                if [p.name for p in out_dir.iterdir()] == [LOCK_NAME]:
+                    (out_dir / LOCK_NAME).unlink()
+                out_dir.rmdir()  # only succeeds when nothing else was written there
+        raise
+    finally:
+        lock.release()
 
 
 def claim_out_dir(config: TrainConfig) -> Path:
@@ -33,7 +86,7 @@ def claim_out_dir(config: TrainConfig) -> Path:
     A new run (no resume) into a folder that holds a trained model or checkpoints of another run is
     refused with the reason; `overwrite` removes that run's checkpoints, sample grids and logs first
     (its model folder is replaced, all at once, when this run saves its own)."""
-    from minidiff.training.checkpoint import list_checkpoints
+    from minidiff.training.checkpoint import DAMAGED, list_checkpoints
 
     out_dir = Path(config.out_dir)
     checkpoints = list_checkpoints(out_dir / "checkpoints")
@@ -43,13 +96,17 @@ def claim_out_dir(config: TrainConfig) -> Path:
             held = ([f"{len(checkpoints)} checkpoint(s)"] if checkpoints else []) + (
                 ["a model"] if has_model else []
             )
-            raise FileExistsError(
-                f"{str(out_dir)!r} holds {' and '.join(held)} of an earlier run; continue it with resume=True "
-                "(--resume), replace it with overwrite=True (--overwrite), or choose another out_dir"
-            )
-        for path in checkpoints:
+            raise RunExists(
+                f"{{out_dir}} holds {' and '.join(held)} of an earlier run; continue it with {{resume:on}}, "
+                "replace it with {overwrite:on}, or choose another {out_dir:name}",
+                out_dir=config.out_dir, resume=True, overwrite=True,
+            )  # fmt: skip
+        for path in [*checkpoints, *(out_dir / "checkpoints").glob(f"step-*.pt{DAMAGED}")]:
             path.unlink()
-        for folder in ("samples", "logs"):
+        (out_dir / "samples.png").unlink(missing_ok=True)  # this run may draw none
+        logs = Path(config.logging_dir)
+        inside = [] if logs.is_absolute() or ".." in logs.parts else [str(logs)]  # never outside out_dir
+        for folder in ("samples", "logs", *inside):
             shutil.rmtree(out_dir / folder, ignore_errors=True)
     return writable_dir(out_dir)
 
@@ -75,6 +132,8 @@ def check_free_space(out_dir: Path, config: TrainConfig, unet: torch.nn.Module) 
 def pick_device(device: str) -> torch.device:
     """ "auto" -> cuda when available, else cpu; any other name is checked to exist on this machine, so a
     wrong --device fails at once with its name, not deep inside torch after the data loaded."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -3,6 +3,8 @@ data it starts from, where it stands (`Progress`), the loss log, and the files i
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 import time
@@ -14,10 +16,13 @@ import torch
 from minidiff.training.config import TrainConfig
 from minidiff.training.rules import check_finite
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainResult:
-    """What a run produced: the per-step losses and where every file went."""
+    """What a run produced: the per-step losses and where every file went (samples_png: None when no
+    grid was drawn). `steps` is where the run stands; this start took steps - first_step of them."""
 
     losses: list[float]
     steps: int
@@ -27,11 +32,12 @@ class TrainResult:
     model_dir: Path
     loss_csv: Path
     loss_png: Path
-    samples_png: Path
+    samples_png: Path | None
     sample_grids: list[Path] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     train_seconds: float = 0.0  # the steps alone (no data loading, no final outputs)
     evals: dict[int, float] = field(default_factory=dict)  # step -> digit FID (eval_every)
+    first_step: int = 0  # the step this start began at (0, or the checkpoint a resume loaded)
 
 
 # ---- what a run starts from ---------------------------------------------------------------------------
@@ -236,13 +242,52 @@ def save_model(unet, noise_scheduler, out_dir: Path) -> Path:
     return DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(out_dir / "model")
 
 
+GRID_SHARE = 0.25  # an end-of-run grid minidiff chooses costs at most this share of the training time
+MIN_GRID_STEPS = 10  # fewer DDIM steps draw blurs: below this, fewer images instead
+
+
+def plan_grid(unet, config: TrainConfig, train_seconds: float, automatic: bool) -> TrainConfig:
+    """`config` with the end-of-run grid's sampler, steps and images. Set by the user (`automatic`
+    False): kept, and the expected time said when over a few seconds. Chosen by minidiff: cut, when
+    needed, to cost at most GRID_SHARE of this start's `train_seconds` (or a few seconds), first to
+    fewer DDIM steps (down to MIN_GRID_STEPS), then to fewer images; the log line says so."""
+    from minidiff.cost import FEW_SECONDS, cost_line, sampling_seconds, say_seconds, step_seconds
+
+    if not config.num_samples:
+        return config
+    step = step_seconds(unet, config.num_samples)
+    planned = sampling_seconds(step, config.sample_steps)
+    what = (
+        f"sample grid: {config.num_samples} images, {config.sampler.upper()} with {config.sample_steps} steps"
+    )
+    budget = max(GRID_SHARE * train_seconds, FEW_SECONDS)
+    if not automatic or planned <= budget:
+        if planned > FEW_SECONDS:
+            logger.info(cost_line(what, step, config.sample_steps))
+        return config
+    cap = config.sample_steps if config.sampler == "ddim" else config.num_train_timesteps
+    steps = min(cap, max(MIN_GRID_STEPS, int(budget / step)))
+    images = config.num_samples
+    if sampling_seconds(step, steps) > budget:  # a step's time grows about linearly with the images
+        images = max(1, int(images * budget / sampling_seconds(step, steps)))
+    logger.info(
+        "sample grid: %s, DDIM with %d steps (%s) instead of %s, to take at most %.0f%% of the %.0f s "
+        "of training (--sampler, --sample-steps and --num-samples choose)",
+        f"{images} image" + "s" * (images != 1), steps,
+        say_seconds(sampling_seconds(step, steps) * images / config.num_samples),
+        f"{config.sampler.upper()} with {config.sample_steps} steps ({say_seconds(planned)})",
+        100 * GRID_SHARE, train_seconds,
+    )  # fmt: skip
+    return dataclasses.replace(config, sampler="ddim", sample_steps=steps, num_samples=images)
+
+
 def save_outputs(final_unet, noise_scheduler, log: LossLog, out_dir: Path, config: TrainConfig):
-    """model/, samples.png (unless num_samples is 0) and loss.png; returns their paths."""
+    """model/, samples.png (unless num_samples is 0: then None) and loss.png; returns their paths."""
     from minidiff.viz import plot_losses
 
     model_dir = save_model(final_unet, noise_scheduler, out_dir)
-    samples_png = out_dir / "samples.png"
+    samples_png = None
     if config.num_samples:
-        samples_png = save_samples(final_unet, noise_scheduler, samples_png, config)
+        samples_png = save_samples(final_unet, noise_scheduler, out_dir / "samples.png", config)
     loss_png = Path(plot_losses(log.losses, out_dir / "loss.png", log.evals))
     return model_dir, samples_png, loss_png
