@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 DEMO_STAMP := $(VENV)/.installed-demo
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-all lint format demo notebook bench clean
+.PHONY: install test test-all lint format demo notebook docs bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +17,15 @@ $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -q -e ".[digits]"
 	touch $(DEMO_STAMP)
 
+# the site needs MkDocs and its plugins only (the API reference reads the source, it imports nothing)
+$(DOCS_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
 # the tests add diffusers, datasets, pytest, hypothesis and ruff
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -q -e ".[test]"
-	touch $(STAMP) $(DEMO_STAMP)
+	touch $(STAMP) $(DEMO_STAMP) $(DOCS_STAMP)
 
 install: $(STAMP)
 
@@ -47,8 +53,12 @@ demo: $(DEMO_STAMP)
 notebook: $(STAMP)
 	$(BIN)/python docs/run_tutorial.py
 
+# The documentation site: the guide pages, the API reference from the docstrings and the notebook, into site/.
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
 
 clean:
-	rm -rf out .pytest_cache .ruff_cache
+	rm -rf out site .pytest_cache .ruff_cache

@@ -4,6 +4,38 @@ Swap `from diffusers import X` for `from minidiff import X` and get the same num
 
 The public names below are imported on first use (PEP 562), so `minidiff --help` answers without
 loading torch.
+
+The diffusion core, in diffusers' file names:
+
+    schedules.py            beta schedules, zero-SNR rescaling, the forward process (add_noise, get_velocity)
+    scheduling_utils.py     what the DDPM and DDIM steps share: x0 / eps from the model output, clipping
+                            and thresholding, randn_tensor, timestep spacings
+    scheduling_ddpm.py      DDPMScheduler
+    scheduling_ddim.py      DDIMScheduler
+    layers.py               time embeddings, ResnetBlock2D, Attention (SDPA), down / upsampling
+    unet_2d_blocks.py       the down, middle and up blocks, built in diffusers' order
+    unet_2d.py              UNet2DModel
+    pipeline_utils.py       DiffusionPipeline: components, device moves, progress bar, pipeline folders
+    pipeline_ddpm.py        DDPMPipeline and the plain sampling loop (denoise)
+    pipeline_ddim.py        DDIMPipeline
+    configuration.py        ConfigMixin, SchedulerMixin, FrozenConfig, @register_to_config: diffusers' JSON
+                            configs, type checks naming the key
+    modeling_utils.py       ModelMixin: safetensors in diffusers' layout, gradient checkpointing, num_parameters
+    outputs.py              return objects (diffusers' BaseOutput): .prev_sample, .sample, .images
+    files.py                atomic writes, the all-or-nothing folder swap, hub look-ups and offline checks
+
+Around it:
+
+    data.py                 digits / image folder / hub dataset, the tutorial's preprocessing
+    viz.py, utils.py        image grids (make_image_grid also at diffusers' path minidiff.utils), noising
+                            strip, SNR plot, loss plot
+    parity.py               the parity microscope compare_unet; moving a UNet between diffusers and minidiff
+    cli.py, __main__.py     the `minidiff` command
+    training/               training runs (see minidiff.training)
+    quality/                sample quality: digit FID and KID (see minidiff.quality)
+    fast/                   the GPU fast paths (see minidiff.fast)
+
+Imports run core <- quality <- training <- cli, never back up.
 """
 
 from __future__ import annotations

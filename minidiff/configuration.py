@@ -124,7 +124,13 @@ def register_to_config(init):
 
 
 def config_attribute(obj: Any, name: str, owner: str = "scheduler") -> Any:
-    """`obj.<config key>` for a name that is no attribute: the value, with diffusers' FutureWarning."""
+    """`obj.<config key>` for a name that is no attribute: the value, with diffusers' FutureWarning.
+
+    Args:
+        obj: the object whose config holds the key.
+        name: the attribute asked for.
+        owner: the variable name the warning suggests (`scheduler.config.<name>`).
+    """
     config = obj.__dict__.get("_internal_dict")  # not obj._internal_dict: no recursion while unpickling
     if config is None or name not in config:
         raise AttributeError(f"'{type(obj).__name__}' object has no attribute '{name}'")
@@ -159,6 +165,7 @@ class ConfigMixin:
 
     @property
     def config(self) -> FrozenConfig:
+        """The object's configuration: a read-only dict whose keys also read as attributes."""
         return self._internal_dict
 
     def __getattr__(self, name: str) -> Any:
@@ -236,6 +243,11 @@ class ConfigMixin:
         """Build an object from a config dict (or another object's `.config`), with keyword overrides.
 
         The config's other keys (a compatible class's, `_class_name`, ...) stay in the new object's config.
+
+        Args:
+            config: a dict, a `FrozenConfig`, or an object with a `.config`.
+            return_unused_kwargs: also return the keys the class does not take, as `(obj, unused)`.
+            **overrides: keyword arguments that replace config values.
         """
         if config is not None and not isinstance(config, dict):
             if hasattr(config, "config"):  # an object was passed, as diffusers allows
@@ -253,7 +265,12 @@ class ConfigMixin:
     def load_config(
         cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None
     ) -> dict:
-        """Read the JSON config of a local folder (or hub repository) into a plain dict."""
+        """Read the JSON config of a local folder (or hub repository) into a plain dict.
+
+        Args:
+            pretrained_model_name_or_path: a local folder or a hub id.
+            subfolder: the folder inside it that holds the config file (`"scheduler"`, `"unet"`).
+        """
         path = resolve_file(pretrained_model_name_or_path, cls.config_name, subfolder)
         try:
             with open(path, encoding="utf-8") as f:
@@ -266,6 +283,7 @@ class ConfigMixin:
 
     # ---- writing -------------------------------------------------------------------------------
     def to_json_string(self) -> str:
+        """The config as diffusers writes it: sorted JSON with `_class_name` and `_diffusers_version`."""
         config = {k: _to_json_value(v) for k, v in self.config.items() if k not in _NEVER_WRITTEN}
         config["_class_name"] = type(self).__name__
         config["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
@@ -277,7 +295,14 @@ class ConfigMixin:
         self.register_to_config(_class_name=type(self).__name__, _diffusers_version=DIFFUSERS_FORMAT_VERSION)
 
     def save_config(self, save_directory: str | os.PathLike) -> Path:
-        """Write `<save_directory>/<config_name>` atomically (a crash never leaves half a file)."""
+        """Write `<save_directory>/<config_name>` atomically (a crash never leaves half a file).
+
+        Args:
+            save_directory: the folder, created if missing; a file there is refused.
+
+        Returns:
+            The path of the written config file.
+        """
         save_directory = Path(save_directory)
         if save_directory.is_file():
             raise ValueError(f"save_directory {str(save_directory)!r} is a file; expected a folder")
@@ -303,8 +328,19 @@ class SchedulerMixin(ConfigMixin):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **overrides: Any
     ):
-        """Load from a folder holding `scheduler_config.json` (or a hub id), e.g. a pipeline's `scheduler/`."""
+        """Load from a folder holding `scheduler_config.json` (or a hub id), e.g. a pipeline's `scheduler/`.
+
+        Args:
+            pretrained_model_name_or_path: a local folder or a hub id.
+            subfolder: the folder inside it that holds `scheduler_config.json`.
+            **overrides: keyword arguments that replace config values.
+        """
         return cls.from_config(cls.load_config(pretrained_model_name_or_path, subfolder), **overrides)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write `scheduler_config.json` into `save_directory` (created if missing), as diffusers does.
+
+        Args:
+            save_directory: the folder to write into.
+        """
         self.save_config(save_directory)

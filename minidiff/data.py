@@ -271,9 +271,15 @@ def load_dataset(
 ) -> torch.utils.data.Dataset:
     """Images from `source` as float tensors (C, image_size, image_size) in [-1, 1].
 
-    source: "digits" (embedded, offline), a local folder of images (read by `datasets`' imagefolder
-    builder, sub-folders included), or a hub dataset id such as "huggan/smithsonian_butterflies_subset".
-    channels: None means 1 for the digits and 3 otherwise. limit: keep only the first `limit` images.
+    Args:
+        source: "digits" (embedded, offline), a local folder of images (read by `datasets`' imagefolder
+            builder, sub-folders included), or a hub dataset id such as "huggan/smithsonian_butterflies_subset".
+        image_size: the side images are resized to.
+        flip: random horizontal flips.
+        channels: 1 or 3; None means 1 for the digits and 3 otherwise.
+        split: the split of a hub dataset.
+        limit: keep only the first `limit` images.
+        center_crop: resize the shorter side and crop the centre instead of squashing.
     """
     _check_limit(limit)
     transform = tutorial_transform(image_size, flip, default_channels(source, channels), center_crop)

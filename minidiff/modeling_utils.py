@@ -32,7 +32,11 @@ _OLD_ATTENTION_KEY = re.compile(r"^(.*attentions\.\d+)\.(query|key|value|proj_at
 
 
 def rename_old_attention_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`...attentions.0.query.weight` -> `...attentions.0.to_q.weight` (and key, value, proj_attn -> to_out.0)."""
+    """`...attentions.0.query.weight` -> `...attentions.0.to_q.weight` (and key, value, proj_attn -> to_out.0).
+
+    Args:
+        state_dict: parameter name -> tensor; names of the current layout pass through unchanged.
+    """
     renamed = {}
     for key, value in state_dict.items():
         match = _OLD_ATTENTION_KEY.match(key)
@@ -52,6 +56,9 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
     weights_only=True unpickles tensors and plain containers only: a checkpoint that would run code on
     load (a `__reduce__` calling os.system, say) is refused, never executed.
+
+    Args:
+        path: the weights file; its suffix picks the reader.
     """
     if path.suffix == ".safetensors":
         try:
@@ -87,17 +94,23 @@ class ModelMixin(nn.Module, ConfigMixin):
     def enable_gradient_checkpointing(self, gradient_checkpointing_func: Callable | None = None) -> None:
         """Keep fewer activations for the backward pass and recompute them there: each block runs its
         resnets through `gradient_checkpointing_func` (default: torch.utils.checkpoint.checkpoint,
-        non-reentrant), as diffusers does. Same gradients, less memory, about one more forward of time."""
+        non-reentrant), as diffusers does. Same gradients, less memory, about one more forward of time.
+
+        Args:
+            gradient_checkpointing_func: called as `func(module, *inputs)` in place of `module(*inputs)`.
+        """
         if not self._supports_gradient_checkpointing:
             raise ValueError(f"{type(self).__name__} does not support gradient checkpointing")
         self._set_gradient_checkpointing(True, gradient_checkpointing_func or _checkpoint)
 
     def disable_gradient_checkpointing(self) -> None:
+        """Keep every activation again (the default)."""
         if self._supports_gradient_checkpointing:
             self._set_gradient_checkpointing(False, _checkpoint)
 
     @property
     def is_gradient_checkpointing(self) -> bool:
+        """Whether any block recomputes its activations in the backward pass."""
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
 
     def _set_gradient_checkpointing(self, enable: bool, checkpoint_func: Callable) -> None:
@@ -108,6 +121,7 @@ class ModelMixin(nn.Module, ConfigMixin):
 
     @property
     def device(self) -> torch.device:
+        """The device of the first parameter, as diffusers reports it."""
         return next(self.parameters()).device
 
     @property
@@ -116,6 +130,12 @@ class ModelMixin(nn.Module, ConfigMixin):
         return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters, as diffusers counts them.
+
+        Args:
+            only_trainable: count only parameters with `requires_grad`.
+            exclude_embeddings: leave out the weights of `nn.Embedding` layers.
+        """
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         return sum(
             p.numel()
@@ -135,6 +155,14 @@ class ModelMixin(nn.Module, ConfigMixin):
         Weights come from `diffusion_pytorch_model.safetensors`, or, when only the older
         `diffusion_pytorch_model.bin` exists, from that pickle via torch.load(weights_only=True).
         Parameters are cast to `torch_dtype` (default: torch's default dtype, float32).
+
+        Args:
+            pretrained_model_name_or_path: a local folder or a hub id.
+            subfolder: the folder inside it that holds the files (`"unet"` in a pipeline folder).
+            torch_dtype: the dtype of the floating-point parameters.
+
+        Returns:
+            The model, in eval mode.
         """
         config = cls.load_config(pretrained_model_name_or_path, subfolder)
         errors = []
@@ -168,6 +196,9 @@ class ModelMixin(nn.Module, ConfigMixin):
         Both are first written (and fsynced) as temporary files; only when both are complete are they renamed
         over the old ones. A failing write (disk full, no permission) leaves a model saved there before whole
         and loadable, and no temporary file behind.
+
+        Args:
+            save_directory: the folder, created if missing; a file there is refused.
         """
         save_directory = Path(save_directory)
         if save_directory.is_file():

@@ -43,11 +43,14 @@ class ModuleDiff:
     note: str = ""
 
     def drifts(self, atol: float, rtol: float) -> bool:
+        """Whether max|a - b| > atol + rtol * max|b| (NaN counts as drift)."""
         return not self.max_abs <= atol + rtol * self.ref_max  # NaN counts as drift
 
 
 @dataclass
 class ParityReport:
+    """What `compare_unet` found: one row per submodule that ran in both models, in forward order."""
+
     rows: list[ModuleDiff]  # in the order the model's modules finished their forward
     dtype: torch.dtype
     only_in_reference: list[str] = field(default_factory=list)  # ran in one model only: not compared
@@ -55,10 +58,12 @@ class ParityReport:
 
     @property
     def max_abs(self) -> float:
+        """The largest absolute difference over all rows."""
         return max((r.max_abs for r in self.rows), default=0.0)
 
     @property
     def max_rel(self) -> float:
+        """The largest relative difference over all rows."""
         return max((r.max_rel for r in self.rows), default=0.0)
 
     @property
@@ -75,6 +80,12 @@ class ParityReport:
         return next((r for r in self.rows if r.drifts(atol, rtol)), None)
 
     def assert_close(self, atol: float, rtol: float) -> None:
+        """Raise AssertionError naming the first module (forward order) that drifts.
+
+        Args:
+            atol: the absolute tolerance.
+            rtol: the tolerance relative to the reference output's largest magnitude.
+        """
         row = self.first_drift(atol, rtol)
         if row is not None:
             raise AssertionError(
@@ -85,6 +96,7 @@ class ParityReport:
             )
 
     def table(self) -> str:
+        """One line per module: name, shape, max absolute and max relative difference; the worst last."""
         width = max([len("module")] + [len(r.name) for r in self.rows])
         lines = [f"{'module':<{width}}  {'shape':<20}  {'max_abs':>9}  {'max_rel':>9}"]
         for r in self.rows:
@@ -161,10 +173,21 @@ def compare_unet(
 ) -> ParityReport:
     """Run both models once (eval mode, no grad) and compare every submodule that ran in both under one name.
 
-    dtype / device: run copies of both models (and the inputs) in that precision / on that device; the
-        caller's models are left untouched. Default: the models as they are.
-    sdpa_backend: a torch.nn.attention.SDPBackend (or a list of them) that both models' attention must use,
-        e.g. SDPBackend.MATH for a reference run or SDPBackend.FLASH_ATTENTION on a GPU; default: torch's choice.
+    Args:
+        reference_model: the model compared against (diffusers' UNet2DModel, say).
+        minidiff_model: the model under test; its submodule names match the reference's.
+        sample: x_t, the input of both.
+        timestep: the timestep of both.
+        class_labels: class labels, for class-conditional models.
+        dtype: run copies of both models (and the inputs) in this precision; the caller's models are left
+            untouched. Default: the models as they are.
+        device: run the copies on this device.
+        sdpa_backend: a torch.nn.attention.SDPBackend (or a list of them) that both models' attention must
+            use, e.g. SDPBackend.MATH for a reference run or SDPBackend.FLASH_ATTENTION on a GPU; default:
+            torch's choice.
+
+    Returns:
+        A `ParityReport`.
     """
     if dtype is not None or device is not None:
         # nn.Module.to itself, not a subclass's override: no library cast warnings or hooks in the way
@@ -234,7 +257,11 @@ def to_minidiff_unet(unet: nn.Module):
 
 
 def load_both_unets(path: str | os.PathLike):
-    """(diffusers UNet2DModel, minidiff UNet2DModel) from a pipeline folder (its unet/) or a UNet folder."""
+    """(diffusers UNet2DModel, minidiff UNet2DModel) from a pipeline folder (its unet/) or a UNet folder.
+
+    Args:
+        path: the folder.
+    """
     from minidiff.unet_2d import UNet2DModel
 
     diffusers = _import_diffusers()

@@ -191,7 +191,13 @@ class ForwardProcessMixin:
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """Sample q(x_t | x_0) (DDPM eq. 4): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
+        """Sample q(x_t | x_0) (DDPM eq. 4): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
+
+        Args:
+            original_samples: x_0, (B, ...).
+            noise: eps, the same shape.
+            timesteps: t, one per sample (or one for all).
+        """
         sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._forward_coefficients(timesteps, original_samples)
         check_broadcast(original_samples=original_samples, noise=noise, timesteps=sqrt_alpha_prod)
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
@@ -199,7 +205,13 @@ class ForwardProcessMixin:
     def get_velocity(
         self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022)."""
+        """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022).
+
+        Args:
+            sample: x_0, (B, ...).
+            noise: eps, the same shape.
+            timesteps: t, one per sample (or one for all).
+        """
         sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._forward_coefficients(timesteps, sample)
         check_broadcast(sample=sample, noise=noise, timesteps=sqrt_alpha_prod)
         return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample
@@ -207,7 +219,13 @@ class ForwardProcessMixin:
     def scale_model_input(
         self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None
     ) -> torch.Tensor:
-        """DDPM and DDIM feed x_t to the model unscaled; kept for interchangeability with other samplers."""
+        """Return `sample` unchanged: DDPM and DDIM feed x_t to the model unscaled (kept for
+        interchangeability with other samplers).
+
+        Args:
+            sample: x_t.
+            timestep: ignored.
+        """
         return sample
 
     def __len__(self) -> int:

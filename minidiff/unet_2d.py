@@ -43,7 +43,40 @@ CHOICES = {
 
 
 class UNet2DModel(ModelMixin):
-    """diffusers' UNet2DModel: same keywords, defaults, module names and numbers (see the module docstring)."""
+    """diffusers' UNet2DModel: same keywords, defaults, module names and numbers (see the module docstring).
+
+    Args:
+        sample_size: the image size it is meant for (recorded in the config; any size divisible by
+            2^(levels - 1) runs).
+        in_channels: channels of x_t.
+        out_channels: channels of the prediction (2x `in_channels` for learned variances).
+        center_input_sample: map the input from [0, 1] to [-1, 1] first.
+        time_embedding_type: `"positional"` (sinusoidal), `"fourier"` (Gaussian Fourier features) or
+            `"learned"` (a table of `num_train_timesteps` rows).
+        time_embedding_dim: width of the time embedding (default: 4x `block_out_channels[0]`).
+        freq_shift: shift of the sinusoidal frequencies.
+        flip_sin_to_cos: put cos before sin in the sinusoidal features.
+        down_block_types: one block per level, e.g. `"DownBlock2D"`, `"AttnDownBlock2D"`.
+        mid_block_type: `"UNetMidBlock2D"` or None for no middle block.
+        up_block_types: one block per level, from the lowest resolution up.
+        block_out_channels: channels of each level.
+        layers_per_block: resnets per down block (up blocks have one more).
+        mid_block_scale_factor: output scale of the middle block's resnets.
+        downsample_padding: padding of the stride-2 downsampling conv.
+        downsample_type: `"conv"` or `"resnet"` (ResnetDownsampleBlock2D).
+        upsample_type: `"conv"` or `"resnet"` (ResnetUpsampleBlock2D).
+        dropout: dropout inside the resnets.
+        act_fn: the activation, `"silu"`.
+        attention_head_dim: channels per attention head (None: one head).
+        norm_num_groups: GroupNorm groups.
+        attn_norm_num_groups: GroupNorm groups of the middle block's attention (default: `norm_num_groups`).
+        norm_eps: GroupNorm epsilon.
+        resnet_time_scale_shift: `"default"` (add the embedding) or `"scale_shift"` (FiLM).
+        add_attention: whether the middle block has attention.
+        class_embed_type: None, `"timestep"` or `"identity"`: how class labels are embedded.
+        num_class_embeds: the number of classes of a class-label embedding table.
+        num_train_timesteps: the table size for `time_embedding_type="learned"`.
+    """
 
     _supports_gradient_checkpointing = True
 
@@ -190,7 +223,17 @@ class UNet2DModel(ModelMixin):
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> UNet2DOutput | tuple[torch.Tensor]:
-        """Predict the noise (or x_0 / v, depending on training) for x_t = `sample` (B, C_in, H, W) at `timestep`."""
+        """Predict the noise (or x_0 / v, depending on training) for x_t = `sample` (B, C_in, H, W) at `timestep`.
+
+        Args:
+            sample: x_t, a floating-point tensor on the model's device.
+            timestep: a number, a 0-d tensor, or one timestep per sample.
+            class_labels: (B,) class labels, for a model with a class embedding.
+            return_dict: return a `UNet2DOutput` (else a tuple).
+
+        Returns:
+            `UNet2DOutput` whose `.sample` is the prediction, (B, C_out, H, W).
+        """
         cfg, factor = self.config, 2 ** (len(self.down_blocks) - 1)
         if sample.ndim != 4 or sample.shape[1] != cfg.in_channels:
             raise ValueError(f"sample of shape {tuple(sample.shape)}; expected (B, {cfg.in_channels}, H, W)")

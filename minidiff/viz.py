@@ -46,8 +46,12 @@ def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
 
 
 def make_grid(images: list[Image.Image] | torch.Tensor, nrow: int | None = None) -> Image.Image:
-    """Paste images side by side, `nrow` per row (default: a square-ish grid), as the tutorial's
-    `make_grid` / diffusers' `make_image_grid` do. A tensor is converted with `to_pil_images` first."""
+    """Paste images side by side, as the tutorial's `make_grid` / diffusers' `make_image_grid` do.
+
+    Args:
+        images: PIL images, or a (B, C, H, W) tensor in [-1, 1] (converted with `to_pil_images`).
+        nrow: images per row (default: a square-ish grid).
+    """
     if isinstance(images, torch.Tensor):
         images = to_pil_images(images)
     images = list(images)
@@ -70,8 +74,17 @@ def make_grid(images: list[Image.Image] | torch.Tensor, nrow: int | None = None)
 def make_image_grid(
     images: list[Image.Image], rows: int, cols: int, resize: int | None = None
 ) -> Image.Image:
-    """diffusers' `make_image_grid`: `rows` x `cols` images, row by row, each resized to `resize` pixels
-    square if given, on an RGB canvas the size of the first image's cells."""
+    """diffusers' `make_image_grid`: `rows` x `cols` images, row by row, on one RGB canvas.
+
+    Args:
+        images: exactly `rows * cols` PIL images.
+        rows: the number of rows.
+        cols: the number of columns.
+        resize: resize every image to `resize` x `resize` pixels first.
+
+    Returns:
+        The grid, its cells the size of the first image.
+    """
     images = list(images)
     if len(images) != rows * cols:
         raise ValueError(f"got {len(images)} images for rows={rows} x cols={cols}; expected {rows * cols}")
@@ -87,7 +100,13 @@ def make_image_grid(
 def save_grid(
     images: list[Image.Image] | torch.Tensor, path: str | os.PathLike, nrow: int | None = None
 ) -> Path:
-    """`make_grid` written to `path` (parent folders are created)."""
+    """`make_grid` written to `path` (parent folders are created).
+
+    Args:
+        images: PIL images or a (B, C, H, W) tensor in [-1, 1].
+        path: the image file to write.
+        nrow: images per row (default: a square-ish grid).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images, nrow).save(path)
@@ -169,6 +188,10 @@ def terminal_signal_warning(scheduler, threshold: float = TERMINAL_SIGNAL_THRESH
     Sampling starts from pure noise x_T ~ N(0, I), but a schedule with signal left at t = T trained the
     model on x_T = sqrt(alpha_bar_T) x_0 + ...: train and sample disagree at the first step.
     The tutorial's first schedule (linear beta 0.001 -> 0.004, 1000 steps) ends at alpha_bar_T ~ 0.082.
+
+    Args:
+        scheduler: a scheduler with `alphas_cumprod`.
+        threshold: the largest signal coefficient sqrt(alpha_bar_T) that passes.
     """
     alpha_bar_T = float(_alpha_bar(scheduler)[-1])
     signal = math.sqrt(alpha_bar_T)
@@ -190,6 +213,12 @@ def plot_snr(
 
     `scheduler` may be one scheduler or a list of (label, scheduler) pairs drawn on the same axes,
     e.g. [("linear", DDPMScheduler()), ("squaredcos_cap_v2", DDPMScheduler(beta_schedule=...))].
+
+    Args:
+        scheduler: a scheduler, or a list of (label, scheduler) pairs.
+        path: the PNG to write.
+        label: the legend of a single scheduler (default: its beta_schedule).
+        threshold: the signal coefficient drawn as the limit of `terminal_signal_warning`.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -238,8 +267,13 @@ def plot_losses(
     losses: Sequence[float], path: str | os.PathLike, evals: dict[int, float] | None = None
 ) -> Path:
     """The loss per step on a linear and a log scale side by side, as the tutorial plots it, with a
-    moving average (window ~ 1/50 of the run) drawn over the raw values; `evals` (step -> digit FID),
-    when given, on a second axis."""
+    moving average (window ~ 1/50 of the run) drawn over the raw values.
+
+    Args:
+        losses: the loss of every step.
+        path: the PNG to write.
+        evals: step -> digit FID, drawn on a second axis when given.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

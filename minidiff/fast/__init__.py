@@ -1,4 +1,4 @@
-"""minidiff's fast paths, in one namespace (see README "Fast paths"):
+"""minidiff's fast paths, in one namespace (see benchmarks/README.md for how they are measured):
 
 - `sample(unet, scheduler, batch_size, seed=...)` / `FastDDPMSampler`: DDPM sampling with the scheduler
   folded into on-device tables and UNet + update + noise replayed as one CUDA graph per step

@@ -58,6 +58,10 @@ def ddpm_step_tables(scheduler, device: torch.device | str | None = None) -> DDP
     Works for minidiff's and diffusers' DDPMScheduler alike (it reads `config`, `timesteps`,
     `alphas_cumprod`). Call `scheduler.set_timesteps(n)` first. The float32 arithmetic follows
     diffusers' `step` so the coefficients agree with it to rounding.
+
+    Args:
+        scheduler: a DDPMScheduler whose timesteps are set.
+        device: where the tables go (default: the CPU).
     """
     config = scheduler.config
     if config.variance_type not in SUPPORTED_VARIANCE_TYPES:
@@ -108,7 +112,16 @@ def ddpm_update(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reverse step x_t -> x_{t-1} from a (5,)-row (or (1, 5)) of `DDPMStepTables.coeffs`.
 
-    Returns (x_{t-1}, x0_hat), like `scheduler.step(...)`'s `prev_sample`, `pred_original_sample`.
+    Args:
+        x_t: the current sample (B, C, H, W).
+        model_output: the model's prediction at this step.
+        noise: z ~ N(0, I) of x_t's shape (multiplied by 0 on the last step).
+        coeffs: the step's row of the table.
+        clip_sample_range: clamp x0_hat to [-r, r]; None: no clipping.
+        thresholding: (dynamic_thresholding_ratio, sample_max_value), or None.
+
+    Returns:
+        (x_{t-1}, x0_hat), like `scheduler.step(...)`'s `prev_sample`, `pred_original_sample`.
     """
     # each (1, 1, 1, 1): broadcasts on (B, C, H, W)
     a, b, c0, ct, sigma = coeffs.reshape(5, 1, 1, 1, 1).unbind(0)
@@ -128,6 +141,19 @@ class FastDDPMSampler:
 
     `unet` and `scheduler` are not modified: the sampler keeps its own prepared copy of the UNet
     and its own scheduler built from `scheduler.config`. Capture (and compile) happens on the first call.
+
+    Args:
+        unet: the trained UNet2DModel (minidiff's or diffusers').
+        scheduler: a DDPMScheduler; its config is copied.
+        batch_size: images per call.
+        num_inference_steps: reverse steps (1000: every training step).
+        dtype: the UNet copy's dtype (default: bf16 on CUDA, fp32 elsewhere); the step math stays fp32.
+        channels_last: the UNet copy's memory format (default: on CUDA).
+        use_cuda_graph: replay one captured graph per step (default: on CUDA; needs CUDA).
+        compile: torch.compile the step.
+        compile_mode: the torch.compile mode.
+        fuse_qkv: fuse each attention's q/k/v projections into one.
+        generator: the noise generator on the UNet's device (default: a new one; `seed` reseeds it).
     """
 
     def __init__(
@@ -202,7 +228,11 @@ class FastDDPMSampler:
         self.step_index.add_(1)
 
     def capture(self, warmup_steps: int = 3) -> float:
-        """Warm up (compile, cuDNN autotune) on a side stream, then capture one step; returns seconds."""
+        """Warm up (compile, cuDNN autotune) on a side stream, then capture one step; returns seconds.
+
+        Args:
+            warmup_steps: eager steps before the capture (their noise draws are undone).
+        """
         import time
 
         start = time.perf_counter()
@@ -227,7 +257,11 @@ class FastDDPMSampler:
 
     @torch.no_grad()
     def __call__(self, seed: int | None = None) -> torch.Tensor:
-        """Run all steps; returns (B, C, H, W) float32 images in [0, 1] (the pipeline's "pt" output)."""
+        """Run all steps; returns (B, C, H, W) float32 images in [0, 1] (the pipeline's "pt" output).
+
+        Args:
+            seed: reseed the generator first; None continues from its state.
+        """
         if self.use_cuda_graph and self.graph is None:
             self.capture()
         if seed is not None:
@@ -261,7 +295,19 @@ def sample(
     """One-call fast sampling: `FastDDPMSampler(...)(seed)`. Returns (B, C, H, W) in [0, 1].
 
     Defaults: on CUDA bf16 + channels_last + one CUDA graph per step; on CPU a plain fp32 loop.
-    With `generator`, its current state is used and `seed` is ignored.
+
+    Args:
+        unet: the trained UNet2DModel.
+        scheduler: a DDPMScheduler; its config is copied.
+        batch_size: the number of images.
+        seed: the seed of the noise generator (ignored with `generator`).
+        num_inference_steps: reverse steps.
+        dtype: the UNet copy's dtype (default: bf16 on CUDA, fp32 elsewhere).
+        channels_last: the UNet copy's memory format (default: on CUDA).
+        use_cuda_graph: replay one captured graph per step (default: on CUDA).
+        compile: torch.compile the step.
+        fuse_qkv: fuse each attention's q/k/v projections.
+        generator: a generator whose current state is used.
     """
     sampler = FastDDPMSampler(
         unet,

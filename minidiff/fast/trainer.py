@@ -39,7 +39,11 @@ from minidiff.training.rules import (
 
 
 def check_fast_supported(config: TrainConfig) -> None:
-    """What the fast engine does not do: a ValueError naming each."""
+    """What the fast engine does not do: a ValueError naming each.
+
+    Args:
+        config: the run's settings.
+    """
     import minidiff.training.distributed as distributed
 
     unsupported = {
@@ -59,10 +63,19 @@ class FastTrainer:
         trainer.start_epoch(*epoch_order(len(images_uint8), config.seed, 0, config.flip))
         loss = trainer.step(batch_in_epoch)     # a 0-d device tensor: no host sync
 
-    images_uint8: the whole data set (N, C, H, W) as uint8 (`minidiff.data.load_dataset_uint8`).
-    total_steps: the length of the lr schedule (default: config.max_steps, else config.epochs epochs).
-    Engine options: use_cuda_graph / channels_last (default: on CUDA), compile (torch.compile the loss).
     Mixed precision, lr, EMA, clipping and the rest come from `config`, as for the plain engine.
+
+    Args:
+        unet: the model to train, on the device to train on.
+        noise_scheduler: the DDPMScheduler of the forward process.
+        images_uint8: the whole data set (N, C, H, W) as uint8 (`minidiff.data.load_dataset_uint8`).
+        config: the run's settings.
+        total_steps: the length of the lr schedule (default: config.max_steps, else config.epochs epochs).
+        noise_generator: the generator of t and eps (default: a new one seeded with config.seed + 1).
+        use_cuda_graph: capture the step in a CUDA graph (default: on CUDA).
+        channels_last: train in channels_last (default: on CUDA).
+        compile: torch.compile the loss.
+        compile_mode: the torch.compile mode.
     """
 
     def __init__(
@@ -169,15 +182,28 @@ class FastTrainer:
 
     # ---- driving it -----------------------------------------------------------------------------------
     def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None, first_batch: int = 0) -> None:
-        """The epoch's image order (N,) and flips (N,) bool, from `rules.epoch_order` (any batch may come
-        first: the data is resident)."""
+        """Set the epoch's image order and flips, from `rules.epoch_order`.
+
+        Args:
+            order: (N,) the image indices in the epoch's order.
+            flips: (N,) bool, which images are flipped; None without flips.
+            first_batch: unused (any batch may come first: the data is resident); the plain engine's signature.
+        """
         self.order.copy_(order)
         if self.flips is not None:
             self.flips.copy_(flips)
 
     def step(self, first_batch: int, count: int = 1) -> torch.Tensor:
-        """One optimizer step on batch `first_batch` of the epoch: a graph replay on CUDA (captured at
-        the first batch of each size), eager elsewhere. Returns the loss as a 0-d device tensor."""
+        """One optimizer step on a batch of the epoch: a graph replay on CUDA (captured at the first batch
+        of each size), eager elsewhere.
+
+        Args:
+            first_batch: the batch's index in the epoch.
+            count: batches in the step; only 1 (gradient accumulation is refused).
+
+        Returns:
+            The loss as a 0-d device tensor (no host sync).
+        """
         if count != 1:
             raise ValueError(f"the fast engine takes one batch per step; got {count} (grad_accum is refused)")
         if not 0 <= first_batch < self.batches_per_epoch:
@@ -206,7 +232,15 @@ class FastTrainer:
     def capture(self, rows: int, warmup_steps: int = 3) -> float:
         """Warm up on a side stream (compile, autotune, AdamW's state), then capture one step on batches
         of `rows` images. The warm-up steps are undone: weights, EMA, AdamW state and the generator go
-        back to where they were, so the first replay is the next real step."""
+        back to where they were, so the first replay is the next real step.
+
+        Args:
+            rows: the batch size of the graph.
+            warmup_steps: eager steps before the capture.
+
+        Returns:
+            The seconds the warm-up and capture took.
+        """
         start = time.perf_counter()
         snapshot = self._snapshot()
         side = torch.cuda.Stream(self.device)

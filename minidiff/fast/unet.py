@@ -20,6 +20,9 @@ class FusedQKVAttention(nn.Module):
 
     Same function: out = x + to_out(softmax(q k^T / sqrt(d)) v). On a channels_last input the
     (B, C, H, W) <-> (B, N, C) reshapes are free views, so the block is GN, 1 GEMM, SDPA, 1 GEMM, add.
+
+    Args:
+        attention: the block to fuse; its weights are copied, its norm and output projection shared.
     """
 
     def __init__(self, attention: Attention):
@@ -36,6 +39,7 @@ class FusedQKVAttention(nn.Module):
         self.to_out = attention.to_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + attention(x) for x of shape (B, C, H, W)."""
         batch, channels, height, width = x.shape
         h = x if self.group_norm is None else self.group_norm(x)
         h = h.flatten(2).transpose(1, 2)  # (B, N, C)
@@ -62,7 +66,14 @@ def fuse_qkv_projections(model: nn.Module) -> int:
 def prepare_unet_for_sampling(
     unet: nn.Module, dtype: torch.dtype, channels_last: bool, fuse_qkv: bool = True
 ) -> nn.Module:
-    """A frozen eval-mode copy of `unet` in `dtype` (and channels_last), with q/k/v fused when asked."""
+    """A frozen eval-mode copy of `unet` for sampling.
+
+    Args:
+        unet: the model; it is not modified.
+        dtype: the copy's dtype.
+        channels_last: convert the copy to channels_last.
+        fuse_qkv: fuse each attention's q/k/v projections.
+    """
     model = copy.deepcopy(unet).eval().requires_grad_(False)
     if fuse_qkv:
         fuse_qkv_projections(model)

@@ -26,7 +26,14 @@ CACHE_SUBDIR = Path("eval") / "reference"  # inside a model folder: the default 
 
 
 def reference_images(data: str, image_size: int, channels: int, limit: int | None = None) -> torch.Tensor:
-    """The real images as uint8 (N, C, s, s), resized and converted exactly as training reads them."""
+    """The real images as uint8 (N, C, s, s), resized and converted exactly as training reads them.
+
+    Args:
+        data: `"digits"` (its training split), a folder of images or a hub id.
+        image_size: the side s the images are resized to.
+        channels: 1 (grey) or 3 (RGB).
+        limit: read at most this many images.
+    """
     from minidiff.data import DEFAULT_DATASET, load_dataset_uint8
 
     if data == DEFAULT_DATASET:
@@ -35,7 +42,15 @@ def reference_images(data: str, image_size: int, channels: int, limit: int | Non
 
 
 def reference_name(data: str, image_size: int, channels: int, network_id: str, limit: int | None) -> str:
-    """The cache file's name: readable, and distinct for every input it depends on."""
+    """The cache file's name: readable, and distinct for every input it depends on.
+
+    Args:
+        data: the data set, as passed to `reference_images`.
+        image_size: the image side.
+        channels: the channel count.
+        network_id: the feature network's id (it holds a digest of its weights).
+        limit: the image limit, or None.
+    """
     from minidiff.data import DEFAULT_DATASET
 
     if data == DEFAULT_DATASET:
@@ -50,7 +65,13 @@ def reference_name(data: str, image_size: int, channels: int, network_id: str, l
 
 
 def save_reference(path: str | os.PathLike, features: Features, metadata: dict[str, str]) -> Path:
-    """Write the features (and logits) atomically, with `metadata` and the network id in the header."""
+    """Write the features (and logits) atomically, with `metadata` and the network id in the header.
+
+    Args:
+        path: the safetensors file to write.
+        features: the features to keep.
+        metadata: string keys and values for the file header.
+    """
     from safetensors.torch import save_file
 
     from minidiff.files import atomic_path
@@ -66,7 +87,12 @@ def save_reference(path: str | os.PathLike, features: Features, metadata: dict[s
 
 
 def load_reference(path: str | os.PathLike, network_id: str) -> Features:
-    """Cached features; ValueError when they were computed by another network than `network_id`."""
+    """Cached features; ValueError when they were computed by another network than `network_id`.
+
+    Args:
+        path: the safetensors file.
+        network_id: the id of the network the caller uses.
+    """
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -90,7 +116,20 @@ def reference_features(
     device: str | torch.device = "cpu",
 ) -> tuple[Features, Path | None, bool]:
     """The reference features, from the folder `cache_dir` when cached there, else computed (and cached when
-    `cache_dir` is given). Returns (features, cache file or None, whether it was read from the cache)."""
+    `cache_dir` is given).
+
+    Args:
+        data: `"digits"` (its training split), a folder of images or a hub id.
+        image_size: the side the images are resized to (the samples' size).
+        channels: 1 (grey) or 3 (RGB).
+        network: the feature network (`feature_network(...)`).
+        cache_dir: the folder of cached statistics; None computes without caching.
+        limit: use at most this many real images.
+        device: where the features are computed.
+
+    Returns:
+        (features, cache file or None, whether it was read from the cache).
+    """
     name = reference_name(data, image_size, channels, network.id, limit)
     path = Path(cache_dir) / name if cache_dir is not None else None
     if path is not None and path.is_file():

@@ -8,6 +8,8 @@ rules.py        the rules: target per prediction_type, loss, AdamW, lr schedule,
 step.py         the plain engine: one eager optimizer step (`train_step`), batches drawn on the host
 loop.py         `train`: the loop that drives either engine (the fast one is minidiff.fast.FastTrainer)
 run.py          what every run shares: model, noise schedule, data, progress, loss log, output files
+data.py         the images of a run: resident on the device, or streamed through DataLoader workers
+flags.py        TrainConfig as command-line flags, with diffusers' train_unconditional.py names
 checkpoint.py   atomic checkpoints with everything a bit-exact resume needs
 distributed.py  torchrun / DistributedDataParallel helpers
 preflight.py    the checks before step 1: device, writable output folder, free disk space
