@@ -1,7 +1,8 @@
 """python -m benchmarks [--quick] [--device cpu|cuda] [--json PATH] [--results-md PATH] [--compile train,sample]
 
-Runs every case (scheduler step, UNet forward, train step, sampling) with diffusers and minidiff in this
-process, prints a table, and writes JSON and a RESULTS.md generated from the measurements.
+Runs every case (scheduler step, each sampler's scheduler over a whole run, UNet forward, train step,
+sampling) with diffusers and minidiff in this process, prints a table, and writes JSON and a RESULTS.md
+generated from the measurements.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-CASES = ("scheduler_step", "unet_forward", "train_step", "sampling")
+CASES = ("scheduler_step", "sampler_step", "unet_forward", "train_step", "sampling")
+UNET_FREE = ("scheduler_step", "sampler_step")  # cases that time a scheduler alone: no UNet argument
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_step": (4,) if quick else (64, 256),
         "sampling": (1, 4) if quick else (1, 64),
         "scheduler_step": (64,),
+        "sampler_step": (64,),
     }
     unets = build_unets(settings)
     meta = environment(device)
@@ -118,12 +121,13 @@ def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict)
     The results are written after every case, so a run cut short still leaves them."""
     from benchmarks.cases import Settings, scheduler_step, unet_forward
     from benchmarks.cases_loops import sampling, train_step
+    from benchmarks.cases_samplers import sampler_step
     from benchmarks.harness import Row
     from benchmarks.report import add_ratios
 
     cuda = settings.device.type == "cuda"
     runners = {"scheduler_step": scheduler_step, "unet_forward": unet_forward, "train_step": train_step}
-    runners["sampling"] = sampling
+    runners.update(sampling=sampling, sampler_step=sampler_step)
     compile_name = {"train_step": "train", "sampling": "sample"}
     jobs = [(case, batch, frozenset()) for case in cases for batch in batches[case]]
     jobs += [
@@ -145,9 +149,7 @@ def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict)
                 continue
         start = time.perf_counter()
         try:
-            new = (
-                runners[case](here, batch) if case == "scheduler_step" else runners[case](here, unets, batch)
-            )
+            new = runners[case](here, batch) if case in UNET_FREE else runners[case](here, unets, batch)
         except Exception as err:  # one failing case must not cost the others their rows
             traceback.print_exc()
             failed.add((case, batch))

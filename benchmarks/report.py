@@ -12,11 +12,14 @@ REFERENCE_IMPLS = ("diffusers fp32", "diffusers DDPMPipeline fp32", "diffusers D
 
 
 def add_ratios(rows: list[Row]) -> None:
-    """ratio_vs_diffusers = diffusers fp32 time / row time; _best: the fastest diffusers row's time instead."""
-    for key in {(r.case, r.batch) for r in rows}:
-        group = [r for r in rows if (r.case, r.batch) == key and r.median_ms]
+    """ratio_vs_diffusers = diffusers fp32 time / row time; _best: the fastest diffusers row's time instead.
+    Only rows doing the same unit of work are compared (sampler_step: one group per sampler), and a group
+    without a row named in REFERENCE_IMPLS takes its one diffusers row as the reference."""
+    for key in {(r.case, r.batch, r.unit) for r in rows}:
+        group = [r for r in rows if (r.case, r.batch, r.unit) == key and r.median_ms]
         reference = [r for r in group if r.impl in REFERENCE_IMPLS]
         theirs = [r for r in group if r.impl.startswith("diffusers")]
+        reference = reference or (theirs if len(theirs) == 1 else [])
         best = min((r.median_ms for r in theirs), default=None)
         for row in group:
             if reference:
@@ -114,6 +117,26 @@ def targets(rows: list[Row], meta: dict) -> list[str]:
     return lines
 
 
+def sampler_table(rows: list[Row]) -> list[str]:
+    """The sampler_step case, a line per sampler: both libraries' whole-run and per-call times
+    (one call = scale_model_input + step), the ratio."""
+    timed = [r for r in rows if r.case == "sampler_step" and r.median_ms]
+    theirs = {r.unit: r for r in timed if r.impl.startswith("diffusers")}
+    lines = [
+        "| sampler | batch | steps | step calls | diffusers run | minidiff run | diffusers per call "
+        "| minidiff per call | x diffusers | rel err |",
+        "|" + "---|" * 10,
+    ]
+    for m in (r for r in timed if r.impl.startswith("minidiff") and r.unit in theirs):
+        d = theirs[m.unit]
+        lines.append(
+            f"| {d.extra['sampler']} | {d.batch} | {d.extra['steps']} | {d.extra['calls']} | {_time(d)} "
+            f"| {_time(m)} | {d.extra['per_call_ms']:.3f} ms | {m.extra['per_call_ms']:.3f} ms "
+            f"| {_fmt(m.ratio_vs_diffusers, '.2f')} | {_fmt(m.accuracy_rel_err, '.1e')} |"
+        )
+    return lines if len(lines) > 2 else []
+
+
 def write_json(path: str | Path, meta: dict, rows: list[Row]) -> None:
     payload = {"meta": meta, "rows": [r.to_dict() for r in rows], "targets": targets(rows, meta)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +164,11 @@ def results_markdown(meta: dict, rows: list[Row]) -> str:
         "## Targets",
         "",
     ]
-    lines = header + [f"- {line}" for line in targets(rows, meta)] + ["", "## All rows", ""]
+    lines = header + [f"- {line}" for line in targets(rows, meta)]
+    samplers = sampler_table(rows)
+    if samplers:
+        lines += ["", "## Samplers: the scheduler's own cost over one sampling run (no UNet)", ""] + samplers
+    lines += ["", "## All rows", ""]
     lines.append("| " + " | ".join(COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
