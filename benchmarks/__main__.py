@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=330.0,
         help="compiled variants are skipped once this is nearly spent",
     )
+    parser.add_argument(
+        "--merge",
+        default=None,
+        metavar="JSON",
+        help="start from the rows of an earlier --json file (same device); the cases run now replace theirs",
+    )
     parser.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN and matmuls (default: off)")
     return parser.parse_args(argv)
 
@@ -102,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         unet_parameters=sum(p.numel() for p in unets[1].parameters()),
         sample_steps=settings.sample_steps,
     )
-    rows, failed = run_jobs(args, settings, unets, meta, cases, batches)
+    rows = earlier_rows(args.merge, meta) if args.merge else []
+    rows, failed = run_jobs(args, settings, unets, meta, cases, batches, rows)
     if cuda:
         from benchmarks.profiling import kernel_counts
 
@@ -115,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict) -> tuple[list, set]:
+def run_jobs(
+    args, settings, unets, meta: dict, cases: list[str], batches: dict, rows: list
+) -> tuple[list, set]:
     """Pass 1: every case and batch without compiled variants (minutes of compile must not cost these
     rows); pass 2: the cases with compiled variants again at --compile-batch, while the budget lasts.
     The results are written after every case, so a run cut short still leaves them."""
@@ -135,7 +144,6 @@ def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict)
         for case in cases
         if cuda and compile_name.get(case) in settings.compile and args.compile_batch in batches[case]
     ]
-    rows: list = []
     failed: set = set()
     for case, batch, compile_here in jobs:
         here = Settings(**{**settings.__dict__, "compile": compile_here})
@@ -169,6 +177,30 @@ def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict)
         add_ratios(rows)
         write_outputs(args, meta, rows)  # after every case: a run cut short still leaves its results
     return rows, failed
+
+
+def earlier_rows(path: str, meta: dict) -> list:
+    """The rows of an earlier run on the same device, for --merge; `meta` records where they came from."""
+    import json
+
+    from benchmarks.harness import Row
+
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        earlier, rows = payload["meta"], [Row(**row) for row in payload["rows"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(
+            f"--merge {path!r}: not a JSON file written by --json ({type(err).__name__}: {err})"
+        ) from None
+    keys = ("device", "device_name", "quick")
+    if [earlier.get(k) for k in keys] != [meta[k] for k in keys]:
+        raise SystemExit(
+            f"--merge {path!r}: its rows come from {[earlier.get(k) for k in keys]} ({', '.join(keys)}), "
+            f"this run is {[meta[k] for k in keys]}; merge only runs of one device and mode"
+        )
+    here = {key: earlier[key] for key in ("command", "date", "cpu_threads")}
+    meta["merged"] = earlier.get("merged", []) + [here]
+    return rows
 
 
 def merge_rows(rows: list, new: list) -> None:

@@ -76,6 +76,27 @@ def test_sampler_rows_pair_each_sampler_with_diffusers(quick_run):
     assert all(f"| {sampler} | 64 |" in table for sampler in samplers)
 
 
+def test_merge_reruns_one_case_and_keeps_the_other_rows(quick_run, tmp_path):
+    _, payload, _ = quick_run
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(payload))
+    merged, md = tmp_path / "merged.json", tmp_path / "merged.md"
+    args = ["--quick", "--device", "cpu", "--cases", "sampler_step", "--merge", str(earlier)]
+    assert main(args + ["--json", str(merged), "--results-md", str(md)]) == 0
+    rows = json.loads(merged.read_text())["rows"]
+    key = [(row["case"], row["batch"], row["impl"]) for row in rows]
+    assert key == [
+        (row["case"], row["batch"], row["impl"]) for row in payload["rows"]
+    ]  # same rows, same order
+    assert [row for row in rows if row["case"] != "sampler_step"] == [
+        row for row in payload["rows"] if row["case"] != "sampler_step"
+    ]
+    assert payload["meta"]["command"] in md.read_text()  # the earlier run is named in the header
+    earlier.write_text(json.dumps({**payload, "meta": {**payload["meta"], "device": "cuda"}}))
+    with pytest.raises(SystemExit, match="merge only runs of one device"):
+        main(args)
+
+
 def test_results_markdown_names_the_setup(quick_run):
     _, payload, markdown = quick_run
     assert "torch " + payload["meta"]["torch"] in markdown
