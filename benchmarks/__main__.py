@@ -1,7 +1,8 @@
 """python -m benchmarks [--quick] [--device cpu|cuda] [--json PATH] [--results-md PATH] [--compile train,sample]
 
-Runs every case (scheduler step, UNet forward, train step, sampling) with diffusers and minidiff in this
-process, prints a table, and writes JSON and a RESULTS.md generated from the measurements.
+Runs every case (scheduler step, each sampler's scheduler over a whole run, UNet forward, train step,
+sampling) with diffusers and minidiff in this process, prints a table, and writes JSON and a RESULTS.md
+generated from the measurements.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-CASES = ("scheduler_step", "unet_forward", "train_step", "sampling")
+CASES = ("scheduler_step", "sampler_step", "unet_forward", "train_step", "sampling")
+UNET_FREE = ("scheduler_step", "sampler_step")  # cases that time a scheduler alone: no UNet argument
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=330.0,
         help="compiled variants are skipped once this is nearly spent",
+    )
+    parser.add_argument(
+        "--merge",
+        default=None,
+        metavar="JSON",
+        help="start from the rows of an earlier --json file (same device); the cases run now replace theirs",
     )
     parser.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN and matmuls (default: off)")
     return parser.parse_args(argv)
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_step": (4,) if quick else (64, 256),
         "sampling": (1, 4) if quick else (1, 64),
         "scheduler_step": (64,),
+        "sampler_step": (64,),
     }
     unets = build_unets(settings)
     meta = environment(device)
@@ -99,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         unet_parameters=sum(p.numel() for p in unets[1].parameters()),
         sample_steps=settings.sample_steps,
     )
-    rows, failed = run_jobs(args, settings, unets, meta, cases, batches)
+    rows = earlier_rows(args.merge, meta) if args.merge else []
+    rows, failed = run_jobs(args, settings, unets, meta, cases, batches, rows)
     if cuda:
         from benchmarks.profiling import kernel_counts
 
@@ -112,18 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict) -> tuple[list, set]:
+def run_jobs(
+    args, settings, unets, meta: dict, cases: list[str], batches: dict, rows: list
+) -> tuple[list, set]:
     """Pass 1: every case and batch without compiled variants (minutes of compile must not cost these
     rows); pass 2: the cases with compiled variants again at --compile-batch, while the budget lasts.
     The results are written after every case, so a run cut short still leaves them."""
     from benchmarks.cases import Settings, scheduler_step, unet_forward
     from benchmarks.cases_loops import sampling, train_step
+    from benchmarks.cases_samplers import sampler_step
     from benchmarks.harness import Row
     from benchmarks.report import add_ratios
 
     cuda = settings.device.type == "cuda"
     runners = {"scheduler_step": scheduler_step, "unet_forward": unet_forward, "train_step": train_step}
-    runners["sampling"] = sampling
+    runners.update(sampling=sampling, sampler_step=sampler_step)
     compile_name = {"train_step": "train", "sampling": "sample"}
     jobs = [(case, batch, frozenset()) for case in cases for batch in batches[case]]
     jobs += [
@@ -131,7 +144,6 @@ def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict)
         for case in cases
         if cuda and compile_name.get(case) in settings.compile and args.compile_batch in batches[case]
     ]
-    rows: list = []
     failed: set = set()
     for case, batch, compile_here in jobs:
         here = Settings(**{**settings.__dict__, "compile": compile_here})
@@ -145,9 +157,7 @@ def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict)
                 continue
         start = time.perf_counter()
         try:
-            new = (
-                runners[case](here, batch) if case == "scheduler_step" else runners[case](here, unets, batch)
-            )
+            new = runners[case](here, batch) if case in UNET_FREE else runners[case](here, unets, batch)
         except Exception as err:  # one failing case must not cost the others their rows
             traceback.print_exc()
             failed.add((case, batch))
@@ -167,6 +177,30 @@ def run_jobs(args, settings, unets, meta: dict, cases: list[str], batches: dict)
         add_ratios(rows)
         write_outputs(args, meta, rows)  # after every case: a run cut short still leaves its results
     return rows, failed
+
+
+def earlier_rows(path: str, meta: dict) -> list:
+    """The rows of an earlier run on the same device, for --merge; `meta` records where they came from."""
+    import json
+
+    from benchmarks.harness import Row
+
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        earlier, rows = payload["meta"], [Row(**row) for row in payload["rows"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(
+            f"--merge {path!r}: not a JSON file written by --json ({type(err).__name__}: {err})"
+        ) from None
+    keys = ("device", "device_name", "quick")
+    if [earlier.get(k) for k in keys] != [meta[k] for k in keys]:
+        raise SystemExit(
+            f"--merge {path!r}: its rows come from {[earlier.get(k) for k in keys]} ({', '.join(keys)}), "
+            f"this run is {[meta[k] for k in keys]}; merge only runs of one device and mode"
+        )
+    here = {key: earlier[key] for key in ("command", "date", "cpu_threads")}
+    meta["merged"] = earlier.get("merged", []) + [here]
+    return rows
 
 
 def merge_rows(rows: list, new: list) -> None:

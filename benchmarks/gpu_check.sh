@@ -33,7 +33,8 @@ import torch
 
 name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA DEVICE VISIBLE"
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "device", name)
-for name in ("diffusers", "minidiff", "minidiff.fast", "benchmarks.cases", "benchmarks.cases_loops", "pytest"):
+for name in ("diffusers", "minidiff", "minidiff.fast", "benchmarks.cases", "benchmarks.cases_loops",
+             "benchmarks.cases_samplers", "pytest"):
     try:
         module = importlib.import_module(name)
         print("import ok:", name, getattr(module, "__version__", ""))

@@ -25,7 +25,9 @@ def test_quick_run_writes_every_case(quick_run):
     code, payload, _ = quick_run
     assert code == 0
     cases = {(row["case"], row["batch"]) for row in payload["rows"]}
-    assert {"scheduler_step", "unet_forward", "train_step", "sampling"} == {case for case, _ in cases}
+    assert {"scheduler_step", "sampler_step", "unet_forward", "train_step", "sampling"} == {
+        case for case, _ in cases
+    }
     assert payload["meta"]["device"] == "cpu" and payload["meta"]["diffusers"] == "0.42.1"
 
 
@@ -57,11 +59,50 @@ def test_sampling_rows_report_digit_kid_beside_the_speed(quick_run):
     assert "digit KID" in markdown
 
 
+def test_sampler_rows_pair_each_sampler_with_diffusers(quick_run):
+    _, payload, markdown = quick_run
+    rows = [row for row in payload["rows"] if row["case"] == "sampler_step"]
+    samplers = ["ddpm", "ddim", "pndm", "dpmsolver++", "euler", "euler_a"]
+    assert [row["extra"]["sampler"] for row in rows] == [s for s in samplers for _ in "dm"]
+    for theirs, ours in zip(rows[::2], rows[1::2]):
+        assert theirs["impl"].startswith("diffusers ") and ours["impl"] == "minidiff " + theirs["impl"][10:]
+        assert theirs["ratio_vs_diffusers"] == 1.0  # each sampler is compared with its own diffusers class
+        assert ours["ratio_vs_diffusers"] == pytest.approx(theirs["median_ms"] / ours["median_ms"])
+        assert ours["extra"]["per_call_ms"] == pytest.approx(ours["median_ms"] / ours["extra"]["calls"])
+        # the same fp32 operations in the same order on CPU: the final samples are equal
+        assert ours["accuracy_rel_err"] == 0.0, ours
+    assert rows[4]["extra"]["calls"] > rows[4]["extra"]["steps"]  # PNDM's Runge-Kutta warm-up is counted
+    table = markdown.split("## Samplers")[1].split("## All rows")[0]
+    assert all(f"| {sampler} | 64 |" in table for sampler in samplers)
+
+
+def test_merge_reruns_one_case_and_keeps_the_other_rows(quick_run, tmp_path):
+    _, payload, _ = quick_run
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(payload))
+    merged, md = tmp_path / "merged.json", tmp_path / "merged.md"
+    args = ["--quick", "--device", "cpu", "--cases", "sampler_step", "--merge", str(earlier)]
+    assert main(args + ["--json", str(merged), "--results-md", str(md)]) == 0
+    rows = json.loads(merged.read_text())["rows"]
+    key = [(row["case"], row["batch"], row["impl"]) for row in rows]
+    assert key == [
+        (row["case"], row["batch"], row["impl"]) for row in payload["rows"]
+    ]  # same rows, same order
+    assert [row for row in rows if row["case"] != "sampler_step"] == [
+        row for row in payload["rows"] if row["case"] != "sampler_step"
+    ]
+    assert payload["meta"]["command"] in md.read_text()  # the earlier run is named in the header
+    earlier.write_text(json.dumps({**payload, "meta": {**payload["meta"], "device": "cuda"}}))
+    with pytest.raises(SystemExit, match="merge only runs of one device"):
+        main(args)
+
+
 def test_results_markdown_names_the_setup(quick_run):
     _, payload, markdown = quick_run
     assert "torch " + payload["meta"]["torch"] in markdown
     assert "diffusers 0.42.1" in markdown and "cudnn.allow_tf32=False" in markdown
-    assert markdown.count("\n| ") == len(payload["rows"]) + 1  # header + one line per row
+    all_rows = markdown.split("## All rows")[1]
+    assert all_rows.count("\n| ") == len(payload["rows"]) + 1  # header + one line per row
 
 
 def test_ratios_use_the_diffusers_rows():
