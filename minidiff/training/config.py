@@ -14,11 +14,13 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 # the schedulers' prediction types (minidiff.scheduling_utils; a test keeps the two equal): this module
 # imports no torch, so that `minidiff train --help` answers at once
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")  # likewise minidiff.scheduling_utils'
 LR_SCHEDULES = ("constant", "linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
 EVAL_STEPS = 50  # the DDIM steps of the digit FID readings during training (eval_every)
+DEMO_SAMPLES = ("ddim", 20)  # the sampler and steps of `minidiff demo`'s samples.png (the tiny preset's)
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 
@@ -47,6 +49,11 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"  # what the UNet learns: "epsilon" | "sample" (x_0) | "v_prediction"
+    # abar_T = 0 exactly (Lin et al. 2024): the last step starts from pure noise, as sampling does; needs
+    # "v_prediction" or "sample" (eps is unlearnable at SNR 0)
+    rescale_betas_zero_snr: bool = False
+    # which timesteps a sampler of the saved model visits: "trailing" starts at t = T-1 (Lin et al. 2024, Table 2)
+    timestep_spacing: str = "leading"
     # optimisation: `max_steps` (optimizer steps), when set, wins over `epochs`; `time_budget` (seconds of
     # training) ends a run early, at a step boundary, with everything saved as at its planned end
     epochs: int = 30
@@ -60,6 +67,9 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     weight_decay: float = 0.01
+    # min-SNR-gamma loss weights (Hang et al. 2023): each image's loss times min(SNR_t, gamma) / SNR_t for
+    # epsilon, / (SNR_t + 1) for v_prediction, / 1 for sample (`rules.snr_loss_weights`); None: plain MSE
+    snr_gamma: float | None = None
     # EMA of the weights, diffusers' EMAModel: 0 = off, else the largest decay d_n may reach
     ema_decay: float = 0.0
     ema_min_decay: float = 0.0
@@ -168,6 +178,17 @@ class TrainConfig:
             )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr={self.lr!r}; expected a positive finite number")
+        if self.snr_gamma is not None and not (self.snr_gamma > 0 and math.isfinite(self.snr_gamma)):
+            raise ValueError(f"snr_gamma={self.snr_gamma!r}; expected None or a positive finite number")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"timestep_spacing {self.timestep_spacing!r}; expected one of {list(TIMESTEP_SPACINGS)}"
+            )
+        if self.rescale_betas_zero_snr and self.prediction_type == "epsilon":
+            raise ValueError(
+                "rescale_betas_zero_snr=True with prediction_type 'epsilon': at SNR 0 the noise cannot be "
+                "told from the input's noise; expected prediction_type 'v_prediction' (or 'sample')"
+            )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip={self.grad_clip!r}; expected a positive number or None")
         if self.warmup_steps < 0:
