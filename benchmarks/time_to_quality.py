@@ -228,9 +228,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="a seconds-long run on a tiny UNet (CI)")
     parser.add_argument("--out", default="benchmarks/time_to_quality", help="folder of the CSV, JSON and PNG")
-    parser.add_argument("--train-seconds", type=float, default=None, help="training seconds per recipe (360)")
-    parser.add_argument("--interval", type=float, default=None, help="training seconds between readings (60)")
-    parser.add_argument("--samples", type=int, default=None, help="samples per reading, > 64 (128)")
+    parser.add_argument("--train-seconds", type=float, default=None, help="training seconds per recipe (600)")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="training seconds between readings (120)"
+    )
+    parser.add_argument("--samples", type=int, default=None, help="samples per reading, > 64 (100)")
     parser.add_argument("--ddpm-steps", type=int, default=None, help="diffusers' DDPM sampling steps (1000)")
     parser.add_argument(
         "--sampler-settings", default=None,
@@ -258,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     quick = args.quick
-    train_seconds = args.train_seconds or (2.0 if quick else 360.0)
-    interval = args.interval or (1.0 if quick else 60.0)
-    num_samples = args.samples or (70 if quick else 128)
+    train_seconds = args.train_seconds or (2.0 if quick else 600.0)
+    interval = args.interval or (1.0 if quick else 120.0)
+    num_samples = args.samples or (70 if quick else 100)
     ddpm_steps = args.ddpm_steps or (10 if quick else 1000)
     settings = parse_settings(
         args.sampler_settings or ("ddim:5,ddpm:10" if quick else "ddim:10,ddim:20,ddim:50,ddim:100,ddpm:1000")
