@@ -6,7 +6,7 @@ process, turn about, `--interval` seconds of training each (so a busy machine sl
   diffusers  diffusers' UNet2DModel + DDPMScheduler and the tutorial's loop: AdamW 4e-4, MSE on the
              noise, squaredcos_cap_v2, epsilon, fp32; sampled by DDPM with every training step
   minidiff   the `tiny` preset `minidiff demo` trains (minidiff.training's plain engine, every lever the
-             preset sets), sampled as the demo samples (DDIM_SAMPLES-style setting below)
+             preset sets), sampled as the demo samples (DEMO_SAMPLES: DDPM, 100 trailing steps)
 
 After each interval both models are scored: digit FID of `--samples` samples (each recipe with its own
 sampler, the same sample count and seed). Training seconds to digit FID 20 and 10 are read off each curve
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 THRESHOLDS = (20.0, 10.0)
 RECIPES = ("diffusers", "minidiff")
+FINAL_SETTINGS = "ddim:10,ddim:20,ddim:50,ddim:100,ddpm:50,ddpm:100,ddpm:1000"
 DATA = "digits"
 
 
@@ -236,7 +237,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ddpm-steps", type=int, default=None, help="diffusers' DDPM sampling steps (1000)")
     parser.add_argument(
         "--sampler-settings", default=None,
-        help="samplers scored on the final minidiff model (default: ddim:10,ddim:20,ddim:50,ddim:100,ddpm:1000)",
+        help=f"samplers scored on the final minidiff model (default: {FINAL_SETTINGS})",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -264,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     interval = args.interval or (1.0 if quick else 120.0)
     num_samples = args.samples or (70 if quick else 100)
     ddpm_steps = args.ddpm_steps or (10 if quick else 1000)
-    settings = parse_settings(
-        args.sampler_settings or ("ddim:5,ddpm:10" if quick else "ddim:10,ddim:20,ddim:50,ddim:100,ddpm:1000")
-    )
+    settings = parse_settings(args.sampler_settings or ("ddim:5,ddpm:10" if quick else FINAL_SETTINGS))
     if num_samples <= 64:
         raise SystemExit(f"--samples {num_samples}: the digit FID on 64 features needs more than 64 samples")
     if args.threads:

@@ -132,7 +132,7 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
         "--quality-samples",
         "65",
         "--quality-settings",
-        "ddpm:3,ddim:2,ddim:20",
+        "ddim:2,ddpm:100,ddim:3",
     ]
     assert main([*args, "--quiet"]) == 0
     for name in ("samples.png", "noise.png", "snr.png", "loss.png", "loss.csv", "quality_vs_steps.png"):
@@ -140,8 +140,8 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
     diffusers.DDPMPipeline.from_pretrained(out / "model")
     printed = capsys.readouterr().out
     assert "demo finished in" in printed and str(out / "noise.png") in printed
-    # samples.png: the tiny preset's sampler (DDIM, 20 steps) when it is one of the settings
-    assert "steps/s" in printed and "the demo's samples (DDIM, 20 steps): digit FID" in printed
+    # samples.png: the demo's sampler (DDPM, 100 steps) when it is one of the settings
+    assert "steps/s" in printed and "the demo's samples (DDPM, 100 steps): digit FID" in printed
     assert printed.count("steps: digit FID") == 3  # one row per sampler setting
 
 

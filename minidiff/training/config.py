@@ -20,7 +20,9 @@ SAMPLERS = ("ddpm", "ddim")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
 EVAL_STEPS = 50  # the DDIM steps of the digit FID readings during training (eval_every)
-DEMO_SAMPLES = ("ddim", 20)  # the sampler and steps of `minidiff demo`'s samples.png
+# the sampler and steps of `minidiff demo`'s samples.png: DDPM's stochastic step on 100 trailing timesteps
+# corrects more of a short run's errors than DDIM or DPM-Solver++ (benchmarks/TIME_TO_QUALITY.md)
+DEMO_SAMPLES = ("ddpm", 100)
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 
