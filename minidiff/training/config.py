@@ -188,8 +188,9 @@ class TrainConfig:
             )
         if self.rescale_betas_zero_snr and self.prediction_type == "epsilon":
             raise ValueError(
-                "rescale_betas_zero_snr=True with prediction_type 'epsilon': at SNR 0 the noise cannot be "
-                "told from the input's noise; expected prediction_type 'v_prediction' (or 'sample')"
+                "rescale_betas_zero_snr=True with prediction_type 'epsilon': at SNR 0 the sampler divides by "
+                "sqrt(abar_T) = 0; expected prediction_type 'v_prediction' (or 'sample'), or "
+                "rescale_betas_zero_snr=False (--no-rescale-betas-zero-snr)"
             )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip={self.grad_clip!r}; expected a positive number or None")
