@@ -118,5 +118,5 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
     return settings
 
 
-# the sweep of `quality_vs_steps` and `minidiff demo`: DDPM first (the demo's samples.png comes from it)
+# the default sweep of `quality_vs_steps` and the calibration (`minidiff demo` has a shorter one of its own)
 QUALITY_SWEEP = "ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,ddim:250,dpmsolver++:10,dpmsolver++:20"

@@ -164,7 +164,7 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
         "--quality-samples",
         "65",
         "--quality-settings",
-        "ddpm:3,ddim:2,dpmsolver++:3",
+        "ddim:2,ddpm:100,dpmsolver++:3",
         "--sampler",  # the training run's grids: any sampler of the table
         "euler",
     ]
@@ -174,7 +174,8 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
     diffusers.DDPMPipeline.from_pretrained(out / "model")
     printed = capsys.readouterr().out
     assert "demo finished in" in printed and str(out / "noise.png") in printed
-    assert "steps/s" in printed and "the demo's samples (DDPM, 3 steps): digit FID" in printed
+    # samples.png: the demo's sampler (DDPM, 100 steps) when it is one of the settings
+    assert "steps/s" in printed and "the demo's samples (DDPM, 100 steps): digit FID" in printed
     assert printed.count("steps: digit FID") == 3  # one row per sampler setting
     assert "DPMSOLVER++    3 steps: digit FID" in printed
     assert json.loads((out / "config.json").read_text())["sampler"] == "euler"
@@ -184,7 +185,7 @@ def test_demo_writes_the_readme_files(tmp_path, capsys):
     "flags, message",
     [
         (["--quality-samples", "64"], "needs more than 64 samples"),
-        (["--quality-settings", "ddim:10,ddpm:1000"], "expected DDPM's setting first"),
+        (["--quality-settings", "ddim:10,ddpm"], "expected SAMPLER:STEPS"),
         (
             ["--quality-settings", "ddpm:10,heun:10"],
             "setting 'heun:10'; expected SAMPLER:STEPS with SAMPLER one of",

@@ -48,11 +48,25 @@ def _run(tmp_path, fast: bool, **overrides):
     return result, load_checkpoint(list_checkpoints(result.out_dir / "checkpoints")[-1])
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-def test_plain_and_fast_engines_train_the_same_run(tmp_path, prediction_type):
-    """21 steps (7 epochs, each with a short last batch) with warm-up, a cosine lr, EMA, clipping, flips."""
-    plain, plain_ckpt = _run(tmp_path, fast=False, prediction_type=prediction_type)
-    fast, fast_ckpt = _run(tmp_path, fast=True, prediction_type=prediction_type)
+ZERO_SNR = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing")  # the tiny preset's schedule
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"prediction_type": "epsilon", "rescale_betas_zero_snr": False},
+        {"prediction_type": "sample", **ZERO_SNR},
+        {"prediction_type": "v_prediction", "rescale_betas_zero_snr": False},
+        {"prediction_type": "v_prediction", "snr_gamma": 5.0, **ZERO_SNR},  # min-SNR-gamma weights
+        {"prediction_type": "epsilon", "snr_gamma": 1.0, "rescale_betas_zero_snr": False},
+    ],
+    ids=["epsilon", "sample-zero-snr", "v", "v-zero-snr-min-snr", "epsilon-min-snr"],
+)
+def test_plain_and_fast_engines_train_the_same_run(tmp_path, recipe):
+    """21 steps (7 epochs, each with a short last batch) with warm-up, a cosine lr, EMA, clipping, flips,
+    each target; a zero-terminal-SNR schedule and min-SNR-gamma loss weights from the same rules."""
+    plain, plain_ckpt = _run(tmp_path, fast=False, **recipe)
+    fast, fast_ckpt = _run(tmp_path, fast=True, **recipe)
     assert len(plain.losses) == 21 and fast.losses == plain.losses  # bit for bit, every step
     for part in ("model", "ema"):
         a = plain_ckpt[part] if part == "model" else plain_ckpt[part]["model"]
@@ -62,9 +76,10 @@ def test_plain_and_fast_engines_train_the_same_run(tmp_path, prediction_type):
     fast_moments = [(s["exp_avg"], s["exp_avg_sq"]) for s in fast_ckpt["optimizer"]["state"].values()]
     assert all(torch.equal(x, y) for m, n in zip(moments, fast_moments) for x, y in zip(m, n))
     assert plain_ckpt["rng"]["generators"]["noise"].equal(fast_ckpt["rng"]["generators"]["noise"])
-    # the saved scheduler carries the prediction type, so sampling the model uses it
+    # the saved scheduler carries the prediction type and the schedule, so sampling the model uses them
     saved = DDPMScheduler.from_pretrained(fast.model_dir / "scheduler")
-    assert saved.config.prediction_type == prediction_type
+    assert saved.config.prediction_type == recipe["prediction_type"]
+    assert saved.config.rescale_betas_zero_snr == recipe["rescale_betas_zero_snr"]
 
 
 def test_fast_engine_resumes_bit_exactly(tmp_path):

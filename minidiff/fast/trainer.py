@@ -8,7 +8,8 @@ graph that runs, with no host input and no host sync, the rules of `minidiff.tra
 1. the batch: gather uint8 images of the device-resident data set at the epoch's order (`epoch_order`,
    copied to the device once per epoch), mirror the flipped ones, [0, 255] -> [-1, 1]; eps ~ N(0, I),
    t ~ U{0..T-1} from the run's noise generator (`draw_batch`)
-2. the loss (`loss_fn`: `add_noise`, the target of the scheduler's prediction_type, MSE) under bf16
+2. the loss (`loss_fn`: `add_noise`, the target of the scheduler's prediction_type, MSE, min-SNR weights
+   when config.snr_gamma is set) under bf16
    autocast with fp32 master weights, channels_last activations, optionally torch.compile'd
 3. backward, `clip_gradients`, fused capturable AdamW (`make_optimizer`; lr is a device tensor)
 4. the EMA update (`EMA.apply`, 1 - d_n a device tensor)
@@ -172,7 +173,7 @@ class FastTrainer:
             clean, noise = (x.contiguous(memory_format=torch.channels_last) for x in (clean, noise))
         bf16 = self.config.mixed_precision == "bf16"
         with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-            loss = self._loss(self.unet, self.noise_scheduler, clean, noise, timesteps)
+            loss = self._loss(self.unet, self.noise_scheduler, clean, noise, timesteps, self.config.snr_gamma)
         loss.backward()
         clip_gradients(self.params, self.config.grad_clip)
         self.optimizer.step()

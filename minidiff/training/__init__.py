@@ -4,7 +4,8 @@ from minidiff.training import preset, train
 result = train(preset("tiny", out_dir="out/tiny"))
 
 config.py       TrainConfig: every setting of a run; the presets "tutorial" and "tiny"
-rules.py        the rules: target per prediction_type, loss, AdamW, lr schedule, clipping, data order, EMA
+rules.py        the rules: target per prediction_type, loss (min-SNR weights), AdamW, lr schedule, clipping,
+                data order, EMA
 step.py         the plain engine: one eager optimizer step (`train_step`), batches drawn on the host
 loop.py         `train`: the loop that drives either engine (the fast one is minidiff.fast.FastTrainer)
 run.py          what every run shares: model, noise schedule, data, progress, loss log, output files
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 # public name -> the module that defines it; imported on first use, so that `minidiff train --help`
 # (which reads the presets and the flags) does not load torch
 _EXPORTS = {
-    "EMA": "rules", "loss_fn": "rules", "training_target": "rules",
+    "EMA": "rules", "loss_fn": "rules", "snr_loss_weights": "rules", "training_target": "rules",
     "PRESETS": "config", "TrainConfig": "config", "preset": "config",
     "train": "loop", "TrainingInterrupted": "loop",
     "TrainResult": "run", "build_noise_scheduler": "run", "build_unet": "run",
@@ -31,8 +32,8 @@ _EXPORTS = {
 }  # fmt: skip
 __all__ = [
     "EMA", "PRESETS", "PlainEngine", "TrainConfig", "TrainResult", "TrainState", "TrainingInterrupted",
-    "build_noise_scheduler", "build_unet", "loss_fn", "make_train_state", "preset", "train", "train_step",
-    "training_target",
+    "build_noise_scheduler", "build_unet", "loss_fn", "make_train_state", "preset", "snr_loss_weights", "train",
+    "train_step", "training_target",
 ]  # fmt: skip
 
 
@@ -47,6 +48,6 @@ def __getattr__(name: str):
 if TYPE_CHECKING:
     from minidiff.training.config import PRESETS, TrainConfig, preset
     from minidiff.training.loop import TrainingInterrupted, train
-    from minidiff.training.rules import EMA, loss_fn, training_target
+    from minidiff.training.rules import EMA, loss_fn, snr_loss_weights, training_target
     from minidiff.training.run import TrainResult, build_noise_scheduler, build_unet
     from minidiff.training.step import PlainEngine, TrainState, make_train_state, train_step

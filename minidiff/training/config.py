@@ -16,9 +16,13 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 # the schedulers' prediction types (minidiff.scheduling_utils; a test keeps the two equal): this module
 # imports no torch, so that `minidiff train --help` answers at once
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")  # likewise minidiff.scheduling_utils'
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
+# the sampler and steps of `minidiff demo`'s samples.png: DDPM's stochastic step on 100 trailing timesteps
+# corrects more of a short run's errors than DDIM or DPM-Solver++ (benchmarks/TIME_TO_QUALITY.md)
+DEMO_SAMPLES = ("ddpm", 100)
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 
@@ -49,6 +53,11 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"  # what the UNet learns: "epsilon" | "sample" (x_0) | "v_prediction"
+    # abar_T = 0 exactly (Lin et al. 2024): the last step starts from pure noise, as sampling does; needs
+    # "v_prediction" or "sample" (eps is unlearnable at SNR 0)
+    rescale_betas_zero_snr: bool = False
+    # which timesteps a sampler of the saved model visits: "trailing" starts at t = T-1 (Lin et al. 2024, Table 2)
+    timestep_spacing: str = "leading"
     # optimisation: `max_steps` (optimizer steps), when set, wins over `epochs`; `time_budget` (seconds of
     # training) ends a run early, at a step boundary, with everything saved as at its planned end
     epochs: int = 30
@@ -62,6 +71,9 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     weight_decay: float = 0.01
+    # min-SNR-gamma loss weights (Hang et al. 2023): each image's loss times min(SNR_t, gamma) / SNR_t for
+    # epsilon, / (SNR_t + 1) for v_prediction, / 1 for sample (`rules.snr_loss_weights`); None: plain MSE
+    snr_gamma: float | None = None
     # EMA of the weights, diffusers' EMAModel: 0 = off, else the largest decay d_n may reach
     ema_decay: float = 0.0
     ema_min_decay: float = 0.0
@@ -116,6 +128,13 @@ class TrainConfig:
                 f"{{block_out_channels}} needs one down and one up block type per level; got "
                 f"{len(self.down_block_types)} down and {len(self.up_block_types)} up",
                 block_out_channels=self.block_out_channels,
+            )
+        if self.rescale_betas_zero_snr and self.prediction_type == "epsilon":
+            raise ConfigError(
+                "{rescale_betas_zero_snr:on} with {prediction_type}: at SNR 0 the sampler divides by "
+                "sqrt(abar_T) = 0; expected v_prediction (or sample), or no zero terminal SNR",
+                rescale_betas_zero_snr=True,
+                prediction_type=self.prediction_type,
             )
         halvings = levels - 1  # each down block but the last halves H and W
         if self.image_size % 2**halvings:
@@ -198,6 +217,7 @@ CHECKS = (
     (("sampler",), _one_of((*SAMPLER_NAMES, None)), f"expected one of {[*SAMPLER_NAMES, None]}"),
     (("logger",), _one_of(LOGGERS), f"expected one of {list(LOGGERS)}"),
     (("prediction_type",), _one_of(PREDICTION_TYPES), f"expected one of {list(PREDICTION_TYPES)}"),
+    (("timestep_spacing",), _one_of(TIMESTEP_SPACINGS), f"expected one of {list(TIMESTEP_SPACINGS)}"),
     (("lr_scheduler",), _one_of(LR_SCHEDULES), f"expected one of {list(LR_SCHEDULES)}"),
     (("ema_decay",), _number_in(0, 1), "expected 0 (off) or a value in (0, 1)"),
     (("ema_inv_gamma", "ema_power", "adam_epsilon"), _number_in(0, math.inf, low_open=True),
@@ -206,28 +226,37 @@ CHECKS = (
     (("weight_decay",), _number_in(0, math.inf), "expected a number >= 0"),
     (("lr",), _number_in(0, math.inf, low_open=True), "expected a positive finite number"),
     (("grad_clip",), _number_in(0, math.inf, low_open=True, allow_none=True), "expected a positive number or None"),
+    (("snr_gamma",), _number_in(0, math.inf, low_open=True, allow_none=True), "expected None or a positive number"),
 )  # fmt: skip
 
 
 PRESETS: dict[str, TrainConfig] = {
     # The tutorial, unchanged: 30 epochs of the butterflies at 32x32 (a GPU job).
     "tutorial": TrainConfig(),
-    # Embedded digits at 16x16, a 1.1 M-parameter UNet: 1,500 steps take 3 to 13 minutes on 2 CPU cores
-    # (`minidiff demo` stops it after 150 s of training).
+    # Embedded digits at 16x16, a 280 k-parameter UNet, the recipe `minidiff demo` trains (150 s of it):
+    # zero terminal SNR + v_prediction + trailing timesteps (Lin et al. 2024: DDIM at 20 steps as good as at
+    # 100), min-SNR-5 loss weights (Hang et al. 2023), lr 3e-3, bf16 autocast; narrow layers (16, 32, 32)
+    # for 2.8x the steps per second of (32, 64, 64). benchmarks/TIME_TO_QUALITY.md measures each lever.
     "tiny": TrainConfig(
         data="digits",
         image_size=16,
         flip=False,  # a mirrored digit is not a digit
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(16, 32, 32),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        max_steps=1500,
-        lr=1e-3,
+        norm_num_groups=8,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        snr_gamma=5.0,
+        max_steps=1800,  # 164 s at 11 steps/s: a 2-core CPU stops at the demo's 150 s budget first
+        lr=3e-3,
         warmup_steps=100,
         ema_decay=0.995,
+        mixed_precision="bf16",
         out_dir="out/tiny",
-        checkpoint_every=250,  # 25 s to 2 minutes of a 2-core CPU's time
+        checkpoint_every=250,
     ),
 }
 

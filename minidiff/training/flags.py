@@ -25,6 +25,7 @@ from minidiff.training.config import (
     LR_SCHEDULES,
     MIXED_PRECISION,
     PREDICTION_TYPES,
+    TIMESTEP_SPACINGS,
     ConfigError,
     TrainConfig,
 )
@@ -45,6 +46,16 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def optional_positive(text: str) -> float | None:
+    """A positive number, or 'none' for None (to turn off a setting a preset turns on)."""
+    if text.strip().lower() == "none":
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number (or 'none')")
     return value
 
 
@@ -92,6 +103,10 @@ FLAGS = (
          "squaredcos_cap_v2 | sigmoid | laplace"),
     Flag(("--prediction-type", "--prediction_type"), "prediction_type", "what the UNet learns",
          choices=PREDICTION_TYPES),
+    Flag(("--rescale-betas-zero-snr",), "rescale_betas_zero_snr", "rescale the betas to a zero terminal SNR "
+         "(needs v_prediction or sample)", action=argparse.BooleanOptionalAction),
+    Flag(("--timestep-spacing",), "timestep_spacing", "timesteps the saved model's samplers visit",
+         choices=TIMESTEP_SPACINGS),
     # optimisation
     Flag(("--epochs", "--num_epochs"), "epochs", "epochs (when --max-steps is not given)", positive_int),
     Flag(("--max-steps", "--max_train_steps"), "max_steps", "optimizer steps (wins over --epochs)", positive_int),
@@ -108,6 +123,8 @@ FLAGS = (
     Flag(("--adam-beta2", "--adam_beta2"), "adam_beta2", "AdamW's beta2", float),
     Flag(("--weight-decay", "--adam_weight_decay"), "weight_decay", "AdamW's weight decay", float),
     Flag(("--adam-epsilon", "--adam_epsilon"), "adam_epsilon", "AdamW's epsilon", float),
+    Flag(("--snr-gamma", "--snr_gamma"), "snr_gamma", "min-SNR-gamma loss weights with this gamma (the paper's: "
+         "5); 'none': plain MSE", optional_positive),
     Flag(("--grad-clip",), "grad_clip", "clip the global gradient norm to this value", float),
     Flag(("--ema-decay", "--ema_max_decay"), "ema_decay", "largest EMA decay of the weights (0 = no EMA)", float),
     Flag(("--ema-warmup",), "ema_warmup", "EMA decay 1 - (1 + n / inv_gamma) ** -power (else (1 + n) / (10 + n))",

@@ -4,6 +4,7 @@ DDPM Algorithm 1 (Ho et al. 2020), one optimizer step:
     x_0 ~ data (epoch order and flips: `epoch_order`, `draw_batch`),  t ~ U{0..T-1},  eps ~ N(0, I)
     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                  (eq. 4, `scheduler.add_noise`)
     L = || target - model(x_t, t) ||^2                              (eq. 14; `training_target`, `loss_fn`)
+        optionally weighted per image by min-SNR-gamma                (`snr_loss_weights`)
     theta <- AdamW(theta, clip(grad L))                             (`make_optimizer`, `clip_gradients`)
     lr from a warm-up and a schedule                                (`make_lr_scheduler`)
     theta_ema <- theta_ema - (1 - d_n) (theta_ema - theta)          (`EMA`, diffusers' EMAModel rule)
@@ -41,15 +42,53 @@ def training_target(
     raise ValueError(f"prediction_type {prediction_type!r}; expected one of {list(PREDICTION_TYPES)}")
 
 
+def _snr_table(noise_scheduler, device: torch.device) -> torch.Tensor:
+    """SNR_t = (sqrt(abar_t) / sqrt(1 - abar_t))^2 for every t in fp32, computed as diffusers'
+    `training_utils.compute_snr` does; kept on the scheduler per device, because a CUDA graph may not copy
+    it from the host inside the captured step."""
+    tables = noise_scheduler.__dict__.setdefault("_snr_tables", {})
+    if device not in tables:
+        abar = noise_scheduler.alphas_cumprod
+        tables[device] = ((abar**0.5).float() / ((1.0 - abar) ** 0.5).float()).to(device) ** 2
+    return tables[device]
+
+
+def snr_loss_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min-SNR-gamma (Hang et al. 2023, diffusers' --snr_gamma): one loss weight per image (B,), with
+    SNR_t = abar_t / (1 - abar_t). The weight of the x_0 error is min(SNR_t, gamma); the same in the
+    units of each target: / SNR_t for epsilon, / (SNR_t + 1) for v_prediction, / 1 for sample
+    (diffusers' examples weight epsilon and v_prediction alike).
+    At SNR_t = 0 (a zero-terminal-SNR schedule's t = T-1) epsilon's weight is its limit, 1."""
+    snr = _snr_table(noise_scheduler, timesteps.device).index_select(0, timesteps)  # (B,)
+    clipped = snr.clamp(max=gamma)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), 1.0)
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    if prediction_type == "sample":
+        return clipped
+    raise ValueError(f"prediction_type {prediction_type!r}; expected one of {list(PREDICTION_TYPES)}")
+
+
 def loss_fn(
-    unet: nn.Module, noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    unet: nn.Module,
+    noise_scheduler,
+    clean: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """mean || target - model(x_t, t) ||^2 with x_t = add_noise(x_0, eps, t) (eq. 4 and 14).
-    The mean is taken in fp32 even under autocast."""
+    """mean || target - model(x_t, t) ||^2 with x_t = add_noise(x_0, eps, t) (eq. 4 and 14); with
+    `snr_gamma`, each image's mean squared error is weighted by `snr_loss_weights` first (diffusers'
+    examples: loss.mean(dims) * weights, then the batch mean). The mean is taken in fp32 even under autocast."""
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)  # x_t
     prediction = unet(noisy, timesteps, return_dict=False)[0]
     target = training_target(noise_scheduler, clean, noise, timesteps)
-    return F.mse_loss(prediction.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_image * snr_loss_weights(noise_scheduler, timesteps, snr_gamma)).mean()
 
 
 # ---- the data: which images, in which order, flipped or not ---------------------------------------------

@@ -61,13 +61,16 @@ def build_unet(config: TrainConfig, channels: int):
 
 
 def build_noise_scheduler(config: TrainConfig):
-    """The DDPMScheduler of the run; saved with the model, so sampling uses its prediction_type."""
+    """The DDPMScheduler of the run; saved with the model, so every sampler built from its config (minidiff's
+    or diffusers') uses its prediction_type, its zero-terminal-SNR betas and its timestep_spacing."""
     from minidiff.scheduling_ddpm import DDPMScheduler
 
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.rescale_betas_zero_snr,
+        timestep_spacing=config.timestep_spacing,
     )
 
 

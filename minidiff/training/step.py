@@ -41,6 +41,7 @@ class TrainState:
     ema: EMA | None
     autocast_dtype: torch.dtype | None
     grad_clip: float | None
+    snr_gamma: float | None = None  # min-SNR-gamma loss weights (rules.snr_loss_weights); None: plain MSE
 
 
 def make_train_state(
@@ -58,6 +59,7 @@ def make_train_state(
         ema=EMA.from_config(unet, config),
         autocast_dtype=AUTOCAST_DTYPES[config.mixed_precision],
         grad_clip=config.grad_clip,
+        snr_gamma=config.snr_gamma,
     )
 
 
@@ -77,7 +79,7 @@ def train_step(
     losses = []
     for i, (clean, noise, timesteps) in enumerate(micro_batches):
         with torch.autocast(device_type, state.autocast_dtype, enabled=state.autocast_dtype is not None):
-            loss = loss_fn(unet, state.noise_scheduler, clean, noise, timesteps)
+            loss = loss_fn(unet, state.noise_scheduler, clean, noise, timesteps, state.snr_gamma)
         if loss_weights is not None:
             loss = loss * loss_weights[i]
         scaled = loss / len(micro_batches)
