@@ -67,7 +67,7 @@ def test_min_snr_weights_at_zero_terminal_snr_are_finite():
     [
         ({"snr_gamma": 0.0}, "snr_gamma=0.0"),
         ({"snr_gamma": float("inf")}, "snr_gamma=inf"),
-        ({"timestep_spacing": "uniform"}, "timestep_spacing 'uniform'"),
+        ({"timestep_spacing": "uniform"}, "timestep_spacing='uniform'"),
         ({"rescale_betas_zero_snr": True, "prediction_type": "epsilon"}, "v_prediction"),
     ],
 )
