@@ -28,7 +28,7 @@ def test_quick_run_writes_readings_summary_and_plot(tmp_path):
     assert {r["sampler"] for r in rows if r["recipe"] == "diffusers"} == {"ddpm:10"}
     summary = json.loads((out / "time_to_quality.json").read_text())
     assert set(summary["thresholds"]) == {str(t) for t in THRESHOLDS}
-    assert all(set(v) == {*RECIPES, "ratio"} for v in summary["thresholds"].values())
+    assert all(set(v) == {*RECIPES, "ratio", "upper_bounds"} for v in summary["thresholds"].values())
     assert [s["sampler"] for s in summary["samplers"]] == ["ddim:2"]
     assert {"cpu", "cores", "amx", "torch"} <= set(summary["hardware"])
     assert (out / "time_to_quality.png").stat().st_size > 0
