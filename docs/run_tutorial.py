@@ -1,6 +1,6 @@
 """Run docs/tutorial.ipynb top to bottom and keep its outputs: `make notebook`.
 
-    python docs/run_tutorial.py                          # default settings (~5 minutes on 2 CPU cores);
+    python docs/run_tutorial.py                          # default settings (~3 minutes on 2 CPU cores);
                                                          # rewrites docs/tutorial.ipynb with its outputs
     python docs/run_tutorial.py --quick --out /tmp/t.ipynb   # a few steps of everything (the test's setting)
 

@@ -21,10 +21,13 @@ EXTERNAL = {
     "benchmarks/README.md": "benchmarks/README.md",
     "benchmarks/ANCHORS.md": "benchmarks/ANCHORS.md",
     "benchmarks/RESULTS-cpu.md": "benchmarks/RESULTS-cpu.md",
+    "benchmarks/TIME_TO_QUALITY.md": "benchmarks/TIME_TO_QUALITY.md",
+    **{
+        f"benchmarks/time_to_quality/time_to_quality.{ext}": f"benchmarks/time_to_quality/time_to_quality.{ext}"
+        for ext in ("csv", "json", "png")
+    },  # fmt: skip
 }
 SITE_TO_REPO = {site: repo for repo, site in EXTERNAL.items()}
-# sections that moved out of the README into pages, for links written before the move (the notebook's)
-MOVED = {"README.md#the-math-in-the-order-the-code-runs-it": "docs/math.md"}
 LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s#]+)(#[^)\s]*)?(\))")
 HREF = re.compile(r'(href=")([^"#]+)(#[^"]*)?(")')
 
@@ -52,8 +55,6 @@ def rewriter(site_path: str, html: bool = False):
         if "://" in target or target.startswith(("/", "mailto:", "data:")):
             return match.group(0)
         linked_repo = posixpath.normpath(posixpath.join(posixpath.dirname(repo_path), target))
-        if linked_repo + anchor in MOVED:
-            linked_repo, anchor = MOVED[linked_repo + anchor], ""
         linked = repo_to_site(linked_repo)
         if linked is None:  # not part of the site: mkdocs --strict reports it
             return match.group(0)

@@ -479,8 +479,8 @@ def _add_eval_parser(commands, common: argparse.ArgumentParser) -> None:
     ev.add_argument(  # 500 = minidiff.quality.evaluate.DEFAULT_NUM_SAMPLES (not imported: --help stays light)
         "--num-samples", type=positive_int, default=500, help="images to sample (FID depends on it)"
     )
-    # ddim = minidiff.quality.evaluate.DEFAULT_SAMPLER: minutes on a CPU where DDPM's T steps take hours
-    _add_sampler_flags(ev, default="ddim")
+    # = minidiff.quality.evaluate.DEFAULT_SAMPLER: minutes on a CPU where DDPM's T steps take hours
+    _add_sampler_flags(ev, default="dpmsolver++")
     ev.add_argument("--metrics", default="digit", help="comma list out of digit, inception (minidiff[fid])")
     ev.add_argument("--data", default="digits", help="the real images: 'digits', a folder, or a hub id")
     ev.add_argument("--seed", type=int, default=0)

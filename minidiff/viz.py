@@ -264,7 +264,10 @@ def plot_snr(
 
 # ---- training ---------------------------------------------------------------------------------------
 def plot_losses(
-    losses: Sequence[float], path: str | os.PathLike, evals: dict[int, float] | None = None
+    losses: Sequence[float],
+    path: str | os.PathLike,
+    evals: dict[int, float] | None = None,
+    ylabel: str = "MSE(ε, ε_θ)",
 ) -> Path:
     """The loss per step on a linear and a log scale side by side, as the tutorial plots it, with a
     moving average (window ~ 1/50 of the run) drawn over the raw values.
@@ -273,6 +276,7 @@ def plot_losses(
         losses: the loss of every step.
         path: the PNG to write.
         evals: step -> digit FID, drawn on a second axis when given.
+        ylabel: what the loss is (the training target and its weights).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -289,7 +293,7 @@ def plot_losses(
     for ax, scale in zip(fig.subplots(1, 2), ("linear", "log")):
         ax.plot(steps, values, linewidth=0.6, alpha=0.4, label="loss per step")
         ax.plot(steps[window - 1 :], smooth, linewidth=1.5, label=f"moving average ({window} steps)")
-        ax.set(xlabel="training step", ylabel="MSE(ε, ε_θ)", yscale=scale, title=f"{scale} scale")
+        ax.set(xlabel="training step", ylabel=ylabel, yscale=scale, title=f"{scale} scale")
         ax.legend(fontsize=8, loc="upper center")
         if evals:
             quality = ax.twinx()

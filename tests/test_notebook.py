@@ -49,7 +49,7 @@ def test_notebook_runs_top_to_bottom_quick():
 
 def test_committed_notebook_came_from_its_code_cells():
     """The outputs in the repository were made by these code cells, run in order, in a full run:
-    after editing a code cell, `make notebook` re-runs it (about 5 minutes)."""
+    after editing a code cell, `make notebook` re-runs it (about 3 minutes)."""
     nb = nbformat.read(DOCS / "tutorial.ipynb", as_version=4)
     stamp = nb.metadata.get("minidiff", {})
     assert stamp.get("code_sha256") == run_tutorial.code_digest(nb), (

@@ -58,6 +58,7 @@ from minidiff.training.run import (
     build_noise_scheduler,
     build_unet,
     digit_fid,
+    loss_label,
     make_noise_generator,
     plan_grid,
     save_model,
@@ -364,7 +365,7 @@ def _stop(run: Run) -> None:
         if run.log.losses:
             from minidiff.viz import plot_losses
 
-            plot_losses(run.log.losses, run.out_dir / "loss.png", run.log.evals)
+            plot_losses(run.log.losses, run.out_dir / "loss.png", run.log.evals, loss_label(run.config))
     run.log.bar.close()
     raise TrainingInterrupted(signum, run.progress.step, checkpoint, model_dir)
 

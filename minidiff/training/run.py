@@ -284,6 +284,13 @@ def plan_grid(unet, config: TrainConfig, train_seconds: float, automatic: bool) 
     return dataclasses.replace(config, sampler="ddim", sample_steps=steps, num_samples=images)
 
 
+def loss_label(config: TrainConfig) -> str:
+    """What loss.png's y axis shows: "MSE(v, v_θ), min-SNR-5 weights" for the tiny preset."""
+    target = {"epsilon": "ε", "sample": "x_0", "v_prediction": "v"}[config.prediction_type]
+    weights = f", min-SNR-{config.snr_gamma:g} weights" if config.snr_gamma else ""
+    return f"MSE({target}, {target}_θ){weights}"
+
+
 def save_outputs(final_unet, noise_scheduler, log: LossLog, out_dir: Path, config: TrainConfig):
     """model/, samples.png (unless num_samples is 0: then None) and loss.png; returns their paths."""
     from minidiff.viz import plot_losses
@@ -292,5 +299,5 @@ def save_outputs(final_unet, noise_scheduler, log: LossLog, out_dir: Path, confi
     samples_png = None
     if config.num_samples:
         samples_png = save_samples(final_unet, noise_scheduler, out_dir / "samples.png", config)
-    loss_png = Path(plot_losses(log.losses, out_dir / "loss.png", log.evals))
+    loss_png = Path(plot_losses(log.losses, out_dir / "loss.png", log.evals, loss_label(config)))
     return model_dir, samples_png, loss_png
