@@ -428,10 +428,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _local_pipeline_checked(args.model)
     from minidiff.files import atomic_write_text
     from minidiff.quality.evaluate import evaluate, format_report, load_pipeline
+    from minidiff.samplers import default_steps
     from minidiff.training.preflight import pick_device
 
     pipeline = load_pipeline(args.model).to(pick_device(args.device))
-    steps = args.steps or (50 if args.sampler == "ddim" else pipeline.scheduler.config.num_train_timesteps)
+    steps = args.steps or default_steps(args.sampler, pipeline.scheduler.config.num_train_timesteps)
     batch = min(args.batch_size, args.num_samples)
     _say_cost(pipeline.unet, f"{args.num_samples} samples, {args.sampler} with {steps} steps", batch, steps,
               -(-args.num_samples // batch))  # fmt: skip

@@ -403,3 +403,21 @@ def test_sample_announces_its_cost_and_a_cheaper_setting(trained, tmp_path, monk
     monkeypatch.setattr(minidiff.cost, "step_seconds", lambda unet, batch_size: 0.01)
     assert main([*args, "--out", str(tmp_path / "s.png")]) == 0
     assert "expected" not in capsys.readouterr().out  # 0.6 s: not worth a line
+
+
+def test_eval_announces_the_cost_of_its_own_default_steps(trained, monkeypatch, capsys):
+    """The estimate uses the sampler's default step count (DPM-Solver++: 20), not every training timestep."""
+    import importlib
+
+    import minidiff.cost
+
+    monkeypatch.setattr(minidiff.cost, "step_seconds", lambda unet, batch_size: 1.0)
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped after the estimate")
+
+    # the module (minidiff.quality.evaluate, the attribute, is the function of that name)
+    monkeypatch.setattr(importlib.import_module("minidiff.quality.evaluate"), "evaluate", stop)
+    assert main(["eval", "--model", str(trained / "model"), "--quiet", "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "expected: 500 samples, dpmsolver++ with 20 steps:" in out
