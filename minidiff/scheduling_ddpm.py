@@ -125,7 +125,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
-        variance_type: str = "fixed_small",
+        variance_type: str | None = "fixed_small",
         clip_sample: bool = True,
         prediction_type: str = "epsilon",
         thresholding: bool = False,
@@ -136,6 +136,8 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
+        # None, as DPM-Solver's configs write "no learned variance": diffusers' DDPM steps with fixed_small then
+        variance_type = "fixed_small" if variance_type is None else variance_type
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)

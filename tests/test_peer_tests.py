@@ -75,9 +75,6 @@ SAMPLER_FILES: dict[str, tuple[int, dict[str, str]] | None] = {
         42,
         {
             "DPMSolverMultistepSchedulerTest.test_trained_betas": TRAINED_BETAS.format(1000),
-            # the test config sets variance_type=None (DPM-Solver's "no learned variance"), which
-            # DDPMScheduler.from_config refuses; diffusers' DDPM takes it and steps as fixed_small
-            "DPMSolverMultistepSchedulerTest.test_compatibles": "DDPMScheduler config key 'variance_type' has value None",
         },
     ),
 }

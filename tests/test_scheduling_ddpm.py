@@ -337,3 +337,18 @@ def test_config_round_trips_with_diffusers(tmp_path):
 def assert_same_tables(a, b):
     for name in ("betas", "alphas_cumprod"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_variance_type_none_steps_as_fixed_small_like_diffusers():
+    """DPM-Solver's configs write variance_type=None ("no learned variance"); diffusers' DDPM takes it
+    and steps with fixed_small, so a DDPMScheduler rebuilt from such a config samples as diffusers' does."""
+    ours = minidiff.DDPMScheduler.from_config({**minidiff.DDPMScheduler().config, "variance_type": None})
+    theirs = diffusers.DDPMScheduler.from_config({**diffusers.DDPMScheduler().config, "variance_type": None})
+    x, out = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.randn(2, 1, 4, 4)
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(10)
+    t = ours.timesteps[3]
+    a = ours.step(out, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+    b = theirs.step(out, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+    assert torch.equal(a, b)
+    assert ours.variance_type == "fixed_small"
