@@ -100,10 +100,37 @@ def alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     """Multistep DPM-Solver / DPM-Solver++: diffusers' `DPMSolverMultistepScheduler` with the same keywords.
 
-    algorithm_type: dpmsolver++ (default), sde-dpmsolver++, dpmsolver, sde-dpmsolver. solver_order 1-3 (2 for
-    guided sampling, 3 unconditional); solver_type midpoint / heun for the second order. lower_order_final /
-    euler_at_final: first order on the last step(s) of short schedules. final_sigmas_type: the last step lands on
-    sigma = 0 ("zero", the ++ variants only) or on sigma of t = 0 ("sigma_min").
+    Args:
+        num_train_timesteps: T, the number of forward-process steps the model was trained with.
+        beta_start: beta_1 of the schedule.
+        beta_end: beta_T of the schedule.
+        beta_schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine, which ignores the two ends).
+        trained_betas: explicit betas (length T), used instead of `beta_schedule`.
+        solver_order: 1, 2 or 3 (2 for guided sampling, 3 unconditional).
+        prediction_type: what the model outputs: epsilon, sample (x_0) or v_prediction.
+        thresholding: dynamic thresholding of the predicted x_0 (Imagen).
+        dynamic_thresholding_ratio: the percentile of |x_0| that thresholding clamps at.
+        sample_max_value: the largest threshold dynamic thresholding may use.
+        algorithm_type: dpmsolver++ (default), sde-dpmsolver++, dpmsolver or sde-dpmsolver.
+        solver_type: midpoint or heun, the form of the second-order update.
+        lower_order_final: first order on the last steps of short schedules (under 15 steps).
+        euler_at_final: first order on the very last step.
+        use_karras_sigmas: sigmas spaced as Karras et al. 2022 (EDM eq. 5).
+        use_exponential_sigmas: sigmas spaced exponentially.
+        use_beta_sigmas: sigmas spaced by a beta distribution (needs scipy).
+        use_lu_lambdas: log-SNR lambdas spaced uniformly (Lu et al.).
+        use_flow_sigmas: diffusers' flow-matching sigmas; only False is implemented.
+        flow_shift: their shift; only 1.0 is implemented.
+        final_sigmas_type: the last step lands on sigma = 0 ("zero", the ++ variants only) or on sigma of
+            t = 0 ("sigma_min").
+        lambda_min_clipped: the lower bound of lambda(t) = log(alpha_t / sigma_t) (for the cosine schedule).
+        variance_type: learned or learned_range when the model also outputs a variance (which is dropped);
+            None or a fixed_* type otherwise (only the mean is used).
+        timestep_spacing: how `set_timesteps` spaces the steps: linspace (default), leading or trailing.
+        steps_offset: added to every inference timestep (leading spacing).
+        rescale_betas_zero_snr: rescale the schedule so alpha_bar_T = 0 (Lin et al. 2024).
+        use_dynamic_shifting: shift the flow sigmas by the `mu` of `set_timesteps`; only False is implemented.
+        time_shift_type: the form of that shift; only exponential is implemented.
     """
 
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
@@ -208,7 +235,14 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         timesteps: list[int] | None = None,
     ) -> None:
         """Pick the timesteps (`num_inference_steps` by `timestep_spacing`, or a custom descending list) and their
-        sigmas, plus the final sigma; reset the history. `timesteps` go to `device`, sigmas stay on the host."""
+        sigmas, plus the final sigma; reset the history.
+
+        Args:
+            num_inference_steps: how many steps to sample with (exclusive with `timesteps`).
+            device: where `self.timesteps` goes (the sigmas stay on the host).
+            mu: the shift of the sigmas under `use_dynamic_shifting` (not implemented; leave None).
+            timesteps: a custom descending list of training timesteps.
+        """
         cfg = self.config
         T = cfg.num_train_timesteps
         if mu is not None:
@@ -400,7 +434,19 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
-        """x_s -> x_t, the next timestep of the schedule, with the highest order the history allows."""
+        """x_s -> x_t, the next timestep of the schedule, with the highest order the history allows.
+
+        Args:
+            model_output: the UNet's output at `timestep`.
+            timestep: the current entry of `self.timesteps`.
+            sample: the current sample x_s.
+            generator: the random generator of the SDE variants' noise.
+            variance_noise: that noise itself, instead of drawing it from `generator`.
+            return_dict: return a `SchedulerOutput` rather than a tuple.
+
+        Returns:
+            `SchedulerOutput(prev_sample=x_t)`, or `(x_t,)`.
+        """
         if self.num_inference_steps is None:
             raise ValueError(
                 "DPMSolverMultistepScheduler.step was called before set_timesteps: num_inference_steps is None; "

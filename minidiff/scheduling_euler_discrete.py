@@ -125,12 +125,27 @@ class SigmaSamplerMixin(StepIndexMixin):
 class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     """Euler sampler of Karras et al. 2022 (Algorithm 2): diffusers' `EulerDiscreteScheduler`, same keywords.
 
-    beta_schedule: linear, scaled_linear, squaredcos_cap_v2 (or `trained_betas`). prediction_type: epsilon,
-    sample, v_prediction. Sigma schedule: the training sigmas interpolated at the timesteps
-    (interpolation_type linear) or log-spaced (log_linear), or one of use_karras_sigmas (EDM eq. 5),
-    use_exponential_sigmas, use_beta_sigmas (needs scipy) between sigma_min and sigma_max.
-    timestep_type continuous (with v_prediction): the model gets t = log(sigma) / 4 (EDM's c_noise).
-    final_sigmas_type: the last step lands on sigma = 0 (zero) or on the smallest training sigma.
+    Args:
+        num_train_timesteps: T, the number of forward-process steps the model was trained with.
+        beta_start: beta_1 of the schedule.
+        beta_end: beta_T of the schedule.
+        beta_schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine, which ignores the two ends).
+        trained_betas: explicit betas (length T), used instead of `beta_schedule`.
+        prediction_type: what the model outputs: epsilon, sample (x_0) or v_prediction.
+        interpolation_type: the training sigmas interpolated at the timesteps (linear) or log-spaced
+            (log_linear).
+        use_karras_sigmas: sigmas spaced as Karras et al. 2022 (EDM eq. 5) between sigma_min and sigma_max.
+        use_exponential_sigmas: sigmas spaced exponentially between sigma_min and sigma_max.
+        use_beta_sigmas: sigmas spaced by a beta distribution (needs scipy).
+        sigma_min: the smallest sigma of those three spacings (default: the schedule's).
+        sigma_max: the largest sigma of those three spacings (default: the schedule's).
+        timestep_spacing: how `set_timesteps` spaces the steps: linspace (default), leading or trailing.
+        timestep_type: discrete, or continuous (with v_prediction: the model gets t = log(sigma) / 4,
+            EDM's c_noise).
+        steps_offset: added to every inference timestep (leading spacing).
+        rescale_betas_zero_snr: rescale the schedule so alpha_bar_T = 0 (Lin et al. 2024).
+        final_sigmas_type: the last step lands on sigma = 0 (zero) or on the smallest training sigma
+            (sigma_min).
     """
 
     _compatibles = KARRAS_SCHEDULERS
@@ -203,7 +218,14 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         sigmas: list[float] | None = None,
     ) -> None:
         """Pick the sigmas to visit: `num_inference_steps` timesteps by `timestep_spacing`, or custom
-        descending `timesteps`, or custom `sigmas` (ending with the final sigma, usually 0)."""
+        descending `timesteps`, or custom `sigmas`.
+
+        Args:
+            num_inference_steps: how many steps to sample with.
+            device: where `self.timesteps` and `self.sigmas` go.
+            timesteps: a custom descending list of training timesteps.
+            sigmas: a custom descending list of sigmas, ending with the final sigma (usually 0).
+        """
         cfg = self.config
         given = {"num_inference_steps": num_inference_steps, "timesteps": timesteps, "sigmas": sigmas}
         given = {k: v for k, v in given.items() if v is not None}
@@ -286,8 +308,24 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """x_i -> x_{i+1}, EDM Algorithm 2 lines 4-9 (a first-order step). `timestep` is one of
-        `scheduler.timesteps`; the step works in float32 and returns the model output's dtype."""
+        """x_i -> x_{i+1}, EDM Algorithm 2 lines 4-9 (a first-order step).
+
+        The step works in float32 and returns the model output's dtype.
+
+        Args:
+            model_output: the UNet's output at `timestep` (for the input `scale_model_input` gave).
+            timestep: one of `scheduler.timesteps`.
+            sample: the current sample x_i.
+            s_churn: EDM's S_churn: how much noise to add back per step (0: none).
+            s_tmin: EDM's S_tmin: churn only where sigma >= s_tmin.
+            s_tmax: EDM's S_tmax: churn only where sigma <= s_tmax.
+            s_noise: EDM's S_noise: the scale of the noise added back.
+            generator: the random generator of that noise.
+            return_dict: return an `EulerDiscreteSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `EulerDiscreteSchedulerOutput(prev_sample, pred_original_sample)`, or that pair as a tuple.
+        """
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
                              f"{tuple(sample.shape)}")  # fmt: skip
