@@ -43,7 +43,12 @@ class TrainResult:
 # ---- what a run starts from ---------------------------------------------------------------------------
 def build_unet(config: TrainConfig, channels: int):
     """The UNet2DModel of `config`, its initial weights drawn after torch.manual_seed(config.seed)
-    (inside fork_rng: the caller's global RNG is left as it was)."""
+    (inside fork_rng: the caller's global RNG is left as it was).
+
+    Args:
+        config: the run's settings (model keywords, image size, seed).
+        channels: the images' channels (1 for the digits, 3 for RGB): the UNet's in and out channels.
+    """
     from minidiff.unet_2d import UNet2DModel
 
     with torch.random.fork_rng(devices=[]):
@@ -62,7 +67,11 @@ def build_unet(config: TrainConfig, channels: int):
 
 def build_noise_scheduler(config: TrainConfig):
     """The DDPMScheduler of the run; saved with the model, so every sampler built from its config (minidiff's
-    or diffusers') uses its prediction_type, its zero-terminal-SNR betas and its timestep_spacing."""
+    or diffusers') uses its prediction_type, its zero-terminal-SNR betas and its timestep_spacing.
+
+    Args:
+        config: the run's settings (its noise-schedule fields).
+    """
     from minidiff.scheduling_ddpm import DDPMScheduler
 
     return DDPMScheduler(
