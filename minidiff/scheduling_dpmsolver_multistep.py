@@ -309,7 +309,12 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     # ---- the model output the solver integrates ---------------------------------------------------
     def convert_model_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """x_theta (the ++ variants) or eps_theta (dpmsolver, sde-dpmsolver) at the current step, from any
-        prediction_type; dynamic thresholding applies to the x_0 estimate in both cases."""
+        prediction_type; dynamic thresholding applies to the x_0 estimate in both cases.
+
+        Args:
+            model_output: the UNet's output at the current step.
+            sample: the current sample x_s.
+        """
         if self.step_index is None:
             raise ValueError(
                 "convert_model_output needs the step index: call step (or set_begin_index) first"
@@ -362,7 +367,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def dpm_solver_first_order_update(
         self, model_output: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """DPM-Solver++(1) / DPM-Solver-1 (eq. 3.7), the DDIM step in lambda: x_s -> x_t with one model output."""
+        """DPM-Solver++(1) / DPM-Solver-1 (eq. 3.7), the DDIM step in lambda: x_s -> x_t with one model output.
+
+        Args:
+            model_output: the converted model output (`convert_model_output`) at s.
+            sample: the current sample x_s.
+            noise: the noise of the SDE variants (None for the ODE ones).
+        """
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
         alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(self.step_index)
         h = lambda_t - lambda_s
@@ -372,7 +383,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def multistep_dpm_solver_second_order_update(
         self, model_output_list: list[torch.Tensor], sample: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """DPM-Solver++(2M) (Alg. 2) and its relatives: D1 = (m0 - m1) / r0 is h times x_theta' by finite difference."""
+        """DPM-Solver++(2M) (Alg. 2) and its relatives: D1 = (m0 - m1) / r0 is h times x_theta' by finite difference.
+
+        Args:
+            model_output_list: the converted model outputs of the last steps, oldest first.
+            sample: the current sample x_s.
+            noise: the noise of the SDE variants (None for the ODE ones).
+        """
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
         alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.step_index)
         _, _, lambda_s1 = self._alpha_sigma_lambda(self.step_index - 1)
@@ -400,7 +417,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def multistep_dpm_solver_third_order_update(
         self, model_output_list: list[torch.Tensor], sample: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Third-order multistep: D1 and D2 from three model outputs (divided differences in lambda)."""
+        """Third-order multistep: D1 and D2 from three model outputs (divided differences in lambda).
+
+        Args:
+            model_output_list: the converted model outputs of the last steps, oldest first.
+            sample: the current sample x_s.
+            noise: the noise of the SDE variants (None for the ODE ones).
+        """
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
         alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.step_index)
         _, _, lambda_s1 = self._alpha_sigma_lambda(self.step_index - 1)
@@ -510,7 +533,12 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def scale_model_input(
         self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None
     ) -> torch.Tensor:
-        """DPM-Solver feeds x_t to the model unscaled; kept for interchangeability with other samplers."""
+        """DPM-Solver feeds x_t to the model unscaled; kept for interchangeability with other samplers.
+
+        Args:
+            sample: x_t, returned as it is.
+            timestep: ignored.
+        """
         return sample
 
     def add_noise(
@@ -520,7 +548,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         schedule (diffusers' rule: the begin or current step index when a pipeline set one).
 
         Before set_timesteps the sigma table is indexed by t itself. (diffusers looks t up in its descending
-        placeholder timesteps there and so reads sigma_{T-1-t}: a bug not copied.)"""
+        placeholder timesteps there and so reads sigma_{T-1-t}: a bug not copied.)
+
+        Args:
+            original_samples: x_0, the clean images.
+            noise: eps.
+            timesteps: t, one per image.
+        """
         sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
         timesteps = torch.as_tensor(timesteps).to(original_samples.device).reshape(-1)
         if self.num_inference_steps is None:

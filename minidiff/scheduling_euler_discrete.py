@@ -85,7 +85,12 @@ class SigmaSamplerMixin(StepIndexMixin):
         return self._step_index
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """The model input x_t = x / sqrt(sigma^2 + 1) (EDM's c_in) at the current step's sigma."""
+        """The model input x_t = x / sqrt(sigma^2 + 1) (EDM's c_in) at the current step's sigma.
+
+        Args:
+            sample: the current sample x (in sigma units).
+            timestep: the current entry of `self.timesteps`.
+        """
         sigma = self.sigmas[self._current_index(timestep)]
         sample = sample / ((sigma**2 + 1) ** 0.5)
         self.is_scale_input_called = True
@@ -109,7 +114,13 @@ class SigmaSamplerMixin(StepIndexMixin):
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """x = x_0 + sigma eps at the timesteps' sigmas (VE form; scale_model_input gives x_t)."""
+        """x = x_0 + sigma eps at the timesteps' sigmas (VE form; scale_model_input gives x_t).
+
+        Args:
+            original_samples: x_0, the clean images.
+            noise: eps.
+            timesteps: t, one per image, from `self.timesteps`.
+        """
         sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
         index = torch.tensor(self._step_indices(timesteps), device=original_samples.device)
         sigma = sigmas.index_select(0, index).reshape(
@@ -371,7 +382,13 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     ) -> torch.Tensor:
         """The v-prediction target v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 at each timestep's sigma,
         with alpha_bar = 1 / (1 + sigma^2). (diffusers reads alphas_cumprod at the step *index*, which is
-        another timestep's alpha_bar whenever the schedule skips steps; here each timestep gets its own.)"""
+        another timestep's alpha_bar whenever the schedule skips steps; here each timestep gets its own.)
+
+        Args:
+            sample: x_0, the clean images.
+            noise: eps.
+            timesteps: t, one per image, from `self.timesteps`.
+        """
         index = torch.tensor(
             [self.index_for_timestep(t) for t in torch.as_tensor(timesteps).reshape(-1).cpu()]
         )

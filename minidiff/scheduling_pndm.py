@@ -206,7 +206,14 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
         sample: torch.Tensor,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
-        """One of the 4 sub-steps of a PRK step t -> t - d, eq. (12); every sub-step starts from x_t."""
+        """One of the 4 sub-steps of a PRK step t -> t - d, eq. (12); every sub-step starts from x_t.
+
+        Args:
+            model_output: the UNet's output at `timestep`.
+            timestep: the current entry of `self.timesteps`.
+            sample: the current sample x_t.
+            return_dict: return a `SchedulerOutput` rather than a tuple.
+        """
         self._check_ready()
         half = self.config.num_train_timesteps // self.num_inference_steps // 2
         # 1. sub-steps 1 and 3 move on by d / 2 from the timestep they are given; 2 and 4 land where 1 and 3 did
@@ -238,7 +245,14 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
         sample: torch.Tensor,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
-        """A PLMS step t -> t - d with e' from the last 4 noise estimates, eq. (13)."""
+        """A PLMS step t -> t - d with e' from the last 4 noise estimates, eq. (13).
+
+        Args:
+            model_output: the UNet's output at `timestep`.
+            timestep: the current entry of `self.timesteps`.
+            sample: the current sample x_t.
+            return_dict: return a `SchedulerOutput` rather than a tuple.
+        """
         self._check_ready()
         if not self.config.skip_prk_steps and len(self.ets) < 3:
             raise ValueError(

@@ -21,8 +21,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What a run produced: the per-step losses and where every file went (samples_png: None when no
-    grid was drawn). `steps` is where the run stands; this start took steps - first_step of them."""
+    """What a run produced: the per-step losses and where every file went.
+
+    Args:
+        losses: the loss of every step this start took.
+        steps: the optimizer steps the run stands at; this start took steps - first_step of them.
+        epochs_completed: the epochs finished.
+        seconds: wall-clock seconds of this start.
+        out_dir: the run's output folder.
+        model_dir: the saved pipeline folder.
+        loss_csv: the loss log.
+        loss_png: the loss curve.
+        samples_png: the final sample grid (None when no grid was drawn).
+        sample_grids: the grids drawn during training.
+        checkpoints: the checkpoints kept.
+        train_seconds: the steps alone (no data loading, no final outputs).
+        evals: step -> digit FID (`eval_every`).
+        first_step: the step this start began at (0, or the checkpoint a resume loaded).
+    """
 
     losses: list[float]
     steps: int

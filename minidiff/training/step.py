@@ -31,7 +31,19 @@ AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}  #
 
 @dataclass
 class TrainState:
-    """The objects an optimizer step updates."""
+    """The objects an optimizer step updates.
+
+    Args:
+        unet: the model (a DistributedDataParallel wrapper when several processes train).
+        noise_scheduler: the run's DDPMScheduler.
+        optimizer: AdamW.
+        lr_scheduler: its learning-rate schedule.
+        grad_scaler: the GradScaler of fp16 training (None otherwise).
+        ema: the EMA of the weights (None when off).
+        autocast_dtype: the autocast dtype of mixed precision (None: full precision).
+        grad_clip: the max global gradient norm (None: no clipping).
+        snr_gamma: min-SNR-gamma loss weights (None: plain MSE).
+    """
 
     unet: torch.nn.Module  # a DistributedDataParallel wrapper when several processes train
     noise_scheduler: object
