@@ -81,6 +81,7 @@ class FrozenConfig(dict):
             raise AttributeError(f"config has no key {name!r}; keys: {sorted(self)}") from None
 
     def _readonly(self, *args, **kwargs):
+        """Refused: a config is read-only."""
         raise TypeError("a config is read-only; build a new object with from_config(config, key=value)")
 
     __setitem__ = __delitem__ = __setattr__ = update = pop = popitem = setdefault = clear = _readonly
@@ -211,6 +212,10 @@ class ConfigMixin:
 
         `overrides` win over the config. Unknown public keys are warned about once; wrong types are
         refused with the key named.
+
+        Args:
+            config: a config dict (a saved config.json, or another class's config).
+            **overrides: keys to replace.
         """
         # keys the writer left at their defaults are dropped: this class uses its own defaults for them
         defaulted = config.get("_use_default_values", [])

@@ -21,7 +21,12 @@ from minidiff.unet_2d import UNet2DModel
 
 class DDIMPipeline(DiffusionPipeline):
     """A UNet and a DDIMScheduler; a DDPMScheduler passed in is rebuilt as DDIM from its config, as diffusers does
-    (a DDPM checkpoint samples with DDIM in 50 steps instead of 1,000)."""
+    (a DDPM checkpoint samples with DDIM in 50 steps instead of 1,000).
+
+    Args:
+        unet: the noise-predicting UNet.
+        scheduler: a DDIMScheduler, or any scheduler whose config a DDIMScheduler is built from.
+    """
 
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler | DDPMScheduler):
         super().__init__(unet, DDIMScheduler.from_config(scheduler.config))
@@ -39,9 +44,18 @@ class DDIMPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         """Generate `batch_size` images with `num_inference_steps` DDIM steps.
 
-        eta: the noise scale of eq. (16), in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior variance).
-        use_clipped_model_output: re-derive eps from the clipped x_0 (DDIMScheduler.step); None means False.
-        The other arguments are DDPMPipeline's.
+        Args:
+            batch_size: how many images.
+            generator: a torch.Generator (or one per image) for reproducible noise.
+            eta: the noise scale of eq. (16), in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior variance).
+            num_inference_steps: denoising steps, spaced over the scheduler's T training steps.
+            use_clipped_model_output: re-derive eps from the clipped x_0 (`DDIMScheduler.step`); None means
+                False.
+            output_type: "pil" (list of PIL images), "np" (NHWC numpy in [0, 1]) or "pt" (NCHW tensor in [0, 1]).
+            return_dict: return an `ImagePipelineOutput` rather than a tuple.
+
+        Returns:
+            `ImagePipelineOutput(images=...)`, or `(images,)`.
         """
         check_call(batch_size, output_type, generator)
         if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:

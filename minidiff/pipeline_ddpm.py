@@ -92,7 +92,12 @@ def denoise(
 
 class DDPMPipeline(DiffusionPipeline):
     """A UNet that predicts the noise and a scheduler (DDPM, DDIM or any of minidiff/samplers.py) that turns
-    it into one reverse step."""
+    it into one reverse step.
+
+    Args:
+        unet: the noise-predicting UNet.
+        scheduler: the scheduler whose `step` the loop calls.
+    """
 
     @torch.no_grad()
     def __call__(
@@ -107,13 +112,20 @@ class DDPMPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         """Generate `batch_size` images.
 
-        generator: a torch.Generator (or one per image) for reproducible noise; a CPU generator with a CUDA
-            UNet draws on the CPU and moves the noise, so a seed gives the same images on any device.
-        num_inference_steps: denoising steps (the scheduler spaces them over its T training steps).
-        output_type: "pil" (list of PIL images), "np" (NHWC numpy in [0, 1]) or "pt" (NCHW tensor in [0, 1]).
-        eta: DDIM's noise scale (0: deterministic DDIM, 1: DDPM's variance); only with a scheduler whose step
-            takes `eta` (DDIMScheduler).
-        progress: show the tqdm bar (None: as `set_progress_bar_config` says; shown by default).
+        Args:
+            batch_size: how many images.
+            generator: a torch.Generator (or one per image) for reproducible noise; a CPU generator with a
+                CUDA UNet draws on the CPU and moves the noise, so a seed gives the same images on any device.
+            num_inference_steps: denoising steps (the scheduler spaces them over its T training steps).
+            output_type: "pil" (list of PIL images), "np" (NHWC numpy in [0, 1]) or "pt" (NCHW tensor in
+                [0, 1]).
+            return_dict: return an `ImagePipelineOutput` rather than a tuple.
+            eta: DDIM's noise scale (0: deterministic DDIM, 1: DDPM's variance); only with a scheduler whose
+                step takes `eta` (DDIMScheduler).
+            progress: show the tqdm bar (None: as `set_progress_bar_config` says; shown by default).
+
+        Returns:
+            `ImagePipelineOutput(images=...)`, or `(images,)`.
         """
         check_call(batch_size, output_type, generator)
         step_takes_eta = "eta" in inspect.signature(self.scheduler.step).parameters

@@ -33,7 +33,14 @@ MODEL_INDEX = "model_index.json"
 
 
 class DiffusionPipeline:
-    """A UNet that predicts the noise and a scheduler that turns the prediction into one reverse step."""
+    """A UNet that predicts the noise and a scheduler that turns the prediction into one reverse step.
+
+    The base class of DDPMPipeline and DDIMPipeline: devices, the progress bar and the pipeline folder.
+
+    Args:
+        unet: the noise-predicting UNet.
+        scheduler: the scheduler whose `step` the sampling loop calls.
+    """
 
     def __init__(self, unet: UNet2DModel, scheduler):
         self.unet = unet
@@ -65,18 +72,41 @@ class DiffusionPipeline:
         self, device: str | torch.device | torch.dtype | None = None, dtype: torch.dtype | None = None
     ) -> DiffusionPipeline:
         """Move the UNet: `pipe.to("cuda")`, `pipe.to(torch.float16)`, `pipe.to("cuda", torch.bfloat16)`.
-        (The scheduler holds no weights; its tables follow the sample at each step.)"""
+
+        The scheduler holds no weights; its tables follow the sample at each step.
+
+        Args:
+            device: the device to move to, or a dtype (then `dtype` must be None or is used instead).
+            dtype: the dtype to cast the UNet's weights to.
+
+        Returns:
+            The pipeline itself.
+        """
         if isinstance(device, torch.dtype):
             device, dtype = None, device if dtype is None else dtype
         self.unet.to(device=device, dtype=dtype)
         return self
 
     def set_progress_bar_config(self, **kwargs) -> None:
-        """tqdm's keywords for the bar over the denoising steps (disable, desc, leave, mininterval, ...);
-        as diffusers' method of the same name, each call replaces the previous settings."""
+        """Set tqdm's keywords for the bar over the denoising steps.
+
+        As diffusers' method of the same name, each call replaces the previous settings.
+
+        Args:
+            **kwargs: tqdm keywords: disable, desc, leave, mininterval, ...
+        """
         self._progress_bar_config = kwargs
 
     def progress_bar(self, iterable, disable: bool | None = None):
+        """Wrap `iterable` in a tqdm bar configured by `set_progress_bar_config`.
+
+        Args:
+            iterable: what to iterate over (the scheduler's timesteps).
+            disable: hide the bar (True) or show it (False); None keeps the configured setting.
+
+        Returns:
+            The tqdm iterator.
+        """
         config = dict(self._progress_bar_config)
         if disable is not None:
             config["disable"] = disable
@@ -90,7 +120,16 @@ class DiffusionPipeline:
         cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None
     ) -> DiffusionPipeline:
         """Load a pipeline folder (or hub id) saved by minidiff or by diffusers' DDPMPipeline / DDIMPipeline.
-        `DiffusionPipeline.from_pretrained` builds the class model_index.json names, as in diffusers."""
+
+        `DiffusionPipeline.from_pretrained` builds the class model_index.json names, as in diffusers.
+
+        Args:
+            pretrained_model_name_or_path: a local pipeline folder, or a Hugging Face Hub repository id.
+            torch_dtype: the dtype to load the UNet's weights in (default: as saved).
+
+        Returns:
+            The pipeline, of the class model_index.json names when called on DiffusionPipeline.
+        """
         index_path = resolve_file(pretrained_model_name_or_path, MODEL_INDEX)
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -152,6 +191,12 @@ class DiffusionPipeline:
         all three renames succeeded, and put back if one fails. Other files in the folder are left alone,
         as diffusers leaves them. A failure while writing (disk full, a bad component) leaves a previously
         saved pipeline untouched.
+
+        Args:
+            save_directory: the pipeline folder (created if missing).
+
+        Returns:
+            The folder written.
         """
         index = json.dumps(self.model_index(), indent=2, sort_keys=True) + "\n"
 

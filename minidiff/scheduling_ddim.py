@@ -75,8 +75,24 @@ def ddim_step_table(
 class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
     """Denoising diffusion implicit models: diffusers' `DDIMScheduler` with the same keywords.
 
-    beta_schedule: linear, scaled_linear, squaredcos_cap_v2 (or `trained_betas`). set_alpha_to_one: the
-    last step lands on alpha_bar = 1 (True) or on alpha_bar_0 (False). Call `set_timesteps` before `step`.
+    Call `set_timesteps` before `step`.
+
+    Args:
+        num_train_timesteps: T, the number of forward-process steps the model was trained with.
+        beta_start: beta_1 of the schedule.
+        beta_end: beta_T of the schedule.
+        beta_schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine, which ignores the two ends).
+        trained_betas: explicit betas (length T), used instead of `beta_schedule`.
+        clip_sample: clamp the predicted x_0 to [-clip_sample_range, clip_sample_range].
+        set_alpha_to_one: the last step lands on alpha_bar = 1 (True) or on alpha_bar_0 (False).
+        steps_offset: added to every inference timestep (leading spacing).
+        prediction_type: what the model outputs: epsilon, sample (x_0) or v_prediction.
+        thresholding: dynamic thresholding of the predicted x_0 (Imagen), instead of clipping.
+        dynamic_thresholding_ratio: the percentile of |x_0| that thresholding clamps at.
+        clip_sample_range: the bound of `clip_sample`.
+        sample_max_value: the largest threshold dynamic thresholding may use.
+        timestep_spacing: how `set_timesteps` spaces the steps: leading, linspace or trailing.
+        rescale_betas_zero_snr: rescale the schedule so alpha_bar_T = 0 (Lin et al. 2024).
     """
 
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
@@ -118,7 +134,12 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         self._device_tables: dict[torch.device, torch.Tensor] = {}
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Pick `num_inference_steps` timesteps spaced by `timestep_spacing`; `device` also moves the table."""
+        """Pick `num_inference_steps` timesteps spaced by `timestep_spacing`.
+
+        Args:
+            num_inference_steps: how many steps to sample with.
+            device: where `self.timesteps` goes; also moves the step table there.
+        """
         cfg = self.config
         T = cfg.num_train_timesteps
         schedule = inference_timesteps(T, num_inference_steps, cfg.timestep_spacing, cfg.steps_offset)
@@ -159,7 +180,21 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """x_t -> x_t' by DDIM eq. (12). `timestep` is an int or a 0-d tensor, possibly on the device."""
+        """One reverse step x_t -> x_t' by DDIM eq. (12).
+
+        Args:
+            model_output: the UNet's output at `timestep`.
+            timestep: t, an int or a 0-d tensor, possibly on the device.
+            sample: x_t.
+            eta: the weight of the noise, in [0, 1]: 0 is deterministic DDIM, 1 has DDPM's variance.
+            use_clipped_model_output: re-derive the noise prediction from the clipped x_0 (as GLIDE does).
+            generator: the random generator of the step's noise (used when `eta` > 0).
+            variance_noise: the noise itself, instead of drawing it from `generator`.
+            return_dict: return a `DDIMSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `DDIMSchedulerOutput(prev_sample=x_t', pred_original_sample=x_0_hat)`, or that pair as a tuple.
+        """
         if self._step_table is None:
             raise ValueError(
                 "DDIMScheduler.step was called before set_timesteps: num_inference_steps is None; you need to "

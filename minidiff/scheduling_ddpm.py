@@ -109,9 +109,24 @@ def ddpm_step_table(
 class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     """Denoising diffusion probabilistic models: diffusers' `DDPMScheduler` with the same keywords.
 
-    beta_schedule: linear, scaled_linear, squaredcos_cap_v2, sigmoid, laplace (or `trained_betas`).
-    variance_type: fixed_small, fixed_small_log, fixed_large, fixed_large_log, learned, learned_range.
-    prediction_type: epsilon, sample, v_prediction. timestep_spacing: leading, linspace, trailing.
+    Args:
+        num_train_timesteps: T, the number of forward-process steps the model was trained with.
+        beta_start: beta_1 of the schedule.
+        beta_end: beta_T of the schedule.
+        beta_schedule: how beta goes from `beta_start` to `beta_end`: linear, scaled_linear,
+            squaredcos_cap_v2 (cosine, which ignores both), sigmoid or laplace.
+        trained_betas: explicit betas (length T), used instead of `beta_schedule`.
+        variance_type: sigma_t of the reverse step: fixed_small (beta_tilde_t, the default; None means it
+            too), fixed_small_log, fixed_large (beta_t), fixed_large_log, learned, learned_range.
+        clip_sample: clamp the predicted x_0 to [-clip_sample_range, clip_sample_range].
+        prediction_type: what the model outputs: epsilon, sample (x_0) or v_prediction.
+        thresholding: dynamic thresholding of the predicted x_0 (Imagen), instead of clipping.
+        dynamic_thresholding_ratio: the percentile of |x_0| that thresholding clamps at.
+        clip_sample_range: the bound of `clip_sample`.
+        sample_max_value: the largest threshold dynamic thresholding may use.
+        timestep_spacing: how `set_timesteps` spaces the steps: leading, linspace or trailing.
+        steps_offset: added to every inference timestep (leading spacing).
+        rescale_betas_zero_snr: rescale the schedule so alpha_bar_T = 0 (Lin et al. 2024).
     """
 
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
@@ -162,8 +177,13 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
     ) -> None:
-        """Pick the timesteps to visit: `num_inference_steps` spaced by `timestep_spacing`, or a custom
-        descending list. Passing `device` also moves the step table there (for device-side timesteps)."""
+        """Pick the timesteps to visit: `num_inference_steps` spaced by `timestep_spacing`, or a custom list.
+
+        Args:
+            num_inference_steps: how many steps to sample with (exclusive with `timesteps`).
+            device: where `self.timesteps` goes; also moves the step table there (for device-side timesteps).
+            timesteps: a custom strictly descending list of training timesteps to visit.
+        """
         T = self.config.num_train_timesteps
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError(
@@ -215,8 +235,16 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         return t
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
-        """The timestep after `timestep` in `self.timesteps` (-1 after the last), by table lookup:
-        no `nonzero()`, so a device tensor stays on its device. Returns an int for an int."""
+        """The timestep after `timestep` in `self.timesteps` (-1 after the last), by table lookup.
+
+        No `nonzero()`, so a device tensor stays on its device.
+
+        Args:
+            timestep: an int, or an int tensor of timesteps.
+
+        Returns:
+            An int for an int, else a tensor on the device of `timestep`.
+        """
         t = self._checked_host_timestep(timestep)
         if t is None:  # a 0-d device tensor
             return gather_row(self._tables_on(timestep.device)[1], timestep)
@@ -265,10 +293,20 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> DDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """x_t -> x_t' (DDPM eq. 6-7). `timestep` is an int or a 0-d tensor, possibly on the device.
+        """One reverse step x_t -> x_t' (DDPM eq. 6-7).
 
         Sync-free on a GPU needs a 0-d CUDA timestep and a CUDA generator (a CPU generator draws the
         noise on the host and copies it over, as diffusers does).
+
+        Args:
+            model_output: the UNet's output at `timestep` (2C channels for the learned variance types).
+            timestep: t, an int or a 0-d tensor, possibly on the device.
+            sample: x_t.
+            generator: the random generator of the step's noise z.
+            return_dict: return a `DDPMSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `DDPMSchedulerOutput(prev_sample=x_t', pred_original_sample=x_0_hat)`, or that pair as a tuple.
         """
         t = self._checked_host_timestep(timestep)
 

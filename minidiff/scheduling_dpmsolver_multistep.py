@@ -100,10 +100,37 @@ def alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     """Multistep DPM-Solver / DPM-Solver++: diffusers' `DPMSolverMultistepScheduler` with the same keywords.
 
-    algorithm_type: dpmsolver++ (default), sde-dpmsolver++, dpmsolver, sde-dpmsolver. solver_order 1-3 (2 for
-    guided sampling, 3 unconditional); solver_type midpoint / heun for the second order. lower_order_final /
-    euler_at_final: first order on the last step(s) of short schedules. final_sigmas_type: the last step lands on
-    sigma = 0 ("zero", the ++ variants only) or on sigma of t = 0 ("sigma_min").
+    Args:
+        num_train_timesteps: T, the number of forward-process steps the model was trained with.
+        beta_start: beta_1 of the schedule.
+        beta_end: beta_T of the schedule.
+        beta_schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine, which ignores the two ends).
+        trained_betas: explicit betas (length T), used instead of `beta_schedule`.
+        solver_order: 1, 2 or 3 (2 for guided sampling, 3 unconditional).
+        prediction_type: what the model outputs: epsilon, sample (x_0) or v_prediction.
+        thresholding: dynamic thresholding of the predicted x_0 (Imagen).
+        dynamic_thresholding_ratio: the percentile of |x_0| that thresholding clamps at.
+        sample_max_value: the largest threshold dynamic thresholding may use.
+        algorithm_type: dpmsolver++ (default), sde-dpmsolver++, dpmsolver or sde-dpmsolver.
+        solver_type: midpoint or heun, the form of the second-order update.
+        lower_order_final: first order on the last steps of short schedules (under 15 steps).
+        euler_at_final: first order on the very last step.
+        use_karras_sigmas: sigmas spaced as Karras et al. 2022 (EDM eq. 5).
+        use_exponential_sigmas: sigmas spaced exponentially.
+        use_beta_sigmas: sigmas spaced by a beta distribution (needs scipy).
+        use_lu_lambdas: log-SNR lambdas spaced uniformly (Lu et al.).
+        use_flow_sigmas: diffusers' flow-matching sigmas; only False is implemented.
+        flow_shift: their shift; only 1.0 is implemented.
+        final_sigmas_type: the last step lands on sigma = 0 ("zero", the ++ variants only) or on sigma of
+            t = 0 ("sigma_min").
+        lambda_min_clipped: the lower bound of lambda(t) = log(alpha_t / sigma_t) (for the cosine schedule).
+        variance_type: learned or learned_range when the model also outputs a variance (which is dropped);
+            None or a fixed_* type otherwise (only the mean is used).
+        timestep_spacing: how `set_timesteps` spaces the steps: linspace (default), leading or trailing.
+        steps_offset: added to every inference timestep (leading spacing).
+        rescale_betas_zero_snr: rescale the schedule so alpha_bar_T = 0 (Lin et al. 2024).
+        use_dynamic_shifting: shift the flow sigmas by the `mu` of `set_timesteps`; only False is implemented.
+        time_shift_type: the form of that shift; only exponential is implemented.
     """
 
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
@@ -208,7 +235,14 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         timesteps: list[int] | None = None,
     ) -> None:
         """Pick the timesteps (`num_inference_steps` by `timestep_spacing`, or a custom descending list) and their
-        sigmas, plus the final sigma; reset the history. `timesteps` go to `device`, sigmas stay on the host."""
+        sigmas, plus the final sigma; reset the history.
+
+        Args:
+            num_inference_steps: how many steps to sample with (exclusive with `timesteps`).
+            device: where `self.timesteps` goes (the sigmas stay on the host).
+            mu: the shift of the sigmas under `use_dynamic_shifting` (not implemented; leave None).
+            timesteps: a custom descending list of training timesteps.
+        """
         cfg = self.config
         T = cfg.num_train_timesteps
         if mu is not None:
@@ -275,7 +309,12 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     # ---- the model output the solver integrates ---------------------------------------------------
     def convert_model_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """x_theta (the ++ variants) or eps_theta (dpmsolver, sde-dpmsolver) at the current step, from any
-        prediction_type; dynamic thresholding applies to the x_0 estimate in both cases."""
+        prediction_type; dynamic thresholding applies to the x_0 estimate in both cases.
+
+        Args:
+            model_output: the UNet's output at the current step.
+            sample: the current sample x_s.
+        """
         if self.step_index is None:
             raise ValueError(
                 "convert_model_output needs the step index: call step (or set_begin_index) first"
@@ -328,7 +367,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def dpm_solver_first_order_update(
         self, model_output: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """DPM-Solver++(1) / DPM-Solver-1 (eq. 3.7), the DDIM step in lambda: x_s -> x_t with one model output."""
+        """DPM-Solver++(1) / DPM-Solver-1 (eq. 3.7), the DDIM step in lambda: x_s -> x_t with one model output.
+
+        Args:
+            model_output: the converted model output (`convert_model_output`) at s.
+            sample: the current sample x_s.
+            noise: the noise of the SDE variants (None for the ODE ones).
+        """
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
         alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(self.step_index)
         h = lambda_t - lambda_s
@@ -338,7 +383,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def multistep_dpm_solver_second_order_update(
         self, model_output_list: list[torch.Tensor], sample: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """DPM-Solver++(2M) (Alg. 2) and its relatives: D1 = (m0 - m1) / r0 is h times x_theta' by finite difference."""
+        """DPM-Solver++(2M) (Alg. 2) and its relatives: D1 = (m0 - m1) / r0 is h times x_theta' by finite difference.
+
+        Args:
+            model_output_list: the converted model outputs of the last steps, oldest first.
+            sample: the current sample x_s.
+            noise: the noise of the SDE variants (None for the ODE ones).
+        """
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
         alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.step_index)
         _, _, lambda_s1 = self._alpha_sigma_lambda(self.step_index - 1)
@@ -366,7 +417,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def multistep_dpm_solver_third_order_update(
         self, model_output_list: list[torch.Tensor], sample: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Third-order multistep: D1 and D2 from three model outputs (divided differences in lambda)."""
+        """Third-order multistep: D1 and D2 from three model outputs (divided differences in lambda).
+
+        Args:
+            model_output_list: the converted model outputs of the last steps, oldest first.
+            sample: the current sample x_s.
+            noise: the noise of the SDE variants (None for the ODE ones).
+        """
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
         alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.step_index)
         _, _, lambda_s1 = self._alpha_sigma_lambda(self.step_index - 1)
@@ -400,7 +457,19 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
-        """x_s -> x_t, the next timestep of the schedule, with the highest order the history allows."""
+        """x_s -> x_t, the next timestep of the schedule, with the highest order the history allows.
+
+        Args:
+            model_output: the UNet's output at `timestep`.
+            timestep: the current entry of `self.timesteps`.
+            sample: the current sample x_s.
+            generator: the random generator of the SDE variants' noise.
+            variance_noise: that noise itself, instead of drawing it from `generator`.
+            return_dict: return a `SchedulerOutput` rather than a tuple.
+
+        Returns:
+            `SchedulerOutput(prev_sample=x_t)`, or `(x_t,)`.
+        """
         if self.num_inference_steps is None:
             raise ValueError(
                 "DPMSolverMultistepScheduler.step was called before set_timesteps: num_inference_steps is None; "
@@ -464,7 +533,12 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def scale_model_input(
         self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None
     ) -> torch.Tensor:
-        """DPM-Solver feeds x_t to the model unscaled; kept for interchangeability with other samplers."""
+        """DPM-Solver feeds x_t to the model unscaled; kept for interchangeability with other samplers.
+
+        Args:
+            sample: x_t, returned as it is.
+            timestep: ignored.
+        """
         return sample
 
     def add_noise(
@@ -474,7 +548,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         schedule (diffusers' rule: the begin or current step index when a pipeline set one).
 
         Before set_timesteps the sigma table is indexed by t itself. (diffusers looks t up in its descending
-        placeholder timesteps there and so reads sigma_{T-1-t}: a bug not copied.)"""
+        placeholder timesteps there and so reads sigma_{T-1-t}: a bug not copied.)
+
+        Args:
+            original_samples: x_0, the clean images.
+            noise: eps.
+            timesteps: t, one per image.
+        """
         sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
         timesteps = torch.as_tensor(timesteps).to(original_samples.device).reshape(-1)
         if self.num_inference_steps is None:

@@ -51,9 +51,19 @@ def ancestral_sigmas(sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> tuple[
 class EulerAncestralDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     """Ancestral Euler sampler: diffusers' `EulerAncestralDiscreteScheduler` with the same keywords.
 
-    beta_schedule: linear, scaled_linear, squaredcos_cap_v2 (or `trained_betas`). prediction_type: epsilon,
-    v_prediction, sample (which diffusers refuses at step time; x_0_hat is the model output).
-    timestep_spacing: linspace (default), leading, trailing. Pass a seeded `generator` to `step`.
+    Pass a seeded `generator` to `step`.
+
+    Args:
+        num_train_timesteps: T, the number of forward-process steps the model was trained with.
+        beta_start: beta_1 of the schedule.
+        beta_end: beta_T of the schedule.
+        beta_schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine, which ignores the two ends).
+        trained_betas: explicit betas (length T), used instead of `beta_schedule`.
+        prediction_type: what the model outputs: epsilon, v_prediction, or sample (which diffusers refuses at
+            step time; x_0_hat is the model output).
+        timestep_spacing: how `set_timesteps` spaces the steps: linspace (default), leading or trailing.
+        steps_offset: added to every inference timestep (leading spacing).
+        rescale_betas_zero_snr: rescale the schedule so alpha_bar_T = 0 (Lin et al. 2024).
     """
 
     _compatibles = KARRAS_SCHEDULERS
@@ -92,7 +102,12 @@ class EulerAncestralDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         self._step_index = self._begin_index = None
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Pick `num_inference_steps` timesteps by `timestep_spacing` and their interpolated sigmas, + 0."""
+        """Pick `num_inference_steps` timesteps by `timestep_spacing` and their interpolated sigmas, + 0.
+
+        Args:
+            num_inference_steps: how many steps to sample with.
+            device: where `self.timesteps` and `self.sigmas` go.
+        """
         cfg = self.config
         timesteps = sigma_timesteps(
             cfg.num_train_timesteps, num_inference_steps, cfg.timestep_spacing, cfg.steps_offset
@@ -111,7 +126,18 @@ class EulerAncestralDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> EulerAncestralDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """x_i -> x_{i+1}: an Euler step to sigma_down, then noise of size sigma_up drawn with `generator`."""
+        """x_i -> x_{i+1}: an Euler step to sigma_down, then noise of size sigma_up drawn with `generator`.
+
+        Args:
+            model_output: the UNet's output at `timestep` (for the input `scale_model_input` gave).
+            timestep: one of `scheduler.timesteps`.
+            sample: the current sample x_i.
+            generator: the random generator of the step's noise.
+            return_dict: return an `EulerAncestralDiscreteSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `EulerAncestralDiscreteSchedulerOutput(prev_sample, pred_original_sample)`, or that pair as a tuple.
+        """
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
                              f"{tuple(sample.shape)}")  # fmt: skip

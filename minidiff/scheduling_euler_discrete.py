@@ -85,7 +85,12 @@ class SigmaSamplerMixin(StepIndexMixin):
         return self._step_index
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """The model input x_t = x / sqrt(sigma^2 + 1) (EDM's c_in) at the current step's sigma."""
+        """The model input x_t = x / sqrt(sigma^2 + 1) (EDM's c_in) at the current step's sigma.
+
+        Args:
+            sample: the current sample x (in sigma units).
+            timestep: the current entry of `self.timesteps`.
+        """
         sigma = self.sigmas[self._current_index(timestep)]
         sample = sample / ((sigma**2 + 1) ** 0.5)
         self.is_scale_input_called = True
@@ -109,7 +114,13 @@ class SigmaSamplerMixin(StepIndexMixin):
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """x = x_0 + sigma eps at the timesteps' sigmas (VE form; scale_model_input gives x_t)."""
+        """x = x_0 + sigma eps at the timesteps' sigmas (VE form; scale_model_input gives x_t).
+
+        Args:
+            original_samples: x_0, the clean images.
+            noise: eps.
+            timesteps: t, one per image, from `self.timesteps`.
+        """
         sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
         index = torch.tensor(self._step_indices(timesteps), device=original_samples.device)
         sigma = sigmas.index_select(0, index).reshape(
@@ -125,12 +136,27 @@ class SigmaSamplerMixin(StepIndexMixin):
 class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     """Euler sampler of Karras et al. 2022 (Algorithm 2): diffusers' `EulerDiscreteScheduler`, same keywords.
 
-    beta_schedule: linear, scaled_linear, squaredcos_cap_v2 (or `trained_betas`). prediction_type: epsilon,
-    sample, v_prediction. Sigma schedule: the training sigmas interpolated at the timesteps
-    (interpolation_type linear) or log-spaced (log_linear), or one of use_karras_sigmas (EDM eq. 5),
-    use_exponential_sigmas, use_beta_sigmas (needs scipy) between sigma_min and sigma_max.
-    timestep_type continuous (with v_prediction): the model gets t = log(sigma) / 4 (EDM's c_noise).
-    final_sigmas_type: the last step lands on sigma = 0 (zero) or on the smallest training sigma.
+    Args:
+        num_train_timesteps: T, the number of forward-process steps the model was trained with.
+        beta_start: beta_1 of the schedule.
+        beta_end: beta_T of the schedule.
+        beta_schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine, which ignores the two ends).
+        trained_betas: explicit betas (length T), used instead of `beta_schedule`.
+        prediction_type: what the model outputs: epsilon, sample (x_0) or v_prediction.
+        interpolation_type: the training sigmas interpolated at the timesteps (linear) or log-spaced
+            (log_linear).
+        use_karras_sigmas: sigmas spaced as Karras et al. 2022 (EDM eq. 5) between sigma_min and sigma_max.
+        use_exponential_sigmas: sigmas spaced exponentially between sigma_min and sigma_max.
+        use_beta_sigmas: sigmas spaced by a beta distribution (needs scipy).
+        sigma_min: the smallest sigma of those three spacings (default: the schedule's).
+        sigma_max: the largest sigma of those three spacings (default: the schedule's).
+        timestep_spacing: how `set_timesteps` spaces the steps: linspace (default), leading or trailing.
+        timestep_type: discrete, or continuous (with v_prediction: the model gets t = log(sigma) / 4,
+            EDM's c_noise).
+        steps_offset: added to every inference timestep (leading spacing).
+        rescale_betas_zero_snr: rescale the schedule so alpha_bar_T = 0 (Lin et al. 2024).
+        final_sigmas_type: the last step lands on sigma = 0 (zero) or on the smallest training sigma
+            (sigma_min).
     """
 
     _compatibles = KARRAS_SCHEDULERS
@@ -203,7 +229,14 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         sigmas: list[float] | None = None,
     ) -> None:
         """Pick the sigmas to visit: `num_inference_steps` timesteps by `timestep_spacing`, or custom
-        descending `timesteps`, or custom `sigmas` (ending with the final sigma, usually 0)."""
+        descending `timesteps`, or custom `sigmas`.
+
+        Args:
+            num_inference_steps: how many steps to sample with.
+            device: where `self.timesteps` and `self.sigmas` go.
+            timesteps: a custom descending list of training timesteps.
+            sigmas: a custom descending list of sigmas, ending with the final sigma (usually 0).
+        """
         cfg = self.config
         given = {"num_inference_steps": num_inference_steps, "timesteps": timesteps, "sigmas": sigmas}
         given = {k: v for k, v in given.items() if v is not None}
@@ -286,8 +319,24 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """x_i -> x_{i+1}, EDM Algorithm 2 lines 4-9 (a first-order step). `timestep` is one of
-        `scheduler.timesteps`; the step works in float32 and returns the model output's dtype."""
+        """x_i -> x_{i+1}, EDM Algorithm 2 lines 4-9 (a first-order step).
+
+        The step works in float32 and returns the model output's dtype.
+
+        Args:
+            model_output: the UNet's output at `timestep` (for the input `scale_model_input` gave).
+            timestep: one of `scheduler.timesteps`.
+            sample: the current sample x_i.
+            s_churn: EDM's S_churn: how much noise to add back per step (0: none).
+            s_tmin: EDM's S_tmin: churn only where sigma >= s_tmin.
+            s_tmax: EDM's S_tmax: churn only where sigma <= s_tmax.
+            s_noise: EDM's S_noise: the scale of the noise added back.
+            generator: the random generator of that noise.
+            return_dict: return an `EulerDiscreteSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `EulerDiscreteSchedulerOutput(prev_sample, pred_original_sample)`, or that pair as a tuple.
+        """
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
                              f"{tuple(sample.shape)}")  # fmt: skip
@@ -333,7 +382,13 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     ) -> torch.Tensor:
         """The v-prediction target v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 at each timestep's sigma,
         with alpha_bar = 1 / (1 + sigma^2). (diffusers reads alphas_cumprod at the step *index*, which is
-        another timestep's alpha_bar whenever the schedule skips steps; here each timestep gets its own.)"""
+        another timestep's alpha_bar whenever the schedule skips steps; here each timestep gets its own.)
+
+        Args:
+            sample: x_0, the clean images.
+            noise: eps.
+            timesteps: t, one per image, from `self.timesteps`.
+        """
         index = torch.tensor(
             [self.index_for_timestep(t) for t in torch.as_tensor(timesteps).reshape(-1).cpu()]
         )

@@ -56,10 +56,19 @@ def transfer(
 class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
     """Pseudo numerical methods (PRK warm-up, then PLMS): diffusers' `PNDMScheduler`, same keywords.
 
-    beta_schedule: linear, scaled_linear, squaredcos_cap_v2 (or `trained_betas`). prediction_type: epsilon,
-    v_prediction. skip_prk_steps: start PLMS with a Heun step instead of 3 PRK steps (Stable Diffusion).
-    set_alpha_to_one: the last step lands on alpha_bar = 1 (True) or alpha_bar_0 (False). The scheduler
-    keeps the multistep history between calls: call `set_timesteps` before each sampling run.
+    The scheduler keeps the multistep history between calls: call `set_timesteps` before each sampling run.
+
+    Args:
+        num_train_timesteps: T, the number of forward-process steps the model was trained with.
+        beta_start: beta_1 of the schedule.
+        beta_end: beta_T of the schedule.
+        beta_schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine, which ignores the two ends).
+        trained_betas: explicit betas (length T), used instead of `beta_schedule`.
+        skip_prk_steps: start PLMS with a Heun step instead of 3 PRK steps (as Stable Diffusion does).
+        set_alpha_to_one: the last step lands on alpha_bar = 1 (True) or on alpha_bar_0 (False).
+        prediction_type: what the model outputs: epsilon or v_prediction.
+        timestep_spacing: how `set_timesteps` spaces the steps: leading, linspace or trailing.
+        steps_offset: added to every inference timestep (leading spacing).
     """
 
     _compatibles = KARRAS_SCHEDULERS
@@ -104,7 +113,12 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Lay out the model calls: the PRK warm-up (4 per step over the 3 noisiest steps) unless
-        skip_prk_steps, then the PLMS steps. Resets the multistep history."""
+        skip_prk_steps, then the PLMS steps. Resets the multistep history.
+
+        Args:
+            num_inference_steps: how many steps to sample with.
+            device: where `self.timesteps` goes.
+        """
         cfg = self.config
         T, n = cfg.num_train_timesteps, num_inference_steps
         timesteps = inference_timesteps(T, n, cfg.timestep_spacing, cfg.steps_offset)[
@@ -144,7 +158,17 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
         sample: torch.Tensor,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
-        """One model call's worth of sampling: a PRK sub-step during the warm-up, else a PLMS step."""
+        """One model call's worth of sampling: a PRK sub-step during the warm-up, else a PLMS step.
+
+        Args:
+            model_output: the UNet's output at `timestep`.
+            timestep: the current entry of `self.timesteps`.
+            sample: the current sample x_t.
+            return_dict: return a `SchedulerOutput` rather than a tuple.
+
+        Returns:
+            `SchedulerOutput(prev_sample=...)`, or `(prev_sample,)`.
+        """
         self._check_ready()
         if self.counter >= len(self._host_schedule):
             raise ValueError(
@@ -182,7 +206,14 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
         sample: torch.Tensor,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
-        """One of the 4 sub-steps of a PRK step t -> t - d, eq. (12); every sub-step starts from x_t."""
+        """One of the 4 sub-steps of a PRK step t -> t - d, eq. (12); every sub-step starts from x_t.
+
+        Args:
+            model_output: the UNet's output at `timestep`.
+            timestep: the current entry of `self.timesteps`.
+            sample: the current sample x_t.
+            return_dict: return a `SchedulerOutput` rather than a tuple.
+        """
         self._check_ready()
         half = self.config.num_train_timesteps // self.num_inference_steps // 2
         # 1. sub-steps 1 and 3 move on by d / 2 from the timestep they are given; 2 and 4 land where 1 and 3 did
@@ -214,7 +245,14 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
         sample: torch.Tensor,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
-        """A PLMS step t -> t - d with e' from the last 4 noise estimates, eq. (13)."""
+        """A PLMS step t -> t - d with e' from the last 4 noise estimates, eq. (13).
+
+        Args:
+            model_output: the UNet's output at `timestep`.
+            timestep: the current entry of `self.timesteps`.
+            sample: the current sample x_t.
+            return_dict: return a `SchedulerOutput` rather than a tuple.
+        """
         self._check_ready()
         if not self.config.skip_prk_steps and len(self.ets) < 3:
             raise ValueError(

@@ -29,7 +29,11 @@ TERMINAL_SIGNAL_THRESHOLD = 0.05
 # ---- images ---------------------------------------------------------------------------------------
 def numpy_to_pil(images: np.ndarray) -> list[Image.Image]:
     """NHWC floats in [0, 1] -> PIL images ("L" for 1 channel, "RGB" for 3), rounding as diffusers does:
-    (x * 255).round() as uint8."""
+    (x * 255).round() as uint8.
+
+    Args:
+        images: (N, H, W, C) or one (H, W, C) image, floats in [0, 1].
+    """
     if images.ndim == 3:
         images = images[None, ...]
     images = (images * 255).round().astype(np.uint8)

@@ -149,12 +149,29 @@ def evaluate(
     progress: bool = True,
     networks: dict | None = None,
 ) -> dict[str, object]:
-    """Sample `model` and score the samples against `data` with each metric group's network.
+    """Sample `model` and score the samples against `data` with each metric group's network (`minidiff eval`).
 
-    steps: sampling steps (default: the sampler's, minidiff/samplers.py: T for ddpm, 50 for ddim, ...). cache_dir: the folder of cached
-    reference features (default: eval/reference/ inside the model folder, when it is a local folder).
-    networks: feature networks by group name in place of the default ones (e.g. a stand-in Inception).
     Every check (sampler, metrics, image shape, sample count) runs before the first sample is drawn.
+
+    Args:
+        model: a pipeline folder or hub id (saved by minidiff or diffusers), or a DDPMPipeline.
+        num_samples: how many images to sample and score.
+        sampler: a sampler name of `minidiff.samplers.SAMPLERS` (default dpmsolver++).
+        steps: sampling steps (default: the sampler's own, `minidiff.samplers.default_steps`: T for ddpm, 50
+            for ddim, 20 for dpmsolver++, ...).
+        metrics: the metric groups, "digit" and/or "inception" (a list, or a comma-separated string).
+        data: the real images: "digits" (the training split), a folder of images or a hub dataset id.
+        seed: seeds the sampling noise and KID's subsets.
+        batch_size: images sampled per UNet batch.
+        device: where sampling and feature extraction run.
+        cache_dir: the folder of cached reference features (default: eval/reference/ inside the model folder,
+            when it is a local folder; None otherwise: no caching).
+        progress: show progress bars.
+        networks: feature networks by group name in place of the default ones (e.g. a stand-in Inception).
+
+    Returns:
+        The report: the settings, the scores of each group under "metrics", the networks' ids, the reference
+        files, the seconds spent and notes on image conversions (`format_report` prints it).
     """
     names = check_metrics(metrics)
     from_files = isinstance(model, str | os.PathLike)
@@ -207,9 +224,22 @@ def digit_fid(
     steps: int | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> float:
-    """The digit FID of `num_samples` images of `pipeline` (any DDPMPipeline; `sampler` with `steps`, by
-    default the sampler's own count, on its schedule) against all of `data`, on the UNet's device; the
-    reference features are cached in `cache_dir`. The reading a training run takes every `eval_every` steps."""
+    """The digit FID of `num_samples` images of `pipeline` against all of `data`, on the UNet's device.
+
+    The reading a training run takes every `eval_every` steps.
+
+    Args:
+        pipeline: any DDPMPipeline.
+        data: the real images: "digits" (the training split), a folder of images or a hub dataset id.
+        num_samples: how many images to sample.
+        seed: seeds the sampling noise.
+        sampler: a sampler name of `minidiff.samplers.SAMPLERS`, built on the pipeline's schedule.
+        steps: sampling steps (default: the sampler's own count).
+        cache_dir: the folder of cached reference features (None: no caching).
+
+    Returns:
+        The FID.
+    """
     network = feature_network("digit")
     channels, size = image_shape(pipeline)
     device = pipeline.device
@@ -221,7 +251,14 @@ def digit_fid(
 
 
 def format_report(report: dict) -> str:
-    """The table `minidiff eval` prints."""
+    """The table `minidiff eval` prints.
+
+    Args:
+        report: what `evaluate` returned.
+
+    Returns:
+        The table as text: a heading with the settings, then one line per score and timing.
+    """
     rows = []
     for name, scores in report["metrics"].items():
         rows.append((f"{name} FID", f"{scores['fid']:.2f}"))

@@ -29,7 +29,15 @@ INCEPTION_ID = "inception-v3-compat-6726825d"  # torch-fidelity's name for the n
 
 @dataclass
 class Features:
-    """Features of N images under one network; `logits` only for a classifier (the digit network)."""
+    """Features of N images under one network; `logits` only for a classifier (the digit network).
+
+    Args:
+        values: (N, num_features) float32, on the CPU.
+        network: the network's id: its name and a digest of its weights.
+        logits: (N, num_classes) class logits (digit network only).
+        distance: (N,) out-of-distribution score, <= 1 reads as a digit (digit network only).
+        notes: the conversions applied to the images.
+    """
 
     values: torch.Tensor  # (N, num_features) float32, on the CPU
     network: str  # the network's id: its name and a digest of its weights
@@ -126,7 +134,13 @@ def _load_inception() -> torch.nn.Module:
 
 
 def feature_network(name: str, **options) -> DigitFeatures | InceptionFeatures:
-    """The feature network `name` ("digit" or "inception"); options go to its class (`weights=`, `extractor=`)."""
+    """The feature network `name` of a metric group.
+
+    Args:
+        name: "digit" (the digit network shipped with minidiff) or "inception" (Inception-v3, needs
+            `pip install 'minidiff[fid]'`).
+        **options: keywords of the network's class (`weights=`, `extractor=`).
+    """
     if name == "digit":
         return DigitFeatures(**options)
     if name == "inception":
@@ -159,7 +173,17 @@ def extract_features(
     batch_size: int = 500,
     device: str | torch.device = "cpu",
 ) -> Features:
-    """`network`'s features (and logits, distances) of `images`, `batch_size` images at a time on `device`."""
+    """`network`'s features (and logits, distances) of `images`, `batch_size` images at a time on `device`.
+
+    Args:
+        images: (N, C, H, W) uint8, or floats in [0, 1].
+        network: a network from `feature_network`.
+        batch_size: images per forward pass.
+        device: where the network runs.
+
+    Returns:
+        The `Features`, on the CPU.
+    """
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"images have shape {tuple(images.shape)}; expected (N, C, H, W) with N >= 1")
     notes = network.notes(tuple(images.shape))  # refuses what the network cannot read, before any work

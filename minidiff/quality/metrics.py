@@ -63,8 +63,14 @@ def check_fid_count(count: int, width: int, label: str) -> None:
 
 
 def fid(real: Features, fake: Features) -> float:
-    """Frechet distance between the two feature sets. Each needs more samples than features, or its
-    covariance is singular (use `kid` for small sets)."""
+    """Frechet distance between the two feature sets (torchmetrics' FID on given features).
+
+    Each set needs more samples than features, or its covariance is singular (use `kid` for small sets).
+
+    Args:
+        real: features of the real images.
+        fake: features of the samples, under the same network.
+    """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     width = _check_pair(real, fake)
@@ -82,7 +88,18 @@ def kid(
     """KID's mean and standard deviation over `subsets` random subsets of min(subset_size, N_real, N_fake)
     images each; the subsets are drawn from `seed` (torchmetrics draws from the global RNG, which is
     restored afterwards). 10 subsets, not torchmetrics' 100: each costs three 1000 x 1000 kernel matrices
-    (about 0.3 s on 2 CPU cores), and with 1,000 samples every subset holds all of them anyway."""
+    (about 0.3 s on 2 CPU cores), and with 1,000 samples every subset holds all of them anyway.
+
+    Args:
+        real: features of the real images.
+        fake: features of the samples, under the same network.
+        subsets: how many random subsets to average over.
+        subset_size: the largest subset.
+        seed: seeds the draw of the subsets.
+
+    Returns:
+        (mean, std) of KID over the subsets.
+    """
     from torchmetrics.image.kid import KernelInceptionDistance
 
     width = _check_pair(real, fake)
@@ -106,7 +123,15 @@ def digit_scores(fake: Features, confidence: float = CONFIDENCE) -> dict[str, ob
     """What the digit network says about the samples: the share of confident digits (top probability
     >= `confidence` and distance <= 1 from the training digits), the share in the digits' distribution
     whatever the classifier says, and the entropy (bits) of the predicted-class histogram: log2(10) = 3.32
-    when all ten digits appear equally often, 0 when every sample is the same digit."""
+    when all ten digits appear equally often, 0 when every sample is the same digit.
+
+    Args:
+        fake: the samples' features under the digit network (with logits and distances).
+        confidence: the top probability a confident digit reaches (default 0.9).
+
+    Returns:
+        The scores by name.
+    """
     if fake.logits is None or fake.distance is None:
         raise ValueError(f"network {fake.network!r} is not the digit classifier: no class scores")
     probabilities = fake.logits.double().softmax(dim=1)  # (N, 10)

@@ -45,11 +45,23 @@ def quality_vs_steps(
     keep_images: bool = False,
 ) -> list[dict[str, object]]:
     """Digit FID, KID and confident share of `num_samples` samples for every (sampler, steps) in `settings`
-    and every seed, with the sampling time: one dict per (setting, seed); with `keep_images`, each also
-    holds its samples as uint8 (N, C, H, W) under "images".
+    and every seed, with the sampling time.
 
-    model: a pipeline folder, hub id or DDPMPipeline. cache_dir: the folder of cached reference features
-    (default: eval/reference/ inside the model folder, when it is a local folder).
+    Args:
+        model: a pipeline folder, hub id or DDPMPipeline.
+        settings: (sampler name, steps) pairs (default: `minidiff.samplers.QUALITY_SWEEP`).
+        num_samples: images sampled per setting and seed.
+        seeds: the seeds of the sampling noise; several give a mean and spread per setting.
+        data: the real images: "digits" (the training split), a folder of images or a hub dataset id.
+        batch_size: images sampled per UNet batch.
+        device: where sampling and feature extraction run.
+        cache_dir: the folder of cached reference features (default: eval/reference/ inside the model folder,
+            when it is a local folder).
+        progress: show progress bars.
+        keep_images: also keep each setting's samples, as uint8 (N, C, H, W) under "images".
+
+    Returns:
+        One dict per (setting, seed): sampler, steps, seed, seconds and the scores.
     """
     pipeline = load_pipeline(model)
     pipeline.to(device)
@@ -97,7 +109,16 @@ def summarize(results: Sequence[dict], key: str = "fid") -> list[dict[str, objec
 
 def plot_quality_vs_steps(results: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> Path:
     """Digit FID (left axis, mean +- std over seeds) and sampling time (right axis) against the number of
-    sampling steps (log scale): one line per sampler (a single setting is a point), in the order they come."""
+    sampling steps (log scale): one line per sampler (a single setting is a point), in the order they come.
+
+    Args:
+        results: what `quality_vs_steps` returned.
+        path: the PNG file to write.
+        title: the plot's title (default: the samples per point and seeds).
+
+    Returns:
+        The path written.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -28,7 +28,16 @@ TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs. The defaults are the tutorial's; `preset(name)` gives named variants."""
+    """Every setting of a training run. The defaults are the tutorial's; `preset(name)` gives named variants.
+
+    The fields come in groups, each documented by the comment beside it in the source and in the Training
+    guide (docs/training.md): the data (`data`, `image_size`, `channels`, crop, flips, streaming), the model
+    (UNet2DModel keywords), the noise schedule (DDPMScheduler keywords: `prediction_type`,
+    `rescale_betas_zero_snr`, `timestep_spacing`), the optimisation (`epochs` or `max_steps`, `batch_size`,
+    `lr` and its schedule, AdamW, `snr_gamma`, EMA, `mixed_precision`, clipping, accumulation, `seed`,
+    `device`, `fast`) and the outputs (`out_dir`, checkpoints and `resume`, sample grids, digit FID
+    readings, logging). `minidiff train --help` lists them as flags, with diffusers' names.
+    """
 
     # data: "digits" (embedded), a folder of images or a hub dataset id; channels None = 1 for digits, else 3
     data: str = TUTORIAL_DATASET
@@ -289,7 +298,15 @@ PRESETS["diffusers"] = TrainConfig(
 
 
 def preset(name: str, **overrides) -> TrainConfig:
-    """A named TrainConfig ("tutorial", "tiny" or "diffusers") with some fields replaced."""
+    """A named TrainConfig ("tutorial", "tiny" or "diffusers") with some fields replaced.
+
+    Args:
+        name: the preset's name, a key of `PRESETS`.
+        **overrides: TrainConfig fields to replace, e.g. `out_dir="out/tiny"`, `epochs=5`.
+
+    Returns:
+        The TrainConfig.
+    """
     if name not in PRESETS:
         raise ValueError(f"preset {name!r} is not known; expected one of {list(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -76,7 +76,14 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """A run stopped by SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint and the model folder."""
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint and the model folder.
+
+    Args:
+        signum: the signal's number; `exit_code` is 128 + signum, as shells report it.
+        step: the step the run stopped at.
+        checkpoint: the checkpoint saved (None when checkpoints are off).
+        model_dir: the pipeline folder saved.
+    """
 
     def __init__(self, signum: int, step: int, checkpoint: Path | None, model_dir: Path | None):
         self.signum, self.step, self.checkpoint, self.model_dir = signum, step, checkpoint, model_dir
@@ -89,11 +96,18 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
     """Train as `config` says and write everything into `config.out_dir`: config.json, loss.csv, loss.png,
     samples.png, samples/epoch-*.png, checkpoints/step-*.pt and model/ (a pipeline folder).
 
-    `unet`: start from these weights instead of a fresh `build_unet(config)` (resume still loads the
-    checkpoint). Under torchrun (WORLD_SIZE > 1) the plain engine trains with DistributedDataParallel.
+    Under torchrun (WORLD_SIZE > 1) the plain engine trains with DistributedDataParallel.
     SIGINT / SIGTERM stop the run after the current step with a checkpoint and the model folder saved,
     then raise `TrainingInterrupted`. One run at a time writes into an output folder: a second one is
     refused (`minidiff.files.FolderInUse`) while the first holds it.
+
+    Args:
+        config: the run's settings.
+        unet: start from these weights instead of a fresh `build_unet(config)` (a resume still loads the
+            checkpoint).
+
+    Returns:
+        A `TrainResult`: the losses and the paths of everything written.
     """
     check_before_start(config)
     if config.eval_every is not None:  # the digit FID readings: refused now, not at the first reading

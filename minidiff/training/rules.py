@@ -29,9 +29,17 @@ from minidiff.training.config import PREDICTION_TYPES
 def training_target(
     noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
-    """The regression target of `noise_scheduler.config.prediction_type`:
+    """The regression target of `noise_scheduler.config.prediction_type`.
+
     epsilon -> eps (DDPM eq. 14), sample -> x_0, v_prediction -> v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
-    (Salimans & Ho 2022), the last from the scheduler's own forward-process tables."""
+    (Salimans & Ho 2022), the last from the scheduler's own forward-process tables.
+
+    Args:
+        noise_scheduler: the run's DDPMScheduler.
+        clean: x_0, the clean images (B, C, H, W).
+        noise: eps, the noise added to them.
+        timesteps: t, one per image (B,).
+    """
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
         return noise
@@ -58,7 +66,16 @@ def snr_loss_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> 
     SNR_t = abar_t / (1 - abar_t). The weight of the x_0 error is min(SNR_t, gamma); the same in the
     units of each target: / SNR_t for epsilon, / (SNR_t + 1) for v_prediction, / 1 for sample
     (diffusers' examples weight epsilon and v_prediction alike).
-    At SNR_t = 0 (a zero-terminal-SNR schedule's t = T-1) epsilon's weight is its limit, 1."""
+    At SNR_t = 0 (a zero-terminal-SNR schedule's t = T-1) epsilon's weight is its limit, 1.
+
+    Args:
+        noise_scheduler: the run's DDPMScheduler (its alpha_bar and prediction_type).
+        timesteps: t, one per image (B,).
+        gamma: the cap on the SNR (diffusers' --snr_gamma; 5 in the paper).
+
+    Returns:
+        The weights (B,), in float32.
+    """
     snr = _snr_table(noise_scheduler, timesteps.device).index_select(0, timesteps)  # (B,)
     clipped = snr.clamp(max=gamma)
     prediction_type = noise_scheduler.config.prediction_type
@@ -79,9 +96,22 @@ def loss_fn(
     timesteps: torch.Tensor,
     snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """mean || target - model(x_t, t) ||^2 with x_t = add_noise(x_0, eps, t) (eq. 4 and 14); with
-    `snr_gamma`, each image's mean squared error is weighted by `snr_loss_weights` first (diffusers'
-    examples: loss.mean(dims) * weights, then the batch mean). The mean is taken in fp32 even under autocast."""
+    """The training loss: mean || target - model(x_t, t) ||^2 with x_t = add_noise(x_0, eps, t) (eq. 4 and 14).
+
+    With `snr_gamma`, each image's mean squared error is weighted by `snr_loss_weights` first (diffusers'
+    examples: loss.mean(dims) * weights, then the batch mean). The mean is taken in fp32 even under autocast.
+
+    Args:
+        unet: the model being trained.
+        noise_scheduler: the run's DDPMScheduler.
+        clean: x_0, the clean images (B, C, H, W).
+        noise: eps, the noise added to them.
+        timesteps: t, one per image (B,).
+        snr_gamma: min-SNR-gamma weighting (None: plain MSE).
+
+    Returns:
+        The loss, a 0-d float32 tensor.
+    """
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)  # x_t
     prediction = unet(noisy, timesteps, return_dict=False)[0]
     target = training_target(noise_scheduler, clean, noise, timesteps)
@@ -192,6 +222,15 @@ class EMA:
         theta_ema <- theta_ema - (1 - d_n) (theta_ema - theta)     (non-trainable tensors are copied)
 
     `model` is a frozen copy of the trained network (what the run saves and samples from).
+
+    Args:
+        model: the network being trained; the EMA keeps a frozen copy of it.
+        decay: the largest decay d_n may reach (diffusers' --ema_max_decay).
+        min_decay: the smallest decay d_n may take.
+        update_after_step: updates before the average starts moving (d_n = 0 until then).
+        use_warmup: the warm-up form of d_n above, instead of (1 + k) / (10 + k).
+        inv_gamma: the warm-up's inverse multiplicative factor.
+        power: the warm-up's exponent.
     """
 
     def __init__(
@@ -215,7 +254,12 @@ class EMA:
 
     @classmethod
     def from_config(cls, model: nn.Module, config) -> EMA | None:
-        """The EMA a TrainConfig asks for (None when ema_decay is 0)."""
+        """The EMA a TrainConfig asks for (None when ema_decay is 0).
+
+        Args:
+            model: the network being trained.
+            config: the TrainConfig (its ema_* fields).
+        """
         if config.ema_decay == 0:
             return None
         return cls(
@@ -224,7 +268,11 @@ class EMA:
         )  # fmt: skip
 
     def get_decay(self, optimization_step: int) -> float:
-        """d_n of update n (1-based), diffusers' `EMAModel.get_decay`."""
+        """d_n of update n, diffusers' `EMAModel.get_decay`.
+
+        Args:
+            optimization_step: n, the update's 1-based count.
+        """
         step = max(0, optimization_step - self.update_after_step - 1)
         if step <= 0:
             return 0.0
@@ -242,7 +290,11 @@ class EMA:
     @torch.no_grad()
     def apply(self, model: nn.Module, one_minus_decay: float | torch.Tensor) -> None:
         """theta_ema -= (1 - d) (theta_ema - theta) for the trainable tensors; copy the others.
-        `one_minus_decay` may be a 0-d device tensor, so that a CUDA graph can capture the update."""
+
+        Args:
+            model: the network being trained.
+            one_minus_decay: 1 - d; may be a 0-d device tensor, so that a CUDA graph can capture the update.
+        """
         trainable = [p.detach() for p in model.parameters() if p.requires_grad]
         others = [p.detach() for p in model.parameters() if not p.requires_grad] + list(model.buffers())
         diffs = torch._foreach_sub(self._params, trainable)
@@ -252,13 +304,23 @@ class EMA:
             ema_tensor.copy_(tensor)
 
     def update(self, model: nn.Module) -> None:
-        """One EMA update after an optimizer step (diffusers' `EMAModel.step`)."""
+        """One EMA update after an optimizer step (diffusers' `EMAModel.step`).
+
+        Args:
+            model: the network being trained.
+        """
         self.apply(model, self.next_one_minus_decay())
 
     def state_dict(self) -> dict:
+        """The averaged weights and the update count, for a checkpoint."""
         return {"model": self.model.state_dict(), "optimization_step": self.optimization_step}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned.
+
+        Args:
+            state: a dict from `state_dict`.
+        """
         self.model.load_state_dict(state["model"])
         self.optimization_step = int(state["optimization_step"])
 

@@ -21,8 +21,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What a run produced: the per-step losses and where every file went (samples_png: None when no
-    grid was drawn). `steps` is where the run stands; this start took steps - first_step of them."""
+    """What a run produced: the per-step losses and where every file went.
+
+    Args:
+        losses: the loss of every step this start took.
+        steps: the optimizer steps the run stands at; this start took steps - first_step of them.
+        epochs_completed: the epochs finished.
+        seconds: wall-clock seconds of this start.
+        out_dir: the run's output folder.
+        model_dir: the saved pipeline folder.
+        loss_csv: the loss log.
+        loss_png: the loss curve.
+        samples_png: the final sample grid (None when no grid was drawn).
+        sample_grids: the grids drawn during training.
+        checkpoints: the checkpoints kept.
+        train_seconds: the steps alone (no data loading, no final outputs).
+        evals: step -> digit FID (`eval_every`).
+        first_step: the step this start began at (0, or the checkpoint a resume loaded).
+    """
 
     losses: list[float]
     steps: int
@@ -43,7 +59,12 @@ class TrainResult:
 # ---- what a run starts from ---------------------------------------------------------------------------
 def build_unet(config: TrainConfig, channels: int):
     """The UNet2DModel of `config`, its initial weights drawn after torch.manual_seed(config.seed)
-    (inside fork_rng: the caller's global RNG is left as it was)."""
+    (inside fork_rng: the caller's global RNG is left as it was).
+
+    Args:
+        config: the run's settings (model keywords, image size, seed).
+        channels: the images' channels (1 for the digits, 3 for RGB): the UNet's in and out channels.
+    """
     from minidiff.unet_2d import UNet2DModel
 
     with torch.random.fork_rng(devices=[]):
@@ -62,7 +83,11 @@ def build_unet(config: TrainConfig, channels: int):
 
 def build_noise_scheduler(config: TrainConfig):
     """The DDPMScheduler of the run; saved with the model, so every sampler built from its config (minidiff's
-    or diffusers') uses its prediction_type, its zero-terminal-SNR betas and its timestep_spacing."""
+    or diffusers') uses its prediction_type, its zero-terminal-SNR betas and its timestep_spacing.
+
+    Args:
+        config: the run's settings (its noise-schedule fields).
+    """
     from minidiff.scheduling_ddpm import DDPMScheduler
 
     return DDPMScheduler(

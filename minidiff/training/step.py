@@ -31,7 +31,19 @@ AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}  #
 
 @dataclass
 class TrainState:
-    """The objects an optimizer step updates."""
+    """The objects an optimizer step updates.
+
+    Args:
+        unet: the model (a DistributedDataParallel wrapper when several processes train).
+        noise_scheduler: the run's DDPMScheduler.
+        optimizer: AdamW.
+        lr_scheduler: its learning-rate schedule.
+        grad_scaler: the GradScaler of fp16 training (None otherwise).
+        ema: the EMA of the weights (None when off).
+        autocast_dtype: the autocast dtype of mixed precision (None: full precision).
+        grad_clip: the max global gradient norm (None: no clipping).
+        snr_gamma: min-SNR-gamma loss weights (None: plain MSE).
+    """
 
     unet: torch.nn.Module  # a DistributedDataParallel wrapper when several processes train
     noise_scheduler: object
@@ -47,7 +59,14 @@ class TrainState:
 def make_train_state(
     config: TrainConfig, unet: torch.nn.Module, noise_scheduler, total_steps: int
 ) -> TrainState:
-    """AdamW, its lr schedule over `total_steps`, a GradScaler (fp16 only) and the EMA around `unet`."""
+    """AdamW, its lr schedule over `total_steps`, a GradScaler (fp16 only) and the EMA around `unet`.
+
+    Args:
+        config: the run's settings (optimizer, lr schedule, precision, EMA, clipping, snr_gamma).
+        unet: the model to train, already on its device.
+        noise_scheduler: the run's DDPMScheduler (the forward process and the target).
+        total_steps: the optimizer steps of the whole run (the length of the lr schedule).
+    """
     device = next(unet.parameters()).device
     optimizer = make_optimizer(unet.parameters(), config)
     return TrainState(
@@ -68,11 +87,18 @@ def train_step(
     micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     loss_weights: list[float] | None = None,
 ) -> torch.Tensor:
-    """One optimizer step over (x_0, eps, t) micro-batches; returns the mean loss as a 0-d tensor (no
-    host sync). The micro-batches' gradients are averaged (accumulation).
+    """One optimizer step over (x_0, eps, t) micro-batches; the micro-batches' gradients are averaged
+    (accumulation).
 
-    loss_weights: one factor per micro-batch, applied to its loss (and to the returned mean); several
-    processes weight their share of a batch by its size (`minidiff.training.distributed.shard`)."""
+    Args:
+        state: the objects the step updates (from `make_train_state`).
+        micro_batches: (x_0, eps, t) triples: clean images, their noise, their timesteps.
+        loss_weights: one factor per micro-batch, applied to its loss (and to the returned mean); several
+            processes weight their share of a batch by its size (`minidiff.training.distributed.shard`).
+
+    Returns:
+        The mean loss as a 0-d tensor on the device (no host sync).
+    """
     unet, optimizer, scaler = state.unet, state.optimizer, state.grad_scaler
     unet.train()
     device_type = next(unet.parameters()).device.type
@@ -101,7 +127,16 @@ def train_step(
 
 
 class PlainEngine:
-    """Batches from host memory or a streaming loader, one eager `train_step` per call."""
+    """Batches from host memory or a streaming loader, one eager `train_step` per call.
+
+    Args:
+        unet: the model to train, on its device.
+        noise_scheduler: the run's DDPMScheduler.
+        data: the run's images, resident or streamed.
+        config: the run's settings.
+        total_steps: the optimizer steps of the whole run.
+        noise_generator: the generator of the noise eps and the timesteps t of every batch.
+    """
 
     def __init__(
         self,
@@ -133,12 +168,25 @@ class PlainEngine:
         self.state.unet = distributed.wrap(self.state.unet, self.device)
 
     def start_epoch(self, order: torch.Tensor, flips: torch.Tensor | None, first_batch: int = 0) -> None:
-        """The epoch's image order (N,) and flips (N,) from `rules.epoch_order`; batches from `first_batch`."""
+        """Set the epoch's image order and flips; batches are drawn from `first_batch` on.
+
+        Args:
+            order: the epoch's image order (N,), from `rules.epoch_order`.
+            flips: which images to flip (N,), or None without flips.
+            first_batch: the first micro-batch to draw (after a resume mid-epoch).
+        """
         self.data.start_epoch(order, flips, self.config.batch_size, first_batch)
 
     def step(self, first_batch: int, count: int = 1) -> torch.Tensor:
-        """One optimizer step on micro-batches first_batch .. first_batch + count - 1 of the epoch;
-        returns the loss of the whole (global) batch as a 0-d tensor."""
+        """One optimizer step on micro-batches first_batch .. first_batch + count - 1 of the epoch.
+
+        Args:
+            first_batch: the index of the step's first micro-batch in the epoch.
+            count: how many micro-batches the step accumulates.
+
+        Returns:
+            The loss of the whole (global) batch as a 0-d tensor.
+        """
         micro_batches, weights = [], []
         for b in range(first_batch, first_batch + count):
             batch = noisy_batch(
