@@ -20,8 +20,8 @@ from minidiff.fast import (
     ddpm_update,
     prepare_unet_for_sampling,
 )
-from minidiff.scheduling_ddpm import DDPMScheduler
-from minidiff.unet_2d import UNet2DModel
+from minidiff.models.unet_2d import UNet2DModel
+from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 
 # The tutorial's UNet (= minidiff.training.config's "tutorial" preset, 18.5 M parameters, 32x32 RGB).
 TUTORIAL_UNET = dict(

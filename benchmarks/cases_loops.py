@@ -26,7 +26,7 @@ from benchmarks.harness import (
 )
 from benchmarks.quality import digit_kid, digit_reference
 from minidiff.fast import FastDDPMSampler, FastTrainer
-from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 from minidiff.training.config import TrainConfig
 from minidiff.training.rules import epoch_order, loss_fn
 

@@ -136,7 +136,7 @@ class MinidiffRecipe:
         self.steps += 1
 
     def pipeline(self):
-        from minidiff.pipeline_ddpm import DDPMPipeline
+        from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
 
         return DDPMPipeline(self.engine.sampling_model, self.scheduler)
 

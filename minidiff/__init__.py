@@ -5,22 +5,14 @@ Swap `from diffusers import X` for `from minidiff import X` and get the same num
 The public names below are imported on first use (PEP 562), so `minidiff --help` answers without
 loading torch.
 
-The diffusion core, in diffusers' file names:
+The diffusion core, laid out as diffusers' source tree (each package's docstring maps its files):
 
-    schedules.py            beta schedules, zero-SNR rescaling, the forward process (add_noise, get_velocity)
-    scheduling_utils.py     what the DDPM and DDIM steps share: x0 / eps from the model output, clipping
-                            and thresholding, randn_tensor, timestep spacings
-    scheduling_ddpm.py      DDPMScheduler
-    scheduling_ddim.py      DDIMScheduler
-    layers.py               time embeddings, ResnetBlock2D, Attention (SDPA), down / upsampling
-    unet_2d_blocks.py       the down, middle and up blocks, built in diffusers' order
-    unet_2d.py              UNet2DModel
-    pipeline_utils.py       DiffusionPipeline: components, device moves, progress bar, pipeline folders
-    pipeline_ddpm.py        DDPMPipeline and the plain sampling loop (denoise)
-    pipeline_ddim.py        DDIMPipeline
+    schedulers/             the beta schedules, add_noise and the six samplers' step (DDPM, DDIM, PNDM,
+                            DPM-Solver, Euler, Euler ancestral), the sampler table
+    models/                 UNet2DModel, its blocks and layers, ModelMixin (safetensors in diffusers' layout)
+    pipelines/              DiffusionPipeline, DDPMPipeline and the plain sampling loop, DDIMPipeline
     configuration.py        ConfigMixin, SchedulerMixin, FrozenConfig, @register_to_config: diffusers' JSON
                             configs, type checks naming the key
-    modeling_utils.py       ModelMixin: safetensors in diffusers' layout, gradient checkpointing, num_parameters
     outputs.py              return objects (diffusers' BaseOutput): .prev_sample, .sample, .images
     files.py                atomic writes, the all-or-nothing folder swap, hub look-ups and offline checks
 
@@ -50,17 +42,17 @@ _EXPORTS = {
     "ConfigMixin": "minidiff.configuration",
     "FrozenConfig": "minidiff.configuration",
     "SchedulerMixin": "minidiff.configuration",
-    "DDPMScheduler": "minidiff.scheduling_ddpm",
-    "DDIMScheduler": "minidiff.scheduling_ddim",
-    "DPMSolverMultistepScheduler": "minidiff.scheduling_dpmsolver_multistep",
-    "PNDMScheduler": "minidiff.scheduling_pndm",
-    "EulerDiscreteScheduler": "minidiff.scheduling_euler_discrete",
-    "EulerAncestralDiscreteScheduler": "minidiff.scheduling_euler_ancestral_discrete",
-    "ModelMixin": "minidiff.modeling_utils",
-    "UNet2DModel": "minidiff.unet_2d",
-    "DiffusionPipeline": "minidiff.pipeline_utils",
-    "DDPMPipeline": "minidiff.pipeline_ddpm",
-    "DDIMPipeline": "minidiff.pipeline_ddim",
+    "DDPMScheduler": "minidiff.schedulers.scheduling_ddpm",
+    "DDIMScheduler": "minidiff.schedulers.scheduling_ddim",
+    "DPMSolverMultistepScheduler": "minidiff.schedulers.scheduling_dpmsolver_multistep",
+    "PNDMScheduler": "minidiff.schedulers.scheduling_pndm",
+    "EulerDiscreteScheduler": "minidiff.schedulers.scheduling_euler_discrete",
+    "EulerAncestralDiscreteScheduler": "minidiff.schedulers.scheduling_euler_ancestral_discrete",
+    "ModelMixin": "minidiff.models.modeling_utils",
+    "UNet2DModel": "minidiff.models.unet_2d",
+    "DiffusionPipeline": "minidiff.pipelines.pipeline_utils",
+    "DDPMPipeline": "minidiff.pipelines.pipeline_ddpm",
+    "DDIMPipeline": "minidiff.pipelines.pipeline_ddim",
     "make_image_grid": "minidiff.viz",
     "FastDDPMSampler": "minidiff.fast",
     "FastTrainer": "minidiff.fast",
@@ -111,16 +103,16 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
     from minidiff.fast import FastDDPMSampler, FastTrainer
-    from minidiff.modeling_utils import ModelMixin
-    from minidiff.pipeline_ddim import DDIMPipeline
-    from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.pipeline_utils import DiffusionPipeline
-    from minidiff.scheduling_ddim import DDIMScheduler
-    from minidiff.scheduling_ddpm import DDPMScheduler
-    from minidiff.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
-    from minidiff.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
-    from minidiff.scheduling_euler_discrete import EulerDiscreteScheduler
-    from minidiff.scheduling_pndm import PNDMScheduler
+    from minidiff.models.modeling_utils import ModelMixin
+    from minidiff.models.unet_2d import UNet2DModel
+    from minidiff.pipelines.pipeline_ddim import DDIMPipeline
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
+    from minidiff.pipelines.pipeline_utils import DiffusionPipeline
+    from minidiff.schedulers.scheduling_ddim import DDIMScheduler
+    from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
+    from minidiff.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+    from minidiff.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+    from minidiff.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+    from minidiff.schedulers.scheduling_pndm import PNDMScheduler
     from minidiff.training import TrainConfig, TrainResult, preset, train
-    from minidiff.unet_2d import UNet2DModel
     from minidiff.viz import make_image_grid

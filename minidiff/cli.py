@@ -2,7 +2,7 @@
 
     minidiff demo                                   # train the tiny preset on the embedded digits -> out/demo/
     minidiff train --preset tutorial --data DIR     # the butterfly tutorial (a GPU job)
-    minidiff sample --model DIR --num 16 --sampler ddim --steps 50   # samplers: minidiff/samplers.py
+    minidiff sample --model DIR --num 16 --sampler ddim --steps 50   # samplers: minidiff/schedulers/samplers.py
     minidiff noise --schedule linear --beta-start 0.001 --beta-end 0.004
     minidiff parity --model DIR                     # per-layer comparison with diffusers
     minidiff eval --model DIR --sampler ddim --steps 50   # digit FID / KID of 500 samples -> eval.json
@@ -269,7 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from minidiff.quality.digit_net import NUM_FEATURES
     from minidiff.quality.metrics import check_fid_count
     from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
-    from minidiff.samplers import parse_settings
+    from minidiff.schedulers.samplers import parse_settings
     from minidiff.training import build_noise_scheduler
     from minidiff.training.config import DEMO_SAMPLES
     from minidiff.viz import enlarged, save_grid, to_pil_images
@@ -328,7 +328,7 @@ def _local_pipeline_checked(model: str) -> None:
 
 def _say_cost(unet, what: str, batch: int, steps: int, batches: int = 1, cheaper: bool = True) -> None:
     """Print the expected time of sampling before it starts, when it is more than a few seconds, and of
-    the samplers of minidiff/samplers.py that take fewer steps by default (`cheaper`)."""
+    the samplers of minidiff/schedulers/samplers.py that take fewer steps by default (`cheaper`)."""
     from minidiff.cost import FEW_SECONDS, cheaper_samplers, cost_line, sampling_seconds, step_seconds
 
     step = step_seconds(unet, batch)
@@ -342,8 +342,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _local_pipeline_checked(args.model)
     import torch
 
-    from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.samplers import default_steps, scheduler_for
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
+    from minidiff.schedulers.samplers import default_steps, scheduler_for
     from minidiff.training.preflight import pick_device
     from minidiff.viz import enlarged, save_grid
 
@@ -381,7 +381,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_noise(args: argparse.Namespace) -> int:
     from minidiff.data import load_dataset
-    from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 
     scheduler = DDPMScheduler(
         num_train_timesteps=args.num_train_timesteps,
@@ -428,7 +428,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _local_pipeline_checked(args.model)
     from minidiff.files import atomic_write_text
     from minidiff.quality.evaluate import evaluate, format_report, load_pipeline
-    from minidiff.samplers import default_steps
+    from minidiff.schedulers.samplers import default_steps
     from minidiff.training.preflight import pick_device
 
     pipeline = load_pipeline(args.model).to(pick_device(args.device))
@@ -462,8 +462,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_sampler_flags(parser: argparse.ArgumentParser, default: str = "ddpm") -> None:
-    """--sampler (the names of minidiff/samplers.py) and --steps (default: the sampler's own count)."""
-    from minidiff.samplers import SAMPLER_NAMES, steps_help
+    """--sampler (the names of minidiff/schedulers/samplers.py) and --steps (default: the sampler's own count)."""
+    from minidiff.schedulers.samplers import SAMPLER_NAMES, steps_help
     from minidiff.training.flags import positive_int
 
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default=default, help="default: %(default)s")
@@ -501,7 +501,7 @@ def _add_eval_parser(commands, common: argparse.ArgumentParser) -> None:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `minidiff` parser; `argv` only decides which preset's defaults `train --help` shows."""
     from minidiff import __version__
-    from minidiff.samplers import SAMPLER_NAMES
+    from minidiff.schedulers.samplers import SAMPLER_NAMES
     from minidiff.training.config import DEMO_SAMPLES
     from minidiff.training.flags import add_train_flags, positive_int
 

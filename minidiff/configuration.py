@@ -185,9 +185,9 @@ class ConfigMixin:
 
     @classmethod
     def _get_compatibles(cls) -> list[type]:
-        """This class and the minidiff schedulers named in `_compatibles` (found in minidiff/samplers.py's
+        """This class and the minidiff schedulers named in `_compatibles` (found in minidiff/schedulers/samplers.py's
         table, not in the whole package)."""
-        from minidiff.samplers import scheduler_class_named
+        from minidiff.schedulers.samplers import scheduler_class_named
 
         names = [name for name in dict.fromkeys([cls.__name__, *cls._compatibles]) if name != cls.__name__]
         return [cls, *filter(None, map(scheduler_class_named, names))]
@@ -196,7 +196,7 @@ class ConfigMixin:
     def _keys_set_aside(cls, writer_name: Any) -> set[str]:
         """Keys that are no keyword here but belong to a compatible class or to the class that wrote the
         config (its `_class_name`, when minidiff has that scheduler): these are kept without a warning."""
-        from minidiff.samplers import scheduler_class_named
+        from minidiff.schedulers.samplers import scheduler_class_named
 
         classes = cls._get_compatibles() if cls.has_compatibles else []
         writer = scheduler_class_named(writer_name) if isinstance(writer_name, str) else None

@@ -72,9 +72,9 @@ def say_seconds(seconds: float) -> str:
 
 
 def cheaper_samplers(steps: int) -> list[tuple[str, int]]:
-    """(sampler, default steps) of minidiff/samplers.py's table with fewer steps than `steps`: the first
+    """(sampler, default steps) of minidiff/schedulers/samplers.py's table with fewer steps than `steps`: the first
     sampler of each step count ([("ddim", 50), ("dpmsolver++", 20)] below DDPM's 1,000)."""
-    from minidiff.samplers import SAMPLERS
+    from minidiff.schedulers.samplers import SAMPLERS
 
     found: dict[int, str] = {}
     for name, sampler in SAMPLERS.items():

@@ -249,7 +249,7 @@ def to_diffusers_unet(unet: nn.Module):
 
 def to_minidiff_unet(unet: nn.Module):
     """A minidiff UNet2DModel with a diffusers `unet`'s config and a copy of its weights."""
-    from minidiff.unet_2d import UNet2DModel
+    from minidiff.models.unet_2d import UNet2DModel
 
     model = UNet2DModel.from_config(_public_config(unet))
     model.load_state_dict(unet.state_dict(), strict=True)
@@ -262,7 +262,7 @@ def load_both_unets(path: str | os.PathLike):
     Args:
         path: the folder.
     """
-    from minidiff.unet_2d import UNet2DModel
+    from minidiff.models.unet_2d import UNet2DModel
 
     diffusers = _import_diffusers()
     subfolder = "unet" if os.path.isfile(os.path.join(path, "unet", "config.json")) else None

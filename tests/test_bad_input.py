@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from tiny import TINY_UNET
 
-import minidiff.modeling_utils as modeling_utils
+import minidiff.models.modeling_utils as modeling_utils
 from minidiff import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel, cli
 from minidiff.data import load_dataset, load_dataset_uint8, tutorial_transform
-from minidiff.scheduling_ddpm import VARIANCE_TYPES
-from minidiff.scheduling_utils import PREDICTION_TYPES, TIMESTEP_SPACINGS
+from minidiff.schedulers.scheduling_ddpm import VARIANCE_TYPES
+from minidiff.schedulers.scheduling_utils import PREDICTION_TYPES, TIMESTEP_SPACINGS
 from minidiff.training import train
 from minidiff.training.config import TrainConfig, preset
 from minidiff.training.preflight import pick_device

@@ -301,8 +301,8 @@ def test_unet_config_defaults_are_unet2dmodels():
     UNet2DModel's, in minidiff and in diffusers."""
     import inspect
 
+    from minidiff.models.unet_2d import UNet2DModel
     from minidiff.training.flags import UNET_DEFAULTS
-    from minidiff.unet_2d import UNet2DModel
 
     ours = inspect.signature(UNet2DModel.__init__).parameters
     assert {k: ours[k].default for k in UNET_DEFAULTS} == UNET_DEFAULTS

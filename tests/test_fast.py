@@ -22,9 +22,9 @@ from minidiff.fast import (
     fuse_qkv_projections,
     sample,
 )
-from minidiff.layers import Attention
-from minidiff.scheduling_ddpm import DDPMScheduler
-from minidiff.unet_2d import UNet2DModel
+from minidiff.models.layers import Attention
+from minidiff.models.unet_2d import UNet2DModel
+from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 
 TINY = dict(
     sample_size=8,

@@ -232,8 +232,8 @@ def test_layout_check_resolves_facades_and_lazy_imports(tmp_path):
 
 def test_sampler_tables_name_core_modules():
     # the class tables import by name (importlib): their modules must be core modules too
-    from minidiff.pipeline_utils import PIPELINE_CLASSES
-    from minidiff.samplers import SAMPLERS
+    from minidiff.pipelines.pipeline_utils import PIPELINE_CLASSES
+    from minidiff.schedulers.samplers import SAMPLERS
 
     for module in [s.module for s in SAMPLERS.values()] + list(PIPELINE_CLASSES.values()):
         assert module.startswith("minidiff.") and _layer(module) == 0, module
@@ -241,7 +241,7 @@ def test_sampler_tables_name_core_modules():
 
 def test_training_package_names_resolve_and_train_help_stays_light():
     import minidiff.training
-    from minidiff.scheduling_utils import PREDICTION_TYPES
+    from minidiff.schedulers.scheduling_utils import PREDICTION_TYPES
     from minidiff.training.config import PREDICTION_TYPES as TRAINING_PREDICTION_TYPES
 
     assert set(minidiff.training.__all__) == set(minidiff.training._EXPORTS)

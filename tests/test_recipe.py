@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from tiny import TINY_TRAIN, TINY_UNET
 
 from minidiff.cli import main
-from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.models.unet_2d import UNet2DModel
+from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 from minidiff.training import train
 from minidiff.training.config import TrainConfig, preset
 from minidiff.training.rules import loss_fn, snr_loss_weights
-from minidiff.unet_2d import UNet2DModel
 
 GAMMA = 5.0
 
@@ -105,7 +105,7 @@ def test_diffusers_samples_a_saved_recipe_model_as_minidiff_does(tmp_path, sampl
     """A model trained with v_prediction, zero terminal SNR and trailing timesteps: diffusers' pipeline
     built from the saved folder (its scheduler from the saved config) draws the same images, bit for bit."""
     diffusers = pytest.importorskip("diffusers")
-    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
     from minidiff.quality.evaluate import with_sampler
 
     config = preset(

@@ -15,7 +15,7 @@ from tiny import TINY_ATTENTION_NET
 
 from minidiff.data import load_dataset
 from minidiff.parity import to_diffusers_unet
-from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 from minidiff.training import build_unet, loss_fn, make_train_state, train_step
 from minidiff.training.config import TrainConfig
 from reference import tutorial

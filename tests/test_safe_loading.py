@@ -18,7 +18,7 @@ import torch
 from tiny import TINY_TRAIN, TINY_UNET
 
 from minidiff import DDPMPipeline, DDPMScheduler, UNet2DModel
-from minidiff.modeling_utils import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, load_weights
+from minidiff.models.modeling_utils import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, load_weights
 from minidiff.training import train
 from minidiff.training.checkpoint import load_checkpoint
 from minidiff.training.config import preset

@@ -1,4 +1,4 @@
-"""The sampler table (minidiff/samplers.py) and the one sampling loop every scheduler runs in (pipeline_ddpm.py)."""
+"""The sampler table (minidiff/schedulers/samplers.py) and the one sampling loop every scheduler runs in (pipeline_ddpm.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tiny import TINY_UNET
 
 from minidiff import DDPMPipeline, DDPMScheduler, UNet2DModel
-from minidiff.samplers import (
+from minidiff.schedulers.samplers import (
     QUALITY_SWEEP,
     SAMPLERS,
     SCHEDULE_KEYS,
@@ -63,7 +63,7 @@ def test_table_names_classes_and_default_steps():
 def test_table_and_the_command_line_choices_load_no_torch():
     code = (
         "import sys\n"
-        "import minidiff.samplers, minidiff.training.config\n"
+        "import minidiff.schedulers.samplers, minidiff.training.config\n"
         "from minidiff.cli import build_parser\n"
         "parser = build_parser(['sample'])\n"
         "args = parser.parse_args(['sample', '--model', 'm', '--sampler', 'euler_a'])\n"

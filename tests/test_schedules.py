@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minidiff
-from minidiff import schedules, scheduling_utils
+from minidiff.schedulers import schedules, scheduling_utils
 
 DDPM_SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"]
 DDIM_SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2"]

@@ -133,7 +133,7 @@ class ForbidHostReads(TorchDispatchMode):
 
 def test_device_timestep_path_reads_nothing_back(monkeypatch):
     # the accelerator code path (table gathered with a 0-d tensor index) run on CPU tensors
-    monkeypatch.setattr(minidiff.schedules, "is_host_tensor", lambda tensor: False)
+    monkeypatch.setattr(minidiff.schedulers.schedules, "is_host_tensor", lambda tensor: False)
     ours, theirs = (
         minidiff.DDIMScheduler(set_alpha_to_one=False),
         diffusers.DDIMScheduler(set_alpha_to_one=False),

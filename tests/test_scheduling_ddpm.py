@@ -220,7 +220,7 @@ class ForbidHostReads(TorchDispatchMode):
 def test_device_timestep_path_reads_nothing_back(monkeypatch, config):
     # Run the accelerator code path (0-d timestep tensor gathered on its device, noise zeroed at t = 0
     # instead of branching) on CPU tensors, under a dispatch mode that fails on any value read-back.
-    monkeypatch.setattr(minidiff.schedules, "is_host_tensor", lambda tensor: False)
+    monkeypatch.setattr(minidiff.schedulers.schedules, "is_host_tensor", lambda tensor: False)
     ours, theirs = minidiff.DDPMScheduler(**config), diffusers.DDPMScheduler(**config)
     ours.set_timesteps(20)
     theirs.set_timesteps(20)

@@ -2,7 +2,7 @@
 
 The same config builds both schedulers; a fixed smooth function of (x, t) stands in for the UNet. The trajectories
 are compared with torch.equal: every coefficient comes from the same float32 operations, and every update sums
-the same products in the same order (see the module docstring of minidiff/scheduling_dpmsolver_multistep.py).
+the same products in the same order (see the module docstring of minidiff/schedulers/scheduling_dpmsolver_multistep.py).
 """
 
 from __future__ import annotations

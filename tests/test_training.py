@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import TINY_ATTENTION_NET as TINY_NET
 
-from minidiff.scheduling_ddpm import DDPMScheduler
+from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 from minidiff.training import EMA, build_unet, make_train_state, preset, train, train_step
 from minidiff.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from minidiff.training.config import TrainConfig

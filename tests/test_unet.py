@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 diffusers = pytest.importorskip("diffusers")
 
 from minidiff import UNet2DModel  # noqa: E402
-from minidiff.modeling_utils import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME  # noqa: E402
+from minidiff.models.modeling_utils import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME  # noqa: E402
 
 PLAIN2 = dict(down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
 ATTN2 = dict(

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from minidiff.schedules import check_choice
-from minidiff.scheduling_ddpm import DDPMStepCoefficients, ddpm_step_table
-from minidiff.scheduling_utils import PREDICTION_TYPES, threshold_sample
+from minidiff.schedulers.schedules import check_choice
+from minidiff.schedulers.scheduling_ddpm import DDPMStepCoefficients, ddpm_step_table
+from minidiff.schedulers.scheduling_utils import PREDICTION_TYPES, threshold_sample
 
 SUPPORTED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minidiff.layers import Attention
+from minidiff.models.layers import Attention
 
 
 class FusedQKVAttention(nn.Module):

@@ -8,7 +8,7 @@ Rows, all against the same reference (the 4,000 training-split digits at the mod
   would score with this many samples;
 - the same digits blurred (Gaussian, sigma = 1 px at the model's size), and pure Gaussian noise (x_T as
   the pipeline would output it, (x / 2 + 0.5).clamp(0, 1)): two kinds of failure;
-- the model with each sampler setting of --settings (with --model; by default minidiff/samplers.py's
+- the model with each sampler setting of --settings (with --model; by default minidiff/schedulers/samplers.py's
   QUALITY_SWEEP: DDPM's 1,000 steps, DDIM at 10 / 20 / 50 / 100 / 250 steps, DPM-Solver++ at 10 / 20).
 Noise and model rows show the mean and standard deviation over seeds (drawn afresh for every seed). The
 held-out and blurred sets are fixed: their figure is the set's own, their spread the standard deviation
@@ -30,7 +30,7 @@ from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, score
 from minidiff.quality.features import Features, extract_features, feature_network
 from minidiff.quality.metrics import CONFIDENT_RULE
 from minidiff.quality.reference import reference_features
-from minidiff.samplers import QUALITY_SWEEP, parse_settings
+from minidiff.schedulers.samplers import QUALITY_SWEEP, parse_settings
 
 KEYS = ("fid", "kid", "confident_share", "in_distribution_share", "class_entropy_bits")
 BOOTSTRAP_RESAMPLES = 10

@@ -3,7 +3,7 @@
     report = evaluate("out/demo/model", num_samples=500, sampler="ddim", steps=50)
     print(format_report(report))          # the table `minidiff eval` prints; `report` is eval.json's content
 
-Samples come from `DDPMPipeline` (the step of any sampler of minidiff/samplers.py on the pipeline's own
+Samples come from `DDPMPipeline` (the step of any sampler of minidiff/schedulers/samplers.py on the pipeline's own
 schedule), batch after batch from one CPU generator seeded by `seed`: the same (seed, batch_size) give the
 same samples on any device. `digit_fid` is the one-number reading a training run takes (eval_every).
 """
@@ -19,7 +19,7 @@ import torch
 from minidiff.quality.features import Features, as_uint8, extract_features, feature_network
 from minidiff.quality.metrics import CONFIDENT_RULE, check_fid_count, digit_scores, fid, kid
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
-from minidiff.samplers import default_steps, scheduler_for
+from minidiff.schedulers.samplers import default_steps, scheduler_for
 
 # Samples per evaluation: FID varies by about 4% between seeds there (README). FID depends on the count:
 # compare figures of equal counts.
@@ -34,15 +34,15 @@ METRIC_GROUPS = ("digit", "inception")  # one per feature network
 
 def load_pipeline(model):
     """A DDPMPipeline from a folder or hub id (saved by minidiff or diffusers), or the pipeline itself."""
-    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
 
     return model if isinstance(model, DDPMPipeline) else DDPMPipeline.from_pretrained(model)
 
 
 def with_sampler(pipeline, sampler: str):
-    """A pipeline on the same UNet whose scheduler is a fresh `sampler` (a name of minidiff/samplers.py)
+    """A pipeline on the same UNet whose scheduler is a fresh `sampler` (a name of minidiff/schedulers/samplers.py)
     built from the pipeline's scheduler config (same schedule), so sampling never touches the original."""
-    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
 
     return DDPMPipeline(pipeline.unet, scheduler_for(sampler, pipeline.scheduler.config))
 
@@ -156,8 +156,8 @@ def evaluate(
     Args:
         model: a pipeline folder or hub id (saved by minidiff or diffusers), or a DDPMPipeline.
         num_samples: how many images to sample and score.
-        sampler: a sampler name of `minidiff.samplers.SAMPLERS` (default dpmsolver++).
-        steps: sampling steps (default: the sampler's own, `minidiff.samplers.default_steps`: T for ddpm, 50
+        sampler: a sampler name of `minidiff.schedulers.samplers.SAMPLERS` (default dpmsolver++).
+        steps: sampling steps (default: the sampler's own, `minidiff.schedulers.samplers.default_steps`: T for ddpm, 50
             for ddim, 20 for dpmsolver++, ...).
         metrics: the metric groups, "digit" and/or "inception" (a list, or a comma-separated string).
         data: the real images: "digits" (the training split), a folder of images or a hub dataset id.
@@ -233,7 +233,7 @@ def digit_fid(
         data: the real images: "digits" (the training split), a folder of images or a hub dataset id.
         num_samples: how many images to sample.
         seed: seeds the sampling noise.
-        sampler: a sampler name of `minidiff.samplers.SAMPLERS`, built on the pipeline's schedule.
+        sampler: a sampler name of `minidiff.schedulers.samplers.SAMPLERS`, built on the pipeline's schedule.
         steps: sampling steps (default: the sampler's own count).
         cache_dir: the folder of cached reference features (None: no caching).
 

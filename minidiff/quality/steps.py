@@ -4,7 +4,7 @@ trade-off of one trained model in one table and one picture.
     results = quality_vs_steps("out/demo/model")     # DDPM 1000; DDIM 10 to 250; DPM-Solver++ 10, 20
     plot_quality_vs_steps(results, "out/demo/quality_vs_steps.png")
 
-The settings are (sampler, steps) pairs over minidiff/samplers.py's names; its QUALITY_SWEEP is the default.
+The settings are (sampler, steps) pairs over minidiff/schedulers/samplers.py's names; its QUALITY_SWEEP is the default.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from minidiff.quality.evaluate import (
 )
 from minidiff.quality.features import extract_features, feature_network
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
-from minidiff.samplers import QUALITY_SWEEP, parse_settings
+from minidiff.schedulers.samplers import QUALITY_SWEEP, parse_settings
 
 DEFAULT_SETTINGS = tuple(parse_settings(QUALITY_SWEEP))
 
@@ -49,7 +49,7 @@ def quality_vs_steps(
 
     Args:
         model: a pipeline folder, hub id or DDPMPipeline.
-        settings: (sampler name, steps) pairs (default: `minidiff.samplers.QUALITY_SWEEP`).
+        settings: (sampler name, steps) pairs (default: `minidiff.schedulers.samplers.QUALITY_SWEEP`).
         num_samples: images sampled per setting and seed.
         seeds: the seeds of the sampling noise; several give a mean and spread per setting.
         data: the real images: "digits" (the training split), a folder of images or a hub dataset id.

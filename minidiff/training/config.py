@@ -10,13 +10,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from minidiff.samplers import SAMPLER_NAMES, default_steps
+from minidiff.schedulers.samplers import SAMPLER_NAMES, default_steps
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
-# the schedulers' prediction types (minidiff.scheduling_utils; a test keeps the two equal): this module
+# the schedulers' prediction types (minidiff.schedulers.scheduling_utils; a test keeps the two equal): this module
 # imports no torch, so that `minidiff train --help` answers at once
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")  # likewise minidiff.scheduling_utils'
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")  # likewise minidiff.schedulers.scheduling_utils'
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
@@ -108,7 +108,9 @@ class TrainConfig:
     sample_every: int | None = None  # epochs -> out_dir/samples/epoch-XXXX.png
     save_model_every: int | None = None  # epochs -> out_dir/model (the EMA weights when EMA is on)
     num_samples: int = 16  # images per sample grid (0: no grids)
-    sampler: str | None = None  # a name of minidiff/samplers.py; None: DDIM under QUICK_RUN steps, else DDPM
+    sampler: str | None = (
+        None  # a name of minidiff/schedulers/samplers.py; None: DDIM under QUICK_RUN steps, else DDPM
+    )
     sample_steps: int | None = None  # None: the sampler's default (DDIM 50, DDPM num_train_timesteps, ...)
     eval_every: int | None = None  # steps between digit FID readings (loss.csv's digit_fid, loss.png)
     eval_samples: int = 100  # images each reading samples (DDIM, 50 steps); > 64 for the FID

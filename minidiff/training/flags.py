@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from minidiff.samplers import SAMPLER_NAMES, steps_help
+from minidiff.schedulers.samplers import SAMPLER_NAMES, steps_help
 from minidiff.training.config import (
     LOGGERS,
     LR_SCHEDULES,
@@ -181,7 +181,7 @@ TAKES_VALUE = {"--hub_model_id", "--hub_token"}
 
 # the UNet2DModel keys of a --model_config_name_or_path JSON: those TrainConfig sets, those minidiff
 # derives from other flags, and the rest, which must keep UNet2DModel's defaults (a test holds these to
-# minidiff.unet_2d and diffusers)
+# minidiff.models.unet_2d and diffusers)
 UNET_CONFIG_FIELDS = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
                       "norm_num_groups")  # fmt: skip
 UNET_DERIVED = ("sample_size", "in_channels", "out_channels", "num_train_timesteps")

@@ -65,7 +65,7 @@ def build_unet(config: TrainConfig, channels: int):
         config: the run's settings (model keywords, image size, seed).
         channels: the images' channels (1 for the digits, 3 for RGB): the UNet's in and out channels.
     """
-    from minidiff.unet_2d import UNet2DModel
+    from minidiff.models.unet_2d import UNet2DModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -88,7 +88,7 @@ def build_noise_scheduler(config: TrainConfig):
     Args:
         config: the run's settings (its noise-schedule fields).
     """
-    from minidiff.scheduling_ddpm import DDPMScheduler
+    from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
@@ -216,7 +216,7 @@ def digit_fid(unet, noise_scheduler, config: TrainConfig, out_dir: Path) -> floa
     """The digit FID of `config.eval_samples` images from `unet` (DDIM, 50 steps, seed config.seed) against
     the run's data source (all of it, whatever `limit` trains on); its features are cached in
     out_dir/eval/reference. The measurement is minidiff.quality's."""
-    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
     from minidiff.quality import digit_fid as measure
     from minidiff.quality.reference import CACHE_SUBDIR
 
@@ -246,8 +246,8 @@ def write_run_config(out_dir: Path, config: TrainConfig, **resolved) -> Path:
 def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainConfig) -> Path:
     """A grid of `config.num_samples` images from `unet` (`config.sampler`, `config.sample_steps` steps),
     drawn from a generator seeded by `config.seed`, so every grid of a run starts from the same noise."""
-    from minidiff.pipeline_ddpm import DDPMPipeline
-    from minidiff.samplers import scheduler_for
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
+    from minidiff.schedulers.samplers import scheduler_for
     from minidiff.viz import enlarged, save_grid
 
     # a fresh scheduler: set_timesteps must not touch the one training uses
@@ -264,7 +264,7 @@ def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainCo
 
 def save_model(unet, noise_scheduler, out_dir: Path) -> Path:
     """out_dir/model: a pipeline folder that minidiff's and diffusers' DDPMPipeline load."""
-    from minidiff.pipeline_ddpm import DDPMPipeline
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
 
     unet = unet.to(memory_format=torch.contiguous_format)
     return DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(out_dir / "model")

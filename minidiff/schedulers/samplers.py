@@ -1,12 +1,12 @@
 """The samplers by name: which scheduler takes the reverse steps, how many steps by default, and the rebuild
 of that scheduler from any pipeline's scheduler config (the same noise schedule, another step).
 
-    from minidiff.samplers import scheduler_for
+    from minidiff.schedulers.samplers import scheduler_for
     pipeline.scheduler = scheduler_for("dpmsolver++", pipeline.scheduler.config)     # 20 steps by default
 
 Every place that offers a choice of sampler reads this table: `minidiff sample|eval|train|demo --sampler`,
 TrainConfig.sampler, minidiff.quality's evaluate and quality_vs_steps. The pipelines run one loop for all
-of them (minidiff/pipeline_ddpm.py `denoise`). This module imports no torch: the command's `--help` and
+of them (minidiff/pipelines/pipeline_ddpm.py `denoise`). This module imports no torch: the command's `--help` and
 the torch-free TrainConfig read the names from it; a scheduler class is imported when it is first asked for.
 """
 
@@ -25,18 +25,18 @@ class Sampler(NamedTuple):
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "ddpm": Sampler("minidiff.scheduling_ddpm", "DDPMScheduler", None,
+    "ddpm": Sampler("minidiff.schedulers.scheduling_ddpm", "DDPMScheduler", None,
                     "DDPM's ancestral step (Ho et al. 2020), every training timestep"),
-    "ddim": Sampler("minidiff.scheduling_ddim", "DDIMScheduler", 50,
+    "ddim": Sampler("minidiff.schedulers.scheduling_ddim", "DDIMScheduler", 50,
                     "DDIM (Song et al. 2021), deterministic unless eta > 0"),
-    "pndm": Sampler("minidiff.scheduling_pndm", "PNDMScheduler", 50,
+    "pndm": Sampler("minidiff.schedulers.scheduling_pndm", "PNDMScheduler", 50,
                     "pseudo numerical methods (Liu et al. 2022): Runge-Kutta warm-up, then linear multistep"),
-    "dpmsolver++": Sampler("minidiff.scheduling_dpmsolver_multistep", "DPMSolverMultistepScheduler", 20,
+    "dpmsolver++": Sampler("minidiff.schedulers.scheduling_dpmsolver_multistep", "DPMSolverMultistepScheduler", 20,
                            "DPM-Solver++ (Lu et al. 2022), second-order multistep ODE solver",
                            (("algorithm_type", "dpmsolver++"),)),
-    "euler": Sampler("minidiff.scheduling_euler_discrete", "EulerDiscreteScheduler", 50,
+    "euler": Sampler("minidiff.schedulers.scheduling_euler_discrete", "EulerDiscreteScheduler", 50,
                      "Euler's method on the probability-flow ODE in sigma (Karras et al. 2022)"),
-    "euler_a": Sampler("minidiff.scheduling_euler_ancestral_discrete", "EulerAncestralDiscreteScheduler", 50,
+    "euler_a": Sampler("minidiff.schedulers.scheduling_euler_ancestral_discrete", "EulerAncestralDiscreteScheduler", 50,
                        "Euler ancestral: an Euler step, then fresh noise (k-diffusion's sample_euler_ancestral)"),
 }  # fmt: skip
 SAMPLER_NAMES = tuple(SAMPLERS)

@@ -1,7 +1,7 @@
 """EulerAncestralDiscreteScheduler: k-diffusion's `sample_euler_ancestral` (Karras et al. 2022 coordinates),
 number for number with diffusers' EulerAncestralDiscreteScheduler.
 
-In the coordinates of minidiff/scheduling_euler_discrete.py (x = x_0 + sigma eps, model input
+In the coordinates of minidiff/schedulers/scheduling_euler_discrete.py (x = x_0 + sigma eps, model input
 x / sqrt(sigma^2 + 1)), one step from sigma_i to sigma_{i+1} splits the move into a deterministic Euler
 step down to sigma_down and fresh noise of size sigma_up, with sigma_down^2 + sigma_up^2 = sigma_{i+1}^2:
 
@@ -22,14 +22,14 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedules import check_choice, make_betas
-from minidiff.scheduling_euler_discrete import (
+from minidiff.schedulers.schedules import check_choice, make_betas
+from minidiff.schedulers.scheduling_euler_discrete import (
     BETA_SCHEDULES,
     SigmaSamplerMixin,
     interpolated_sigmas,
     zero_snr_alphas_cumprod,
 )
-from minidiff.scheduling_utils import (
+from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,

@@ -18,10 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from minidiff.configuration import register_to_config
-from minidiff.layers import ACTIVATIONS, GaussianFourierProjection, TimestepEmbedding, Timesteps, group_norm
-from minidiff.modeling_utils import ModelMixin
-from minidiff.outputs import UNet2DOutput
-from minidiff.unet_2d_blocks import (
+from minidiff.models.layers import (
+    ACTIVATIONS,
+    GaussianFourierProjection,
+    TimestepEmbedding,
+    Timesteps,
+    group_norm,
+)
+from minidiff.models.modeling_utils import ModelMixin
+from minidiff.models.unet_2d_blocks import (
     DOWN_BLOCKS,
     UP_BLOCKS,
     DownBlock,
@@ -30,6 +35,7 @@ from minidiff.unet_2d_blocks import (
     UpBlock,
     block_type,
 )
+from minidiff.outputs import UNet2DOutput
 
 CHOICES = {
     "time_embedding_type": ("positional", "fourier", "learned"),

@@ -21,14 +21,17 @@ from tqdm.auto import tqdm
 
 from minidiff.configuration import DIFFUSERS_FORMAT_VERSION, FrozenConfig
 from minidiff.files import atomic_write_text, resolve_file, swap_in
-from minidiff.samplers import SCHEDULER_CLASS_NAMES, scheduler_class_named
-from minidiff.unet_2d import UNet2DModel
+from minidiff.models.unet_2d import UNet2DModel
+from minidiff.schedulers.samplers import SCHEDULER_CLASS_NAMES, scheduler_class_named
 from minidiff.viz import numpy_to_pil
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # pipeline class -> its module (same two components: either folder loads in either); the schedulers a
-# pipeline folder may name are those of minidiff/samplers.py
-PIPELINE_CLASSES = {"DDPMPipeline": "minidiff.pipeline_ddpm", "DDIMPipeline": "minidiff.pipeline_ddim"}
+# pipeline folder may name are those of minidiff/schedulers/samplers.py
+PIPELINE_CLASSES = {
+    "DDPMPipeline": "minidiff.pipelines.pipeline_ddpm",
+    "DDIMPipeline": "minidiff.pipelines.pipeline_ddim",
+}
 MODEL_INDEX = "model_index.json"
 
 

@@ -7,10 +7,10 @@ Sampling (Ho et al. 2020, Algorithm 2, in the form every scheduler shares):
     x_T ~ N(0, I) * init_noise_sigma
     for t in timesteps:   x_{t-1} = scheduler.step(epsilon_theta(scale_model_input(x_t, t), t), t, x_t).prev_sample
 The scheduler decides what one step is: DDPM's ancestral step (eq. 6-7), DDIM's (Song et al. 2021, eq. 12,
-with `eta`), or any sampler of minidiff/samplers.py; and over which timesteps (`num_inference_steps` of the
+with `eta`), or any sampler of minidiff/schedulers/samplers.py; and over which timesteps (`num_inference_steps` of the
 T training steps). DDPM and DDIM start from N(0, I) and feed x_t unscaled (init_noise_sigma 1, scale_model_input
 the identity); Euler's samplers work in sigma = sqrt((1 - alpha_bar) / alpha_bar) and scale both. `denoise`
-below is that loop; DDIMPipeline runs it too. Files and devices: minidiff/pipeline_utils.py.
+below is that loop; DDIMPipeline runs it too. Files and devices: minidiff/pipelines/pipeline_utils.py.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import inspect
 import torch
 
 from minidiff.outputs import ImagePipelineOutput
-from minidiff.pipeline_utils import OUTPUT_TYPES, DiffusionPipeline, numpy_to_pil
-from minidiff.scheduling_utils import randn_tensor
+from minidiff.pipelines.pipeline_utils import OUTPUT_TYPES, DiffusionPipeline, numpy_to_pil
+from minidiff.schedulers.scheduling_utils import randn_tensor
 
 
 def check_call(batch_size: int, output_type: str, generator) -> None:
@@ -91,7 +91,7 @@ def denoise(
 
 
 class DDPMPipeline(DiffusionPipeline):
-    """A UNet that predicts the noise and a scheduler (DDPM, DDIM or any of minidiff/samplers.py) that turns
+    """A UNet that predicts the noise and a scheduler (DDPM, DDIM or any of minidiff/schedulers/samplers.py) that turns
     it into one reverse step.
 
     Args:

@@ -31,8 +31,8 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedules import check_choice, make_betas
-from minidiff.scheduling_utils import (
+from minidiff.schedulers.schedules import check_choice, make_betas
+from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,

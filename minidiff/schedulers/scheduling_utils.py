@@ -6,7 +6,7 @@ Sections of this file:
   2. the inference timesteps (`timestep_spacing`) and host/device handling of a timestep;
   3. sigmas (Karras et al. 2022): sigma_t from alpha_bar_t, Karras / exponential / beta sigma schedules,
      sigma -> t interpolation, and the step index of the sigma samplers (Euler, Euler ancestral, DPM-Solver).
-The beta tables and the forward process q(x_t | x_0) are in minidiff/schedules.py.
+The beta tables and the forward process q(x_t | x_0) are in minidiff/schedulers/schedules.py.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-import minidiff.schedules as schedules
-from minidiff.schedules import check_choice
+import minidiff.schedulers.schedules as schedules
+from minidiff.schedulers.schedules import check_choice
 
 # ---- 1. pieces of a reverse step shared by DDPM and DDIM ----------------------------------------
 # The coefficients below are 0-d float32 tensors read from precomputed tables. They sit in the same

@@ -27,8 +27,8 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
-from minidiff.scheduling_utils import (
+from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice, make_betas
+from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     TIMESTEP_SPACINGS,
     host_timestep,

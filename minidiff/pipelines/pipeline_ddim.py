@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from minidiff.models.unet_2d import UNet2DModel
 from minidiff.outputs import ImagePipelineOutput
-from minidiff.pipeline_ddpm import check_call, denoise
-from minidiff.pipeline_utils import DiffusionPipeline
-from minidiff.scheduling_ddim import DDIMScheduler
-from minidiff.scheduling_ddpm import DDPMScheduler
-from minidiff.unet_2d import UNet2DModel
+from minidiff.pipelines.pipeline_ddpm import check_call, denoise
+from minidiff.pipelines.pipeline_utils import DiffusionPipeline
+from minidiff.schedulers.scheduling_ddim import DDIMScheduler
+from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 
 
 class DDIMPipeline(DiffusionPipeline):

@@ -23,8 +23,8 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import DDPMSchedulerOutput
-from minidiff.schedules import ForwardProcessMixin, check_choice, make_betas
-from minidiff.scheduling_utils import (
+from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice, make_betas
+from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,

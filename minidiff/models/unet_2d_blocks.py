@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from minidiff.layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D
+from minidiff.models.layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D
 
 # Block type name -> (self-attention after each resnet?, how the block resamples). "config" means the
 # UNet's `downsample_type` / `upsample_type` decides; diffusers honours those for the Attn* blocks only.

@@ -1,7 +1,7 @@
 """EulerDiscreteScheduler: Euler's method on the probability-flow ODE in sigma (Karras et al. 2022),
 number for number with diffusers' EulerDiscreteScheduler.
 
-A DDPM model is seen in EDM's variance-exploding coordinates (minidiff/scheduling_utils.py, section 3):
+A DDPM model is seen in EDM's variance-exploding coordinates (minidiff/schedulers/scheduling_utils.py, section 3):
 x = x_0 + sigma eps, sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the model fed x / sqrt(sigma^2 + 1)
 (= x_t) and its output turned into the denoiser D(x; sigma) = x_0_hat. One step is EDM's Algorithm 2
 without the second-order correction:
@@ -25,8 +25,8 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedules import check_broadcast, check_choice, make_betas
-from minidiff.scheduling_utils import (
+from minidiff.schedulers.schedules import check_broadcast, check_choice, make_betas
+from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,

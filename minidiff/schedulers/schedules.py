@@ -9,7 +9,7 @@ The "beta schedule" is the table beta_0 .. beta_{T-1}. Sections of this file:
   1. beta tables, one function per `beta_schedule`, built as diffusers builds them (float32, same order
      of operations), so `alphas_cumprod` agrees bit for bit;
   2. the forward process: `add_noise`, `get_velocity`.
-The reverse (sampling) step's shared pieces and the inference timesteps are in minidiff/scheduling_utils.py.
+The reverse (sampling) step's shared pieces and the inference timesteps are in minidiff/schedulers/scheduling_utils.py.
 """
 
 from __future__ import annotations
