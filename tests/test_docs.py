@@ -71,3 +71,82 @@ def test_every_public_name_of_the_subpackages_has_an_entry(site, package):
         if f"minidiff.{package}.{name}" not in anchors and f"minidiff.{name}" not in anchors
     ]
     assert not missing, f"no entry in docs/api/{package}.md for {missing}"
+
+
+def test_no_page_loads_anything_from_the_network(site):
+    """Formulas are typeset by the KaTeX copy in the site, and no page names a script, stylesheet or font
+    on another host (the notebook's MathJax from a CDN is left out)."""
+    assert (site / "javascripts" / "katex" / "katex.min.js").is_file()
+    assert len(list((site / "javascripts" / "katex" / "fonts").glob("*.woff2"))) >= 19
+    remote = re.compile(r'<(?:script|link)\b[^>]*(?:src|href)="(https?:)?//[^"]*"')
+    for page in site.rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        assert not remote.search(html), f"{page.relative_to(site)} loads {remote.search(html).group(0)}"
+        assert "mathjax" not in html.lower(), f"{page.relative_to(site)} still loads MathJax"
+    math = (site / "math.html").read_text(encoding="utf-8")
+    assert math.count('class="arithmatex"') >= 20, "math.md's formulas are not marked for KaTeX"
+    assert "\\tag{DDPM 4}" in math and "\\tag{DDIM 12}" in math, "the papers' equation numbers are gone"
+
+
+def test_the_notebook_contents_link_to_its_headings(site):
+    html = (site / "tutorial.html").read_text(encoding="utf-8")
+    ids = _anchors(html)
+    links = set(re.findall(r'href="#([^"]+)"', html))
+    assert "422-the-scheduler-and-add_noise" in links
+    assert links <= ids, f"links to missing headings: {sorted(links - ids)}"
+
+
+NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "markdown",
+            "metadata": {},
+            "source": ["# A notebook\n", "\n", "See [below](#{anchor}).\n"],
+        },
+        {"cell_type": "markdown", "metadata": {}, "source": ["## The `add_noise` step\n", "\n", "text\n"]},
+    ],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def _build_tiny_site(tmp_path: Path, anchor: str) -> subprocess.CompletedProcess:
+    """A two-page MkDocs project with the site's anchor hook and a notebook that links to `#anchor`."""
+    import json
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# Home\n\n[the step](notebook.ipynb)\n", encoding="utf-8")
+    notebook = json.loads(json.dumps(NOTEBOOK).replace("{anchor}", anchor))
+    (docs / "notebook.ipynb").write_text(json.dumps(notebook), encoding="utf-8")
+    (tmp_path / "mkdocs.yml").write_text(
+        "site_name: tiny\nuse_directory_urls: false\nstrict: true\n"
+        f"hooks:\n  - {ROOT / 'docs' / 'anchor_hooks.py'}\n"
+        "plugins:\n  - mkdocs-jupyter:\n      execute: false\n      cache: false\n",
+        encoding="utf-8",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+
+
+@pytest.mark.parametrize("anchor", ["the-add_noise-step", "the-add-noise-step"])
+def test_a_broken_anchor_in_a_notebook_fails_the_strict_build(tmp_path, anchor):
+    """The hook that checks the notebook pages' links can fail: the same tiny site builds with the heading's
+    real id and is refused with a misspelt one. Its contents entry (slugged by mkdocs-jupyter without the
+    code span) is pointed at the heading's real id either way."""
+    result = _build_tiny_site(tmp_path, anchor)
+    output = result.stdout + result.stderr
+    if anchor == "the-add_noise-step":
+        assert result.returncode == 0, output
+        html = (tmp_path / "site" / "notebook.html").read_text(encoding="utf-8")
+        assert 'href="#the-add_noise-step"' in html and 'href="#the-step"' not in html
+    else:
+        assert result.returncode != 0, output
+        assert "links to '#the-add-noise-step', an anchor its target page does not have" in output
