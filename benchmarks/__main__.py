@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="start from the rows of an earlier --json file (same device); the cases run now replace theirs",
     )
     parser.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN and matmuls (default: off)")
+    parser.add_argument(
+        "--wide", action="store_true", help="print every column (default: a table of at most 100 columns)"
+    )
     return parser.parse_args(argv)
 
 
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # the profile is optional
             meta["profile"] = {"profiler failed": f"{type(err).__name__}: {err}"}
         write_outputs(args, meta, rows)
-    print(format_table(rows))
+    print(format_table(rows, wide=args.wide))
     return 1 if failed else 0
 
 
@@ -181,13 +184,16 @@ def run_jobs(
 
 def earlier_rows(path: str, meta: dict) -> list:
     """The rows of an earlier run on the same device, for --merge; `meta` records where they came from."""
+    import dataclasses
     import json
 
     from benchmarks.harness import Row
 
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        earlier, rows = payload["meta"], [Row(**row) for row in payload["rows"]]
+        fields = {field.name for field in dataclasses.fields(Row)}  # older files may hold retired columns
+        earlier = payload["meta"]
+        rows = [Row(**{key: value for key, value in row.items() if key in fields}) for row in payload["rows"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(
             f"--merge {path!r}: not a JSON file written by --json ({type(err).__name__}: {err})"

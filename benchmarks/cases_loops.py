@@ -24,7 +24,6 @@ from benchmarks.harness import (
     synchronize,
     time_once,
 )
-from benchmarks.quality import digit_kid, digit_reference
 from minidiff.fast import FastDDPMSampler, FastTrainer
 from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 from minidiff.training.config import TrainConfig
@@ -176,9 +175,6 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
     first_s = time_once(lambda: held.append(run_pipe()), device)
     expected = held[0]
     peaks = {"diffusers DDPMPipeline fp32": read_peak(device)}
-    # quality: digit KID of every row's images (needs 2 images or more)
-    reference = digit_reference(expected.shape[-1], expected.shape[1]) if batch > 1 else None
-    expected_kid = digit_kid(expected, reference) if reference else None
     samplers = {"minidiff fast fp32": dict(dtype=torch.float32)}
     if settings.cuda:
         samplers["minidiff fast bf16"] = dict(dtype=torch.bfloat16)
@@ -198,7 +194,6 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
         peaks[label] = read_peak(device)
         row = Row("sampling", label, batch, str(options["dtype"])[6:], unit, compile_s=capture_s)
         row.accuracy_rel_err = rel_err(images, expected)
-        row.digit_kid = digit_kid(images, reference) if reference else None
         row.accuracy_ref = "diffusers DDPMPipeline fp32 images, same seed (same noise)"
         rows.append(row)
         fns[label] = lambda sampler=sampler: sampler(seed=seed)
@@ -219,7 +214,6 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
         reset_peak(device)
         compiled_images = run_pipe(compiled).float()
         row.accuracy_rel_err = rel_err(compiled_images, expected)
-        row.digit_kid = digit_kid(compiled_images, reference) if reference else None
         peaks[label] = read_peak(device)
         row.accuracy_ref = "diffusers DDPMPipeline fp32 images, same seed (noise drawn in bf16)"
         row.note = "compile_s = first 3-step call"
@@ -230,7 +224,6 @@ def sampling(settings: Settings, unets, batch: int) -> list[Row]:
         Row("sampling", "diffusers DDPMPipeline fp32", batch, "fp32", unit),
         [first_s] + times.pop("diffusers DDPMPipeline fp32"),
     )
-    reference_row.digit_kid = expected_kid
     rows = [reference_row] + [fill(row, times[row.impl]) for row in rows]
     for row in rows:
         row.peak_mem_mb = peaks[row.impl]

@@ -32,7 +32,6 @@ class Row:
     peak_mem_mb: float | None = None
     accuracy_rel_err: float | None = None  # ||out - ref|| / ||ref||
     accuracy_ref: str = ""  # what the error is measured against
-    digit_kid: float | None = None  # sampling: KID of the images vs real digits (minidiff.quality)
     ratio_vs_diffusers: float | None = None  # diffusers fp32 time / this time
     ratio_vs_diffusers_best: float | None = None  # fastest diffusers row's time / this time
     throughput: float | None = None  # images per second, where meaningful

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 from benchmarks.harness import Row
@@ -38,11 +39,19 @@ def _time(row: Row) -> str:
     return f"{row.median_ms / 1000:.3f} s" if row.median_ms >= 1000 else f"{row.median_ms:.3f} ms"
 
 
-COLUMNS = ["case", "batch", "implementation", "median", "runs", "x diffusers", "x best diffusers",
-           "img/s", "compile/capture s", "peak MiB", "rel err", "digit KID", "note"]  # fmt: skip
+RATIO = "t_diffusers/t"  # the default table's one ratio column: the fastest diffusers row's time / this row's
+WIDTH = 100  # the default table fits this many columns; --wide shows every column
+LEGEND = [
+    f"{RATIO}: fastest diffusers time, same work / this row's time; > 1: faster than diffusers",
+    "rel err: ||out - ref|| / ||ref|| against diffusers fp32 (0: bit for bit)",
+    "No quality figure (FID, KID): the benchmark UNet has random weights, its images are noise",
+]
+COLUMNS = ["case", "batch", "implementation", "median", "runs", "t_diffusers fp32/t", "t_fastest diffusers/t",
+           "img/s", "compile/capture s", "peak MiB", "rel err", "note"]  # fmt: skip
 
 
 def table_rows(rows: list[Row]) -> list[list[str]]:
+    """Every column of COLUMNS, a list of cells per row (--wide, RESULTS.md)."""
     return [
         [
             r.case,
@@ -56,19 +65,55 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
             _fmt(r.compile_s, ".1f"),
             _fmt(r.peak_mem_mb, ".0f"),
             _fmt(r.accuracy_rel_err, ".1e"),
-            _fmt(r.digit_kid, ".4g"),
             r.note,
         ]
         for r in rows
     ]
 
 
-def format_table(rows: list[Row]) -> str:
-    body = [COLUMNS] + table_rows(rows)
-    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in body]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+def _aligned(body: list[list[str]], right: set[int]) -> list[str]:
+    """The cells of each line padded to their column's width (right-aligned for the columns in `right`)."""
+    widths = [max(len(line[i]) for line in body) for i in range(len(body[0]))]
+    return [
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))
+        ).rstrip()
+        for line in body
+    ]
+
+
+def format_table(rows: list[Row], wide: bool = False) -> str:
+    """The table `python -m benchmarks` prints: the legend, then the rows grouped by case and batch, in at
+    most WIDTH columns (a note that does not fit goes on its own line below its row); `wide`: every
+    column of COLUMNS, one line per row."""
+    if wide:
+        lines = _aligned([COLUMNS] + table_rows(rows), right={1, 4, 5, 6, 7, 8, 9})
+        return "\n".join(LEGEND + ["", lines[0], "-" * len(lines[0])] + lines[1:])
+    header = ["implementation", "median", RATIO, "rel err"]
+    body = [
+        [r.impl, _time(r), _fmt(r.ratio_vs_diffusers_best, ".2f"), _fmt(r.accuracy_rel_err, ".1e")]
+        for r in rows
+    ]
+    lines = _aligned([header] + body, right={1, 2})
+    used = max(len(line) for line in lines)
+    out = LEGEND + ["", "  " + lines[0], "  " + "-" * used]
+    group = None
+    for row, line in zip(rows, lines[1:]):
+        if (row.case, row.batch) != group:
+            group = (row.case, row.batch)
+            units = {r.unit for r in rows if (r.case, r.batch) == group} - {"-", ""}
+            out.append(f"{row.case}, batch {row.batch}" + (f" ({units.pop()})" if len(units) == 1 else ""))
+        note = row.note
+        if note and len(line) + 4 + len(note) <= WIDTH:
+            out.append(f"  {line.ljust(used)}  {note}".rstrip())
+        else:
+            out.append(f"  {line}")
+            out += (
+                textwrap.wrap(note, WIDTH, initial_indent="      ", subsequent_indent="      ")
+                if note
+                else []
+            )
+    return "\n".join(out)
 
 
 def targets(rows: list[Row], meta: dict) -> list[str]:
@@ -124,7 +169,7 @@ def sampler_table(rows: list[Row]) -> list[str]:
     theirs = {r.unit: r for r in timed if r.impl.startswith("diffusers")}
     lines = [
         "| sampler | batch | steps | step calls | diffusers run | minidiff run | diffusers per call "
-        "| minidiff per call | x diffusers | rel err |",
+        "| minidiff per call | t_diffusers/t (> 1: minidiff faster) | rel err |",
         "|" + "---|" * 10,
     ]
     for m in (r for r in timed if r.impl.startswith("minidiff") and r.unit in theirs):
@@ -160,11 +205,12 @@ def results_markdown(meta: dict, rows: list[Row]) -> str:
         f"- precision flags pinned in both libraries: cudnn.allow_tf32={meta['cudnn_allow_tf32']}, "
         f"matmul.allow_tf32={meta['matmul_allow_tf32']}; fp32 rows are true fp32",
         "- times: medians of alternating runs after warm-up (CUDA events on GPU); fresh random inputs; "
-        "compile / capture time apart; ratios = diffusers time / row time (> 1: faster than diffusers)",
-        "- rel err: ||out - ref|| / ||ref|| against the reference named in the JSON (`accuracy_ref`); "
-        "for sampling: final images vs diffusers' fp32 pipeline with the same seed and noise",
-        "- digit KID (sampling rows): KID of the row's images against 1,000 real digits on minidiff's "
-        "digit network; the UNet is random unless trained, so compare rows of one case, not with the README",
+        "compile / capture time apart; ratios: t_diffusers fp32/t = diffusers fp32 time / row time, "
+        "t_fastest diffusers/t = the fastest diffusers row's time / row time (> 1: faster than diffusers)",
+        "- rel err: $\\lVert \\text{out} - \\text{ref} \\rVert / \\lVert \\text{ref} \\rVert$ against the reference named in the JSON "
+        "(`accuracy_ref`); for sampling: final images vs diffusers' fp32 pipeline with the same seed and noise",
+        "- no quality figure (FID, KID): the benchmark UNet has seeded random weights, so its images are "
+        "noise; rel err against diffusers' images is the accuracy check",
         "",
         "## Targets",
         "",

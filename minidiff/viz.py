@@ -267,36 +267,30 @@ def plot_snr(
 
 
 # ---- training ---------------------------------------------------------------------------------------
-def plot_losses(
-    losses: Sequence[float],
-    path: str | os.PathLike,
-    evals: dict[int, float] | None = None,
-    ylabel: str = "MSE(ε, ε_θ)",
-) -> Path:
-    """The loss per step on a linear and a log scale side by side, as the tutorial plots it, with a
-    moving average (window ~ 1/50 of the run) drawn over the raw values.
+def smoothing_window(num_steps: int) -> int:
+    """The moving average's window for a run of `num_steps` losses: 1/50 of the run; below 2 (runs under
+    100 steps) there is no average to draw, since a 1-step average is the loss itself."""
+    return num_steps // 50
 
-    Args:
-        losses: the loss of every step.
-        path: the PNG to write.
-        evals: step -> digit FID, drawn on a second axis when given.
-        ylabel: what the loss is (the training target and its weights).
-    """
+
+def loss_figure(losses: Sequence[float], evals: dict[int, float] | None = None, ylabel: str = "MSE(ε, ε_θ)"):
+    """The figure `plot_losses` writes (a matplotlib Figure, no pyplot): the arguments are plot_losses'."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     values = np.asarray([float(v) for v in losses], dtype=np.float64)
     if values.size == 0:
         raise ValueError("plot_losses got no loss values")
-    window = max(1, values.size // 50)
-    smooth = np.convolve(values, np.ones(window) / window, mode="valid")  # (N - window + 1,)
+    window = smoothing_window(values.size)
     steps = np.arange(values.size)
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     FigureCanvasAgg(fig)
     for ax, scale in zip(fig.subplots(1, 2), ("linear", "log")):
         ax.plot(steps, values, linewidth=0.6, alpha=0.4, label="loss per step")
-        ax.plot(steps[window - 1 :], smooth, linewidth=1.5, label=f"moving average ({window} steps)")
+        if window >= 2:  # the mean of the last `window` losses, drawn at the last of them
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")  # (N - window + 1,)
+            ax.plot(steps[window - 1 :], smooth, linewidth=1.5, label=f"moving average over {window} steps")
         ax.set(xlabel="training step", ylabel=ylabel, yscale=scale, title=f"{scale} scale")
         ax.legend(fontsize=8, loc="upper center")
         if evals:
@@ -306,6 +300,26 @@ def plot_losses(
                          label="digit FID (right axis)")  # fmt: skip
             quality.set(ylabel="digit FID (lower is better)", yscale=scale)
             quality.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def plot_losses(
+    losses: Sequence[float],
+    path: str | os.PathLike,
+    evals: dict[int, float] | None = None,
+    ylabel: str = "MSE(ε, ε_θ)",
+) -> Path:
+    """The loss per step on a linear and a log scale side by side, as the tutorial plots it, with a
+    moving average over 1/50 of the run (`smoothing_window`; its legend names the window) drawn over the
+    raw values from 100 steps on.
+
+    Args:
+        losses: the loss of every step.
+        path: the PNG to write.
+        evals: step -> digit FID, drawn on a second axis when given.
+        ylabel: what the loss is (the training target and its weights).
+    """
+    fig = loss_figure(losses, evals, ylabel)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 
 import pytest
 
-from benchmarks.__main__ import main
+from benchmarks.__main__ import main, parse_args
 from benchmarks.harness import Row
-from benchmarks.report import add_ratios
+from benchmarks.report import RATIO, WIDTH, add_ratios, format_table
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    code = main(
-        ["--quick", "--device", "cpu", "--json", str(out / "r.json"), "--results-md", str(out / "R.md")]
-    )
-    return code, json.loads((out / "r.json").read_text()), (out / "R.md").read_text()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(
+            ["--quick", "--device", "cpu", "--json", str(out / "r.json"), "--results-md", str(out / "R.md")]
+        )
+    payload = json.loads((out / "r.json").read_text())
+    payload["printed"] = printed.getvalue()  # what `make bench` shows
+    return code, payload, (out / "R.md").read_text()
 
 
 def test_quick_run_writes_every_case(quick_run):
@@ -46,17 +52,38 @@ def test_times_are_positive_and_accuracy_is_reported(quick_run):
     assert all(row["note"] for row in skipped)  # a row not run says why
 
 
-def test_sampling_rows_report_digit_kid_beside_the_speed(quick_run):
+def test_no_quality_figure_for_the_random_benchmark_unet(quick_run):
+    """The benchmark UNet has random weights: its images are noise, and a FID or KID of them means nothing."""
     _, payload, markdown = quick_run
     sampling = [row for row in payload["rows"] if row["case"] == "sampling" and row["runs"] > 0]
     assert {row["batch"] for row in sampling} == {1, 4}
-    for row in sampling:  # KID needs 2 images: none at batch 1, a finite figure at batch 4
-        assert (row["digit_kid"] is None) == (row["batch"] == 1), row
-        assert row["batch"] == 1 or math.isfinite(row["digit_kid"]), row
-    # fp32 paths sample the same images from the same noise (rel err < 1e-4), so they score alike (to 1%)
-    kids = [row["digit_kid"] for row in sampling if row["batch"] == 4]
-    assert max(kids) - min(kids) <= 0.01 * max(abs(k) for k in kids), kids
-    assert "digit KID" in markdown
+    assert all("digit_kid" not in row for row in payload["rows"])
+    table = payload["printed"].split("\n\n", 1)[1]  # the printed table below its legend
+    for text in (markdown.split("## All rows")[1], table):
+        assert "KID" not in text and "FID" not in text
+    assert "no quality figure" in markdown.lower() and "No quality figure" in payload["printed"]
+
+
+def test_printed_table_fits_100_columns_with_one_explained_ratio(quick_run):
+    _, payload, _ = quick_run
+    printed = payload["printed"].splitlines()
+    assert max(len(line) for line in printed) <= WIDTH == 100, max(printed, key=len)
+    legend = next(line for line in printed if line.startswith(RATIO + ":"))
+    assert "> 1: faster than diffusers" in legend
+    header = next(line for line in printed if "implementation" in line)
+    assert header.split() == ["implementation", "median", RATIO, "rel", "err"]  # one ratio column
+    rows = [Row(**row) for row in payload["rows"]]
+    for row in rows:  # every row is shown with its ratio to the fastest diffusers row, 2 decimals
+        if row.ratio_vs_diffusers_best is not None:
+            assert any(row.impl in line and f"{row.ratio_vs_diffusers_best:.2f}" in line for line in printed)
+    assert "sampler_step, batch 64" in payload["printed"]
+    wide = format_table(rows, wide=True).splitlines()
+    assert max(len(line) for line in wide) > WIDTH  # --wide: every column
+    wide_header = next(line for line in wide if line.startswith("case"))
+    assert all(
+        name in wide_header for name in ("img/s", "peak MiB", "t_diffusers fp32/t", "t_fastest diffusers/t")
+    )
+    assert parse_args(["--wide"]).wide and not parse_args([]).wide
 
 
 def test_sampler_rows_pair_each_sampler_with_diffusers(quick_run):

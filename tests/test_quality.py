@@ -375,3 +375,22 @@ def test_eval_of_an_rgb_model_says_in_one_line_to_use_inception(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "makes 3-channel 8x8 images: use --metrics inception" in err, err
     assert "1-channel digit images" in err and not (folder / "eval.json").exists()
+
+
+def test_eval_prints_the_real_digits_floor_beside_each_score(diffusers_pipeline, net):
+    """`minidiff eval`'s table gives, beside the model's digit FID, the FID of as many real held-out digits
+    against the same reference: computed, not typed, and far below a random model's."""
+    from minidiff.quality.evaluate import evaluate, format_report
+
+    report = evaluate(diffusers_pipeline, 70, "ddim", 2, "digit", progress=False)
+    reference = reference_features("digits", 8, 1, net)[0]
+    floor = score(reference, extract_features(held_out_digits(8)[:70], net))
+    assert report["real"]["digit"]["count"] == 70
+    assert report["real"]["digit"]["fid"] == pytest.approx(floor["fid"])
+    assert floor["fid"] < report["metrics"]["digit"]["fid"] / 5
+    table = format_report(report)
+    line = next(line for line in table.splitlines() if line.strip().startswith("digit FID"))
+    assert line.split()[2:] == [f"{report['metrics']['digit']['fid']:.2f}", f"{floor['fid']:.2f}"]
+    assert "real digits (70 held out)" in table and "what a perfect model scores" in table
+    other = format_report({**report, "data": "my/folder", "real": {}})
+    assert "no real-data reference" in other and "held out" not in other.splitlines()[1]

@@ -127,3 +127,21 @@ def test_plot_losses_rejects_empty(tmp_path):
         viz.plot_losses([], tmp_path / "loss.png")
     with pytest.raises(ValueError, match="empty list"):
         viz.plot_snr([], tmp_path / "snr.png")
+
+
+@pytest.mark.parametrize("num_steps", [6, 99, 100, 1653])
+def test_loss_legend_names_the_moving_average_window(num_steps):
+    """The smoothed line's legend says over how many steps it averages (1/50 of the run), and a run too
+    short for a window of 2 draws no average instead of a "1-step average" that is the loss itself."""
+    losses = np.linspace(1.0, 0.1, num_steps) + 0.05 * np.sin(np.arange(num_steps))
+    figure = viz.loss_figure(losses)
+    for ax in figure.axes:
+        labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        window = num_steps // 50
+        if window >= 2:
+            assert labels == ["loss per step", f"moving average over {window} steps"]
+            smooth = ax.get_lines()[1].get_ydata()
+            # the mean of the last `window` losses
+            assert smooth[-1] == pytest.approx(losses[-window:].mean())
+        else:
+            assert labels == ["loss per step"] and len(ax.get_lines()) == 1

@@ -135,6 +135,29 @@ def prepare_networks(
     return nets, notes
 
 
+def real_reference(
+    data: str, nets: dict, size: int, channels: int, count: int, references: dict, seed: int, device="cpu"
+) -> dict[str, dict]:
+    """The scores of real images the reference never saw, as many as the samples: the floor a perfect
+    model reaches with this sample count, printed beside the model's scores.
+
+    Only the embedded digits have such a set (the digit network's 1,000 held-out digits, indices
+    4000..4999); for other data the answer is empty.
+    """
+    if data != "digits":
+        return {}
+    from minidiff.quality.calibration import held_out_digits
+
+    held_out = held_out_digits(size, channels)[:count]
+    return {
+        name: {
+            **score(references[name], extract_features(held_out, net, device=device), seed),
+            "count": len(held_out),
+        }
+        for name, net in nets.items()
+    }
+
+
 def evaluate(
     model,
     num_samples: int = DEFAULT_NUM_SAMPLES,
@@ -198,6 +221,7 @@ def evaluate(
         feats = extract_features(images, net, device=device)
         seconds["features"][name] = time.perf_counter() - started
         results[name] = score(references[name], feats, seed)
+    real = real_reference(data, nets, size, channels, num_samples, references, seed, device)
     settings = {"sampler": sampler, "steps": steps, "num_samples": num_samples, "seed": seed}
     return {
         "model": str(model) if from_files else "(pipeline object)",
@@ -210,6 +234,7 @@ def evaluate(
         "metrics": results,
         "networks": {name: net.id for name, net in nets.items()},
         "reference": reference_info,
+        "real": real,  # the same scores for held-out real images (digits only): the floor
         "seconds": {"sampling": sampling_s, **seconds},
         "notes": notes,
     }
@@ -257,22 +282,62 @@ def format_report(report: dict) -> str:
         report: what `evaluate` returned.
 
     Returns:
-        The table as text: a heading with the settings, then one line per score and timing.
+        The table as text: a heading with the settings, then one line per score and timing; beside each
+        score, the same score of as many real held-out digits (the floor), when the data has them.
     """
     rows = []
+    real = report.get("real", {})
     for name, scores in report["metrics"].items():
-        rows.append((f"{name} FID", f"{scores['fid']:.2f}"))
-        rows.append((f"{name} KID (+- std over subsets)", f"{scores['kid']:.4g} +- {scores['kid_std']:.2g}"))
+        floor = real.get(name, {})
+
+        def beside(key, fmt, floor=floor):
+            return format(floor[key], fmt) if key in floor else ""
+
+        rows.append((f"{name} FID", f"{scores['fid']:.2f}", beside("fid", ".2f")))
+        kid_floor = f"{floor['kid']:.4g} +- {floor['kid_std']:.2g}" if "kid" in floor else ""
+        rows.append(
+            (
+                f"{name} KID (+- std over subsets)",
+                f"{scores['kid']:.4g} +- {scores['kid_std']:.2g}",
+                kid_floor,
+            )
+        )
         if "confident_share" in scores:
-            rows.append((f"confident digits ({CONFIDENT_RULE})", f"{scores['confident_share']:.1%}"))
-            rows.append(("class entropy (bits, max 3.32)", f"{scores['class_entropy_bits']:.3f}"))
+            rows.append(
+                (
+                    f"confident digits ({CONFIDENT_RULE})",
+                    f"{scores['confident_share']:.1%}",
+                    beside("confident_share", ".1%"),
+                )
+            )
+            rows.append(
+                (
+                    "class entropy (bits, max 3.32)",
+                    f"{scores['class_entropy_bits']:.3f}",
+                    beside("class_entropy_bits", ".3f"),
+                )
+            )
     seconds = report["seconds"]
-    rows.append((f"sampling {report['num_samples']} images", f"{seconds['sampling']:.1f} s"))
+    rows.append((f"sampling {report['num_samples']} images", f"{seconds['sampling']:.1f} s", ""))
     for name, value in seconds["features"].items():
-        rows.append((f"{name} features of the samples", f"{value:.2f} s"))
-    width = max(len(label) for label, _ in rows)
+        rows.append((f"{name} features of the samples", f"{value:.2f} s", ""))
     head = (
         f"{report['sampler']} with {report['steps']} steps, {report['num_samples']} samples (seed {report['seed']}) "
         f"vs {report['data']!r} at {report['image_size']}x{report['image_size']}"
     )
-    return "\n".join([head] + [f"  {label:<{width}}  {value}" for label, value in rows])
+    count = next((floor["count"] for floor in real.values()), None)
+    columns = ("", "samples", f"real digits ({count} held out)" if count else "")
+    width = max(len(label) for label, _, _ in rows)
+    value_width = max(len(columns[1]), *(len(value) for _, value, _ in rows))
+    lines = [head, f"  {'':<{width}}  {columns[1]:<{value_width}}  {columns[2]}".rstrip()]
+    lines += [f"  {label:<{width}}  {value:<{value_width}}  {ref}".rstrip() for label, value, ref in rows]
+    if count:
+        lines.append(
+            f"  real digits: {count} digits the reference and the digit network never saw, scored the same way: "
+            "what a perfect model scores with this many samples"
+        )
+    else:
+        lines.append(
+            f"  no real-data reference: held-out real images exist for the embedded digits only, not {report['data']!r}"
+        )
+    return "\n".join(lines)
