@@ -30,8 +30,13 @@ EXTERNAL = {
 SITE_TO_REPO = {site: repo for repo, site in EXTERNAL.items()}
 LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s#]+)(#[^)\s]*)?(\))")
 HREF = re.compile(r'(href=")([^"#]+)(#[^"]*)?(")')
-# nbconvert's MathJax loader (a CDN script, or src="" without one) and its config: KaTeX typesets instead
-MATHJAX = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
+# What nbconvert's template would fetch from a CDN when the page is read: MathJax (KaTeX typesets instead)
+# and, for notebooks with Mermaid diagrams (this one has none), the Mermaid loader
+CDN_SCRIPTS = re.compile(
+    r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->"
+    r'|<script type="module">(?:(?!</script>).)*?jp-Mermaid.*?</script>',
+    re.S,
+)
 
 
 def on_files(files, config):
@@ -75,8 +80,8 @@ def on_page_markdown(markdown, page, config, files):
 
 def on_page_content(html, page, config, files):
     """Notebook pages skip the Markdown stage: their links are rewritten in the rendered HTML, and the
-    MathJax that nbconvert would load from a CDN is left out (docs/javascripts/katex-init.js typesets)."""
+    scripts nbconvert would load from a CDN are left out (docs/javascripts/katex-init.js typesets)."""
     if not page.file.src_uri.endswith(".ipynb"):
         return html
-    html = MATHJAX.sub("", html)
+    html = CDN_SCRIPTS.sub("", html)
     return HREF.sub(rewriter(page.file.src_uri, html=True), html)

@@ -83,6 +83,7 @@ def test_no_page_loads_anything_from_the_network(site):
         html = page.read_text(encoding="utf-8")
         assert not remote.search(html), f"{page.relative_to(site)} loads {remote.search(html).group(0)}"
         assert "mathjax" not in html.lower(), f"{page.relative_to(site)} still loads MathJax"
+        assert not re.search(r'import\("https?://', html), f"{page.relative_to(site)} imports a remote module"
     math = (site / "math.html").read_text(encoding="utf-8")
     assert math.count('class="arithmatex"') >= 20, "math.md's formulas are not marked for KaTeX"
     assert "\\tag{DDPM 4}" in math and "\\tag{DDIM 12}" in math, "the papers' equation numbers are gone"
