@@ -151,3 +151,19 @@ def test_a_broken_anchor_in_a_notebook_fails_the_strict_build(tmp_path, anchor):
     else:
         assert result.returncode != 0, output
         assert "links to '#the-add-noise-step', an anchor its target page does not have" in output
+
+
+@pytest.mark.parametrize("page", ["docs/math.md", "docs/samplers.md", "docs/parity.md"])
+def test_formulas_are_written_as_math(page):
+    """Formulas are $...$ / $$...$$ (GitHub renders them, KaTeX on the site), not ASCII in code blocks:
+    outside math and code, no `sqrt(`, `alpha_bar`, `eps_theta`-style symbol names remain."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)  # fenced code
+    prose = re.sub(r"\$\$.*?\$\$", "", prose, flags=re.S)  # display math
+    prose = re.sub(r"`[^`]*`", "", prose)  # inline code
+    prose = re.sub(r"\$[^$\n]+\$", "", prose)  # inline math
+    ascii_math = re.findall(r"sqrt\(|alpha_bar|\w+_theta|\beps\b|\bsigma_\w|\bbeta_t\b|\bprod_|\^\d", prose)
+    assert not ascii_math, f"{page} writes formulas as plain text: {sorted(set(ascii_math))}"
+    assert text.count("$$") % 2 == 0, f"{page} has an unclosed $$ block"
+    if page != "docs/parity.md":  # the display equations carry the papers' numbers
+        assert "\\tag{" in text
