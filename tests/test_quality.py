@@ -392,5 +392,6 @@ def test_eval_prints_the_real_digits_floor_beside_each_score(diffusers_pipeline,
     line = next(line for line in table.splitlines() if line.strip().startswith("digit FID"))
     assert line.split()[2:] == [f"{report['metrics']['digit']['fid']:.2f}", f"{floor['fid']:.2f}"]
     assert "real digits (70 held out)" in table and "what a perfect model scores" in table
+    assert max(len(line) for line in table.splitlines()) <= 100
     other = format_report({**report, "data": "my/folder", "real": {}})
     assert "no real-data reference" in other and "held out" not in other.splitlines()[1]

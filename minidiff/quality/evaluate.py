@@ -332,12 +332,13 @@ def format_report(report: dict) -> str:
     lines = [head, f"  {'':<{width}}  {columns[1]:<{value_width}}  {columns[2]}".rstrip()]
     lines += [f"  {label:<{width}}  {value:<{value_width}}  {ref}".rstrip() for label, value, ref in rows]
     if count:
-        lines.append(
-            f"  real digits: {count} digits the reference and the digit network never saw, scored the same way: "
-            "what a perfect model scores with this many samples"
-        )
+        lines += [
+            f"  real digits: {count} digits that neither the reference nor the digit network saw, scored the",
+            "  same way: what a perfect model scores with this many samples",
+        ]
     else:
-        lines.append(
-            f"  no real-data reference: held-out real images exist for the embedded digits only, not {report['data']!r}"
-        )
+        lines += [
+            "  no real-data reference: held-out real images exist for the embedded digits only,",
+            f"  not for {report['data']!r}",
+        ]
     return "\n".join(lines)
