@@ -35,7 +35,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from minidiff._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -55,7 +55,7 @@ _EXPORTS = {
     "DDIMPipeline": "minidiff.pipelines.pipeline_ddim",
     "make_image_grid": "minidiff.viz",
     "FastDDPMSampler": "minidiff.fast",
-    "FastTrainer": "minidiff.fast",
+    "FastTrainer": "minidiff.training.fast_engine",
     "TrainConfig": "minidiff.training",
     "TrainResult": "minidiff.training",
     "preset": "minidiff.training",
@@ -102,7 +102,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
-    from minidiff.fast import FastDDPMSampler, FastTrainer
+    from minidiff.fast import FastDDPMSampler
     from minidiff.models.modeling_utils import ModelMixin
     from minidiff.models.unet_2d import UNet2DModel
     from minidiff.pipelines.pipeline_ddim import DDIMPipeline
@@ -115,4 +115,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
     from minidiff.schedulers.scheduling_pndm import PNDMScheduler
     from minidiff.training import TrainConfig, TrainResult, preset, train
+    from minidiff.training.fast_engine import FastTrainer
     from minidiff.viz import make_image_grid

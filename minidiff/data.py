@@ -355,8 +355,8 @@ def decode_all(
 ) -> torch.Tensor:
     """Every image of `dataset` (PIL images) as one uint8 tensor (N, C, H, W). All images are decoded
     before an error is raised, so it names every unreadable one at once; `skip_bad_images` leaves them
-    out with a warning instead. progress: a tqdm bar over the images."""
-    import warnings
+    out with a warning instead (logged: no PYTHONWARNINGS hides it). progress: a tqdm bar over the images."""
+    import logging
 
     from tqdm.auto import tqdm
 
@@ -376,5 +376,6 @@ def decode_all(
             f"skipped {len(bad)} of {len(dataset)} images in {source!r} that cannot be read; "
             f"training on the other {len(pixels)}"
         )
-        warnings.warn(f"{summary}\n{message}", stacklevel=2)  # the first line says it all; then each file
+        # the first line says it all; then each file
+        logging.getLogger(__name__).warning("%s\n%s", summary, message)
     return torch.stack(pixels)  # (N, C, H, W)

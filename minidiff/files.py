@@ -89,6 +89,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Fail now, before a model loads or a sample is drawn, when `path` (a file to write, or with `folder`
+    a folder to write into) cannot be written: one line in the words of `minidiff train`'s check. Creates
+    nothing.
+
+    Args:
+        path: the output file or folder.
+        folder: `path` is a folder (else a file, whose parent folder is checked).
+
+    Returns:
+        `path`.
+    """
+    path = Path(path).expanduser()
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"output file {str(path)!r} is not writable: it is a folder")
+    existing = target
+    while not existing.exists() and existing != existing.parent:  # the nearest part that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "it is a file" if existing == target else f"{str(existing)!r} is a file"
+        raise PermissionError(f"output folder {str(target)!r} is not writable: {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {str(target)!r} is not writable: permission denied")
+    return path
+
+
+def check_pipeline_folder(model: str | os.PathLike, flag: str = "model") -> None:
+    """A local-looking `model` that is not a pipeline folder fails at once (a hub id is looked up later)."""
+    index = Path(model).expanduser() / "model_index.json"
+    if looks_local(model) and not index.is_file():
+        raise FileNotFoundError(
+            f"{flag} {model}: {index} does not exist; expected a pipeline folder (OUT/model)"
+        )
+
+
 def writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` if needed and prove we can write there, before any time is spent."""
     path = Path(path)
@@ -236,6 +272,10 @@ def _try_lock(fd: int) -> bool:
 
 
 # ---- the Hugging Face hub -----------------------------------------------------------------------------
+class HubUnreachable(OSError):
+    """A hub id's file is neither downloadable now (offline, no network) nor in the hub's cache."""
+
+
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE or HF_DATASETS_OFFLINE set to a true value (read now, not at import)."""
     return any(
@@ -293,7 +333,7 @@ def resolve_file(path_or_repo_id: str | os.PathLike, filename: str, subfolder: s
         )
         return Path(path)
     except LocalEntryNotFoundError as err:
-        raise OSError(
+        raise HubUnreachable(
             f"{path_or_repo_id!r} is not a local folder, and {filename!r} could not be downloaded from the "
             "Hugging Face hub nor found in its cache (no network?). Pass a local folder, or download it "
             "once while online."

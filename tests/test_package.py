@@ -51,12 +51,11 @@ def test_command_version_and_help():
 
 
 # ---- the layout: imports run core <- quality <- training <- cli, never back up ----------------------------
-# A module's layer is that of its longest listed prefix; everything else is the core. The fast wing sits
-# beside training: its FastTrainer is a training engine (it imports the training rules).
+# A module's layer is that of its longest listed prefix; everything else is the core (the fast wing's
+# sampler and UNet copy included: the fast training engine lives with the other one, in training/).
 LAYERS = {
     "minidiff.quality": 1,
     "minidiff.training": 2,
-    "minidiff.fast": 2,
     "minidiff.cli": 3,
     "minidiff.__main__": 3,
 }

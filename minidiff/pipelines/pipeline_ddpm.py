@@ -21,6 +21,7 @@ import torch
 
 from minidiff.outputs import ImagePipelineOutput
 from minidiff.pipelines.pipeline_utils import OUTPUT_TYPES, DiffusionPipeline, numpy_to_pil
+from minidiff.schedulers.samplers import scheduler_for
 from minidiff.schedulers.scheduling_utils import randn_tensor
 
 
@@ -137,3 +138,18 @@ class DDPMPipeline(DiffusionPipeline):
         eta = eta if step_takes_eta else None
         image = denoise(self, batch_size, generator, num_inference_steps, output_type, eta, progress=progress)
         return ImagePipelineOutput(images=image) if return_dict else (image,)
+
+
+def with_sampler(pipeline: DiffusionPipeline, sampler: str) -> DDPMPipeline:
+    """This pipeline with sampler X: a DDPMPipeline on the same UNet whose scheduler is a fresh `sampler` (a
+    name of minidiff/schedulers/samplers.py) built from the pipeline's scheduler config (the same noise
+    schedule), so sampling never touches the original's scheduler (training keeps using it).
+
+    Args:
+        pipeline: any pipeline with `unet` and `scheduler`.
+        sampler: the sampler's name, e.g. "dpmsolver++".
+
+    Returns:
+        The new DDPMPipeline (it shares the UNet).
+    """
+    return DDPMPipeline(unet=pipeline.unet, scheduler=scheduler_for(sampler, pipeline.scheduler.config))

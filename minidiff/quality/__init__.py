@@ -2,7 +2,7 @@
 and on Inception-v3 with `pip install 'minidiff[fid]'`.
 
     from minidiff.quality import evaluate, plot_quality_vs_steps, quality_vs_steps
-    report = evaluate("out/demo/model", num_samples=500, sampler="ddim", steps=50)     # = `minidiff eval`
+    report = evaluate("out/demo/model", num_samples=500)     # = `minidiff eval` (DPM-Solver++, 20 steps)
     plot_quality_vs_steps(quality_vs_steps("out/demo/model"), "out/demo/quality_vs_steps.png")
 
 Modules: digit_net (the CNN, its input conversion), train_digit_net (the script that made its weights),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from minidiff.pipelines.pipeline_ddpm import with_sampler
 from minidiff.quality.evaluate import (
     DEFAULT_NUM_SAMPLES,
     check_digit_model,
@@ -23,7 +24,6 @@ from minidiff.quality.evaluate import (
     image_shape,
     load_pipeline,
     score,
-    with_sampler,
 )
 from minidiff.quality.features import extract_features, feature_network
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
