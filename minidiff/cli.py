@@ -227,6 +227,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
+    check_pipeline_folder(args.model, "--model", pipeline=False)  # a hub id offline: before diffusers loads
     from minidiff.parity import parity_table
 
     print(parity_table(args.model, args.timestep, args.batch_size, args.dtype, args.device, args.seed))

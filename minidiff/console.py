@@ -93,9 +93,11 @@ def did_you_mean(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     argv = getattr(parser, "argv", [])
     chosen = next((commands[word] for word in argv if word in commands), parser)
     known = [o for a in chosen._actions if a.help != argparse.SUPPRESS for o in a.option_strings]
-    hints = []
-    for word in unknown:
-        close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.75)
-        if word.startswith("--") and close:
-            hints.append(f"{close[0]} for {word.split('=')[0]}")
-    return f"; did you mean {', '.join(hints)}?" if hints else ""
+    hints = {}
+    for word in (w.split("=")[0] for w in unknown if w.startswith("--")):
+        close = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
+        if close:
+            hints[word] = close[0]
+    if len(hints) == 1:
+        return f"; did you mean {next(iter(hints.values()))}?"
+    return f"; did you mean {', '.join(f'{v} (for {k})' for k, v in hints.items())}?" if hints else ""

@@ -116,13 +116,25 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     return path
 
 
-def check_pipeline_folder(model: str | os.PathLike, flag: str = "model") -> None:
-    """A local-looking `model` that is not a pipeline folder fails at once (a hub id is looked up later)."""
+def check_pipeline_folder(model: str | os.PathLike, flag: str = "model", pipeline: bool = True) -> None:
+    """Before torch loads: a local-looking `model` that is not a pipeline folder fails at once, and so does
+    a hub id whose model_index.json is neither downloadable (offline, no network) nor cached, with the
+    hub's one message. `pipeline` False: a local folder may be a UNet's, a hub repository may lack
+    model_index.json (only an unreachable hub fails)."""
     index = Path(model).expanduser() / "model_index.json"
-    if looks_local(model) and not index.is_file():
-        raise FileNotFoundError(
-            f"{flag} {model}: {index} does not exist; expected a pipeline folder (OUT/model)"
-        )
+    if looks_local(model):
+        if pipeline and not index.is_file():
+            raise FileNotFoundError(
+                f"{flag} {model}: {index} does not exist; expected a pipeline folder (OUT/model)"
+            )
+        return
+    try:
+        resolve_file(model, "model_index.json")
+    except HubUnreachable:
+        raise
+    except OSError:
+        if pipeline:
+            raise
 
 
 def writable_dir(path: str | os.PathLike) -> Path:

@@ -74,7 +74,10 @@ def test_training_readings_and_minidiff_eval_sample_alike():
     default = inspect.signature(digit_fid).parameters["sampler"].default
     assert default == inspect.signature(evaluate).parameters["sampler"].default == DEFAULT_SAMPLER
     assert build_parser(["eval"]).parse_args(["eval", "--model", "m"]).sampler == CHOICES["eval"].sampler
-    assert reading_sampler(DDPMScheduler()) == f"{DEFAULT_SAMPLER.upper()} {steps_for(DEFAULT_SAMPLER, 1000)} steps"
+    assert (
+        reading_sampler(DDPMScheduler())
+        == f"{DEFAULT_SAMPLER.upper()} {steps_for(DEFAULT_SAMPLER, 1000)} steps"
+    )
 
 
 def test_sampler_names_are_written_in_the_table_only():
@@ -88,7 +91,9 @@ def test_sampler_names_are_written_in_the_table_only():
     root = Path(minidiff.__file__).parent
     found = []
     for path in root.rglob("*.py"):
-        if path.name == "samplers.py" or "schedulers" in path.parts:  # (DPM-Solver's algorithm_type is no sampler)
+        if (
+            path.name == "samplers.py" or "schedulers" in path.parts
+        ):  # (DPM-Solver's algorithm_type is no sampler)
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in SAMPLERS:

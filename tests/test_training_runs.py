@@ -425,7 +425,9 @@ def test_cli_warnings_are_one_line_and_debug_shows_them_whole(tmp_path, capsys):
     newest.write_bytes(newest.read_bytes()[:1000])
     assert main([*argv, "--max-steps", "3", "--resume", "--debug"]) == 0
     err = capsys.readouterr().err
-    assert "PytorchStreamReader" in err and "from minidiff.training.checkpoint at" in err  # all, and its origin
+    assert (
+        "PytorchStreamReader" in err and "from minidiff.training.checkpoint at" in err
+    )  # all, and its origin
 
 
 def test_refused_resume_says_why_and_what_to_do(tmp_path, capsys):
