@@ -20,11 +20,12 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import DDIMSchedulerOutput
-from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice, make_betas
+from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    check_model_output,
     clip_or_threshold,
     epsilon_from_original_sample,
     gather_row,
@@ -33,6 +34,7 @@ from minidiff.schedulers.scheduling_utils import (
     predict_epsilon,
     predict_original_sample,
     randn_tensor,
+    vp_schedule,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' DDIMScheduler accepts
@@ -119,12 +121,15 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
     ):
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.betas = make_betas(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
-            supported=BETA_SCHEDULES,
-        )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(  # alpha_bar_t
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            beta_schedule,
+            trained_betas,
+            rescale_betas_zero_snr,
+            BETA_SCHEDULES,
+        )
         # alpha_bar "before" step 0, used when t' < 0: 1 (a clean x_0) or alpha_bar_0.
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.num_inference_steps: int | None = None
@@ -201,15 +206,7 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
                 "run 'set_timesteps' after creating the scheduler"
             )
         t = host_timestep(timestep, self.config.num_train_timesteps)
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"model_output shape {tuple(model_output.shape)} does not match sample shape {tuple(sample.shape)}"
-            )
-        if model_output.dtype != sample.dtype or model_output.device != sample.device:
-            raise ValueError(
-                f"model_output is {model_output.dtype} on {model_output.device} but sample is {sample.dtype} "
-                f"on {sample.device}; expected the same dtype and device"
-            )
+        check_model_output(model_output, sample)
         if not 0 <= eta <= 1:  # diffusers takes any eta; above 1, sqrt(1 - alpha_bar_t' - sigma_t^2) is NaN
             raise ValueError(f"eta={eta!r}; expected a number in [0, 1] (0: DDIM, 1: DDPM's variance)")
         if eta > 0 and variance_noise is not None and generator is not None:

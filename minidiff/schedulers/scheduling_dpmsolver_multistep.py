@@ -31,7 +31,7 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedulers.schedules import check_choice, make_betas
+from minidiff.schedulers.schedules import check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
@@ -42,6 +42,7 @@ from minidiff.schedulers.scheduling_utils import (
     custom_timesteps,
     epsilon_from_original_sample,
     exponential_sigmas,
+    interpolated_sigmas,
     karras_sigmas,
     predict_epsilon,
     predict_original_sample,
@@ -49,6 +50,7 @@ from minidiff.schedulers.scheduling_utils import (
     sigma_to_t,
     sigmas_from_alphas_cumprod,
     threshold_sample,
+    vp_schedule,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' DPM-Solver accepts
@@ -203,14 +205,11 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
             )
 
         # 1. the VP schedule: alpha_bar_t, then alpha_t, sigma_t, lambda_t and sigma = sigma_t / alpha_t
-        self.betas = make_betas(
+        # (under zero SNR alpha_bar_{T-1} = 0 would make sigma infinite: clamped as Euler's, to 2^-24)
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
-            supported=BETA_SCHEDULES,
+            BETA_SCHEDULES, clamp_zero_snr=True,
         )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if rescale_betas_zero_snr:  # alpha_bar = 0 would make sigma infinite: the smallest float16 subnormal
-            self.alphas_cumprod[-1] = 2**-24
         self.alpha_t = torch.sqrt(self.alphas_cumprod)
         self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
         self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
@@ -294,7 +293,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         elif cfg.use_beta_sigmas:
             sigmas = beta_sigmas(sigma_min, sigma_max, n)
         else:
-            return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas), timesteps
+            return interpolated_sigmas(self.alphas_cumprod, timesteps), timesteps
         timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
         # diffusers rounds t for Karras and Lu and truncates it otherwise (the cast to int64 below)
         if (cfg.use_karras_sigmas or cfg.use_lu_lambdas) and cfg.beta_schedule != "squaredcos_cap_v2":

@@ -27,13 +27,14 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice, make_betas
+from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     TIMESTEP_SPACINGS,
     host_timestep,
     inference_timesteps,
     predict_epsilon,
+    vp_schedule,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' PNDMScheduler accepts
@@ -90,12 +91,9 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
     ):
         check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.betas = make_betas(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, False,
-            supported=BETA_SCHEDULES,
-        )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(  # alpha_bar_t
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, False, BETA_SCHEDULES
+        )
         # alpha_bar "before" step 0, used when t' < 0: 1 (a clean x_0) or alpha_bar_0.
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.pndm_order = 4  # PLMS keeps 4 noise estimates
