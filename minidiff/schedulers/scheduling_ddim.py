@@ -174,6 +174,26 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         )
         return ddim_variance(alpha_prod_t, alpha_prod_t_prev)
 
+    def _check_step_inputs(
+        self, model_output, timestep, sample, eta, generator, variance_noise
+    ) -> int | None:
+        """`step`'s checks before any arithmetic; returns t on the host (None for a device timestep)."""
+        if self._step_table is None:
+            raise ValueError(
+                "DDIMScheduler.step was called before set_timesteps: num_inference_steps is None; you need to "
+                "run 'set_timesteps' after creating the scheduler"
+            )
+        t = host_timestep(timestep, self.config.num_train_timesteps)
+        check_model_output(model_output, sample)
+        if not 0 <= eta <= 1:  # diffusers takes any eta; above 1, sqrt(1 - alpha_bar_t' - sigma_t^2) is NaN
+            raise ValueError(f"eta={eta!r}; expected a number in [0, 1] (0: DDIM, 1: DDPM's variance)")
+        if eta > 0 and variance_noise is not None and generator is not None:
+            raise ValueError(
+                "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
+                " `variance_noise` stays `None`."
+            )
+        return t
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -200,20 +220,8 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         Returns:
             `DDIMSchedulerOutput(prev_sample=x_t', pred_original_sample=x_0_hat)`, or that pair as a tuple.
         """
-        if self._step_table is None:
-            raise ValueError(
-                "DDIMScheduler.step was called before set_timesteps: num_inference_steps is None; you need to "
-                "run 'set_timesteps' after creating the scheduler"
-            )
-        t = host_timestep(timestep, self.config.num_train_timesteps)
-        check_model_output(model_output, sample)
-        if not 0 <= eta <= 1:  # diffusers takes any eta; above 1, sqrt(1 - alpha_bar_t' - sigma_t^2) is NaN
-            raise ValueError(f"eta={eta!r}; expected a number in [0, 1] (0: DDIM, 1: DDPM's variance)")
-        if eta > 0 and variance_noise is not None and generator is not None:
-            raise ValueError(
-                "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
-                " `variance_noise` stays `None`."
-            )
+        # 0. the inputs: set_timesteps was called, shapes and dtypes agree, eta in [0, 1]
+        t = self._check_step_inputs(model_output, timestep, sample, eta, generator, variance_noise)
 
         # 1-2. alpha_bar_t, alpha_bar_t' with t' = t - T // n (one table row, on the timestep's device)
         row = self._step_table[t] if t is not None else gather_row(self._table_on(timestep.device), timestep)

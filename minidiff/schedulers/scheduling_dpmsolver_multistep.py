@@ -172,37 +172,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         time_shift_type: str = "exponential",
     ):
         # 0. options: foreign solver names mapped as diffusers maps them, the rest checked
-        for key, mapping in FOREIGN_NAMES.items():
-            if self.config[key] in mapping:
-                self.register_to_config(**{key: mapping[self.config[key]]})
-        algorithm_type, solver_type = self.config.algorithm_type, self.config.solver_type
-        for key, off in NOT_IMPLEMENTED:
-            if self.config[key] != off:
-                raise NotImplementedError(f"{key}={self.config[key]!r} is not implemented in minidiff")
-        if sum(bool(self.config[key]) for key in SIGMA_SCHEDULES[:3]) > 1:
-            raise ValueError(
-                "Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, `config.use_karras_sigmas` "
-                "can be used."
-            )
-        if prediction_type == "flow_prediction":
-            raise NotImplementedError("prediction_type 'flow_prediction' is not implemented in minidiff")
-        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
-        check_choice("solver_type", solver_type, SOLVER_TYPES)
-        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
-        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        check_choice("variance_type", variance_type, VARIANCE_TYPES)
-        if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order {solver_order!r} is not supported; expected 1, 2 or 3")
-        if algorithm_type == "sde-dpmsolver" and solver_order == 3:  # diffusers fails mid-sampling
-            raise ValueError(
-                "solver_order 3 is not supported for algorithm_type 'sde-dpmsolver'; expected 1 or 2"
-            )
-        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and final_sigmas_type == "zero":
-            raise ValueError(
-                f"final_sigmas_type 'zero' is not supported for algorithm_type {algorithm_type!r} (eps / sigma_t "
-                "at sigma = 0); expected 'sigma_min'"
-            )
+        self._check_options()
 
         # 1. the VP schedule: alpha_bar_t, then alpha_t, sigma_t, lambda_t and sigma = sigma_t / alpha_t
         # (under zero SNR alpha_bar_{T-1} = 0 would make sigma infinite: clamped as Euler's, to 2^-24)
@@ -224,6 +194,43 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         self.lower_order_nums = 0
         self._step_index: int | None = None
         self._begin_index: int | None = None
+
+    def _check_options(self) -> None:
+        """Map diffusers' foreign solver names as it does; refuse what minidiff does not implement and the
+        combinations diffusers fails on, naming them."""
+        for key, mapping in FOREIGN_NAMES.items():
+            if self.config[key] in mapping:
+                self.register_to_config(**{key: mapping[self.config[key]]})
+        cfg = self.config
+        algorithm_type, solver_type, solver_order = cfg.algorithm_type, cfg.solver_type, cfg.solver_order
+        prediction_type, final_sigmas_type = cfg.prediction_type, cfg.final_sigmas_type
+        for key, off in NOT_IMPLEMENTED:
+            if self.config[key] != off:
+                raise NotImplementedError(f"{key}={self.config[key]!r} is not implemented in minidiff")
+        if sum(bool(self.config[key]) for key in SIGMA_SCHEDULES[:3]) > 1:
+            raise ValueError(
+                "Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, `config.use_karras_sigmas` "
+                "can be used."
+            )
+        if prediction_type == "flow_prediction":
+            raise NotImplementedError("prediction_type 'flow_prediction' is not implemented in minidiff")
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
+        check_choice("solver_type", solver_type, SOLVER_TYPES)
+        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
+        check_choice("timestep_spacing", cfg.timestep_spacing, TIMESTEP_SPACINGS)
+        check_choice("variance_type", cfg.variance_type, VARIANCE_TYPES)
+        if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order {solver_order!r} is not supported; expected 1, 2 or 3")
+        if algorithm_type == "sde-dpmsolver" and solver_order == 3:  # diffusers fails mid-sampling
+            raise ValueError(
+                "solver_order 3 is not supported for algorithm_type 'sde-dpmsolver'; expected 1 or 2"
+            )
+        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and final_sigmas_type == "zero":
+            raise ValueError(
+                f"final_sigmas_type 'zero' is not supported for algorithm_type {algorithm_type!r} (eps / sigma_t "
+                "at sigma = 0); expected 'sigma_min'"
+            )
 
     # ---- the schedule -------------------------------------------------------------------------
     def set_timesteps(
