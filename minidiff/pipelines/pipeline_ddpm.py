@@ -100,6 +100,8 @@ class DDPMPipeline(DiffusionPipeline):
         scheduler: the scheduler whose `step` the loop calls.
     """
 
+    # Copied from diffusers.pipelines.ddpm.pipeline_ddpm.DDPMPipeline.__call__ (the public signature, then
+    # minidiff's eta and progress; tests/test_copies.py keeps it equal)
     @torch.no_grad()
     def __call__(
         self,

@@ -134,6 +134,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
     order = 1
 
+    # Copied from diffusers.schedulers.scheduling_ddpm.DDPMScheduler.__init__ (the public signature; tests/test_copies.py keeps it equal)
     @register_to_config
     def __init__(
         self,

@@ -139,6 +139,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     order = 1
     init_noise_sigma = 1.0  # x_T ~ N(0, I)
 
+    # Copied from diffusers.schedulers.scheduling_dpmsolver_multistep.DPMSolverMultistepScheduler.__init__ (the public signature; tests/test_copies.py keeps it equal)
     @register_to_config
     def __init__(
         self,
@@ -423,13 +424,8 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def multistep_dpm_solver_third_order_update(
         self, model_output_list: list[torch.Tensor], sample: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Third-order multistep: D1 and D2 from three model outputs (divided differences in lambda).
-
-        Args:
-            model_output_list: the converted model outputs of the last steps, oldest first.
-            sample: the current sample x_s.
-            noise: the noise of the SDE variants (None for the ODE ones).
-        """
+        """Third-order multistep: D1 and D2 from three model outputs (divided differences in lambda); the
+        arguments are `multistep_dpm_solver_second_order_update`'s."""
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
         alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.step_index)
         _, _, lambda_s1 = self._alpha_sigma_lambda(self.step_index - 1)
