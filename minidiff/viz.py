@@ -209,6 +209,25 @@ def terminal_signal_warning(scheduler, threshold: float = TERMINAL_SIGNAL_THRESH
     )
 
 
+# ---- figures: matplotlib through Figure + FigureCanvasAgg, one way for every plot of the package -------------
+def new_figure(width: float, height: float):
+    """A matplotlib Figure of `width` x `height` inches on the Agg canvas (no pyplot, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write `fig` as a PNG at 110 dpi (its folder made if needed); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot_snr(
     scheduler, path: str | os.PathLike, label: str | None = None, threshold: float = TERMINAL_SIGNAL_THRESHOLD
 ) -> Path:
@@ -224,9 +243,6 @@ def plot_snr(
         label: the legend of a single scheduler (default: its beta_schedule).
         threshold: the signal coefficient drawn as the limit of `terminal_signal_warning`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if isinstance(scheduler, list | tuple):
         curves = [(str(name), sched) for name, sched in scheduler]
     else:
@@ -234,8 +250,7 @@ def plot_snr(
     if not curves:
         raise ValueError("plot_snr got an empty list of schedulers")
 
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(11, 4)
     ax_snr, ax_coef = fig.subplots(1, 2)
     for name, sched in curves:
         alpha_bar = _alpha_bar(sched)
@@ -260,10 +275,7 @@ def plot_snr(
     ax_coef.set(xlabel="timestep t", ylabel="coefficient", title="x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε", ylim=(0, 1.5))
     ax_coef.set_yticks(np.linspace(0, 1, 6))
     ax_coef.legend(fontsize=7, loc="upper center", ncol=2)  # above the curves, which stay below 1
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 # ---- training ---------------------------------------------------------------------------------------
@@ -282,9 +294,6 @@ def plot_losses(
         evals: step -> digit FID, drawn on a second axis when given.
         ylabel: what the loss is (the training target and its weights).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     values = np.asarray([float(v) for v in losses], dtype=np.float64)
     if values.size == 0:
         raise ValueError("plot_losses got no loss values")
@@ -292,8 +301,7 @@ def plot_losses(
     smooth = np.convolve(values, np.ones(window) / window, mode="valid")  # (N - window + 1,)
     steps = np.arange(values.size)
 
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(11, 4)
     for ax, scale in zip(fig.subplots(1, 2), ("linear", "log")):
         ax.plot(steps, values, linewidth=0.6, alpha=0.4, label="loss per step")
         ax.plot(steps[window - 1 :], smooth, linewidth=1.5, label=f"moving average ({window} steps)")
@@ -306,7 +314,4 @@ def plot_losses(
                          label="digit FID (right axis)")  # fmt: skip
             quality.set(ylabel="digit FID (lower is better)", yscale=scale)
             quality.legend(fontsize=8, loc="upper right")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)

@@ -183,7 +183,7 @@ def _circle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def layout_problems(root=None) -> list[str]:
     """What breaks the layout: an import up the layers (lazy ones included, facades resolved), a module
-    importing the package it sits in, reference/ or benchmarks/ imported, an import circle."""
+    importing the package it sits in, reference/, benchmarks/ or scripts/ imported, an import circle."""
     problems = []
     graph = _import_graph(root)
     for name, imports in graph.items():
@@ -197,8 +197,10 @@ def layout_problems(root=None) -> list[str]:
             problems.append(
                 f"{name} imports its own package at module level: {sorted(imports['top'] & parents)}"
             )
-        outside = {m for m in imports["raw"] if m.split(".")[0] in ("reference", "benchmarks")}
-        if outside:  # the package stands alone: reference/ and benchmarks/ run from the checkout only
+        outside = {m for m in imports["raw"] if m.split(".")[0] in ("reference", "benchmarks", "scripts")}
+        if (
+            outside
+        ):  # the package stands alone: reference/, benchmarks/ and scripts/ run from the checkout only
             problems.append(f"{name} imports {sorted(outside)}")
     circle = _circle({name: imports["all"] for name, imports in graph.items()})
     if circle:

@@ -1,6 +1,6 @@
 """What the digit metrics say about known image sets, so that a model's figure can be read against them.
 
-    python -m minidiff.quality.calibration --model out/demo/model --seeds 0,1,2 --json calibration.json \
+    python -m scripts.calibration --model out/demo/model --seeds 0,1,2 --json calibration.json \
         --plot docs/images/quality_vs_steps.png
 
 Rows, all against the same reference (the 4,000 training-split digits at the model's size):
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from pathlib import Path
 
 import torch
@@ -30,9 +29,14 @@ from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, score
 from minidiff.quality.features import Features, extract_features, feature_network
 from minidiff.quality.metrics import CONFIDENT_RULE
 from minidiff.quality.reference import reference_features
+from minidiff.quality.steps import mean_and_std
 from minidiff.schedulers.samplers import QUALITY_SWEEP, parse_settings
 
 KEYS = ("fid", "kid", "confident_share", "in_distribution_share", "class_entropy_bits")
+FIGURES = (
+    *KEYS,
+    "seconds",
+)  # the table's columns: mean and std of each (minidiff.quality.steps.mean_and_std)
 BOOTSTRAP_RESAMPLES = 10
 
 
@@ -65,17 +69,6 @@ def bootstrap(features: Features, seed: int) -> Features:
     return Features(features.values[rows], features.network, logits, distance)
 
 
-def summarize_rows(rows: list[dict], point: dict | None = None) -> dict[str, float]:
-    """Mean and standard deviation over `rows` of every key; with `point`, its values instead of the mean."""
-    out = {}
-    for key in KEYS + ("seconds",):
-        values = [r[key] for r in rows if r.get(key) is not None]
-        if values:
-            out[key] = point[key] if point is not None else statistics.mean(values)
-            out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return out
-
-
 def calibrate_real(
     image_size: int, seeds: list[int], num_samples: int = DEFAULT_NUM_SAMPLES, channels: int = 1
 ) -> dict[str, dict]:
@@ -90,12 +83,12 @@ def calibrate_real(
     table = {}
     for name, feats in fixed.items():
         resamples = [score(reference, bootstrap(feats, s), s) for s in range(1, BOOTSTRAP_RESAMPLES + 1)]
-        table[name] = summarize_rows(resamples, point=score(reference, feats))
+        table[name] = mean_and_std(resamples, FIGURES, point=score(reference, feats))
     noise = [
         score(reference, extract_features(gaussian_noise(len(held_out), channels, image_size, s), network), s)
         for s in seeds
     ]
-    table["Gaussian noise"] = summarize_rows(noise)
+    table["Gaussian noise"] = mean_and_std(noise, FIGURES)
     return table
 
 
@@ -141,14 +134,16 @@ def model_rows(args, seeds: list[int], table: dict) -> list[dict]:
                     path.write_text(json.dumps({"runs": runs}, indent=2) + "\n", encoding="utf-8")
         rows = [r for r in runs if (r["sampler"], r["steps"]) == (sampler, steps) and r["seed"] in seeds]
         name = f"model, {sampler.upper()} {steps} steps"
-        table[name + (f" ({len(rows)} seeds)" if len(rows) != len(seeds) else "")] = summarize_rows(rows)
+        table[name + (f" ({len(rows)} seeds)" if len(rows) != len(seeds) else "")] = mean_and_std(
+            rows, FIGURES
+        )
     if args.plot:
         print(f"wrote {plot_quality_vs_steps(runs, args.plot)}")
     return runs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidiff.quality.calibration", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m scripts.calibration", description=__doc__)
     parser.add_argument("--model", default=None, help="a pipeline folder to add the sampler rows for")
     parser.add_argument(
         "--image-size", type=int, default=16, help="without --model: the size to calibrate at"
