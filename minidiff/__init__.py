@@ -20,12 +20,17 @@ Around it:
 
     data.py                 digits / image folder / hub dataset, the tutorial's preprocessing
     viz.py, utils.py        image grids (make_image_grid also at diffusers' path minidiff.utils), noising
-                            strip, SNR plot, loss plot
+                            strip, SNR plot, loss plot, the figures' one canvas
     parity.py               the parity microscope compare_unet; moving a UNet between diffusers and minidiff
+    cost.py                 what sampling will cost, said before it starts
+    _version.py             the version, its one source
     cli.py, __main__.py     the `minidiff` command
-    training/               training runs (see minidiff.training)
+    console.py              how the command talks: one line per event or warning, flags with defaults shown
+                            and the closest name for an unknown one
+    training/               training runs: presets tiny, tutorial, diffusers; the plain and the fast engine
+                            (see minidiff.training)
     quality/                sample quality: digit FID and KID (see minidiff.quality)
-    fast/                   the GPU fast paths (see minidiff.fast)
+    fast/                   the GPU fast sampling path (see minidiff.fast)
 
 Imports run core <- quality <- training <- cli, never back up.
 """

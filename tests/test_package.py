@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import minidiff
 
 
@@ -251,3 +253,54 @@ def test_training_package_names_resolve_and_train_help_stays_light():
     assert TRAINING_PREDICTION_TYPES == PREDICTION_TYPES  # the copy config.py keeps to stay torch-free
     code = "import sys\nfrom minidiff.cli import build_parser\nbuild_parser(['train'])\nprint('torch' in sys.modules)"
     assert _run_python(code) == "False"
+
+
+def test_package_docstrings_map_every_module_and_preset():
+    # each package's docstring names every module and subpackage it holds (the maps `help()` shows)
+    import importlib
+
+    from minidiff.training.config import PRESETS
+
+    for name in ("minidiff", "minidiff.schedulers", "minidiff.models", "minidiff.pipelines",
+                 "minidiff.training", "minidiff.quality", "minidiff.fast"):  # fmt: skip
+        package = importlib.import_module(name)
+        folder, doc = Path(package.__file__).parent, package.__doc__
+        for path in folder.iterdir():
+            if path.suffix == ".py" and path.name != "__init__.py":
+                assert path.name in doc, (name, path.name)
+            elif (path / "__init__.py").is_file():
+                assert f"{path.name}/" in doc, (name, path.name)
+    training_doc = importlib.import_module("minidiff.training").__doc__
+    assert all(f'"{preset}"' in training_doc for preset in PRESETS), list(PRESETS)
+
+
+def test_the_version_has_one_source_and_is_the_changelogs_newest():
+    # pyproject reads minidiff/_version.py; CHANGELOG.md's newest "## x.y.z" heading names the same version
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in pyproject["project"] and pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "minidiff._version.__version__"}
+    newest = re.search(
+        r"^## (\d+\.\d+\.\d+)", (root / "CHANGELOG.md").read_text(encoding="utf-8"), re.MULTILINE
+    )
+    assert newest is not None and minidiff.__version__ == newest.group(1)
+
+
+def test_functions_stay_short_and_the_command_thin():
+    # no function over 80 lines but UNet2DModel.__init__ (its blocks listed in diffusers' order); cli.py <= 450
+    import ast
+
+    root = Path(minidiff.__file__).parent
+    long = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80 and (path.name, node.name) != ("unet_2d.py", "__init__"):
+                    long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
+    assert len((root / "cli.py").read_text(encoding="utf-8").splitlines()) <= 450
