@@ -26,7 +26,17 @@ from PIL import Image, ImageDraw, ImageFont
 TERMINAL_SIGNAL_THRESHOLD = 0.05
 
 
-# ---- images ---------------------------------------------------------------------------------------
+# ---- images: [-1, 1] -> [0, 1] -> uint8, written here once -------------------------------------------
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] -> pixels in [0, 1], as diffusers' pipelines convert: (x / 2 + 0.5).clamp(0, 1)."""
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] -> uint8, rounding as diffusers saves them: (x * 255).round() (float32 arithmetic)."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def numpy_to_pil(images: np.ndarray) -> list[Image.Image]:
     """NHWC floats in [0, 1] -> PIL images ("L" for 1 channel, "RGB" for 3), rounding as diffusers does:
     (x * 255).round() as uint8.
@@ -45,7 +55,7 @@ def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
     then `numpy_to_pil`."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images have shape {tuple(images.shape)}; expected (B, C, H, W) with C = 1 or 3")
-    x = (images.detach().float() / 2 + 0.5).clamp(0, 1)
+    x = denormalize(images.detach().float())
     return numpy_to_pil(x.cpu().permute(0, 2, 3, 1).numpy())  # (B, H, W, C)
 
 

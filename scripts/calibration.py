@@ -31,6 +31,7 @@ from minidiff.quality.metrics import CONFIDENT_RULE
 from minidiff.quality.reference import reference_features
 from minidiff.quality.steps import mean_and_std
 from minidiff.schedulers.samplers import QUALITY_SWEEP, parse_settings
+from minidiff.viz import denormalize, to_uint8
 
 KEYS = ("fid", "kid", "confident_share", "in_distribution_share", "class_entropy_bits")
 FIGURES = (
@@ -59,7 +60,7 @@ def blurred(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
 def gaussian_noise(count: int, channels: int, image_size: int, seed: int) -> torch.Tensor:
     """x_T ~ N(0, I) as the pipeline would output it: uint8 of (x / 2 + 0.5).clamp(0, 1)."""
     x = torch.randn(count, channels, image_size, image_size, generator=torch.Generator().manual_seed(seed))
-    return ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return to_uint8(denormalize(x))
 
 
 def bootstrap(features: Features, seed: int) -> Features:

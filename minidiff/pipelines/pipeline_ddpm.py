@@ -23,6 +23,7 @@ from minidiff.outputs import ImagePipelineOutput
 from minidiff.pipelines.pipeline_utils import OUTPUT_TYPES, DiffusionPipeline, numpy_to_pil
 from minidiff.schedulers.samplers import scheduler_for
 from minidiff.schedulers.scheduling_utils import randn_tensor
+from minidiff.viz import denormalize
 
 
 def check_call(batch_size: int, output_type: str, generator) -> None:
@@ -81,7 +82,7 @@ def denoise(
         image = scheduler.step(model_output, t, image, **step_kwargs).prev_sample
 
     # 5. [-1, 1] -> [0, 1]
-    image = (image / 2 + 0.5).clamp(0, 1)
+    image = denormalize(image)
     if output_type != "pt":
         if image.dtype == torch.bfloat16:  # numpy has no bfloat16 (diffusers fails here); float16 stays
             image = image.float()
