@@ -316,11 +316,11 @@ def _train_parser(commands, common, argv: list[str]) -> None:
         "500 warm-up steps, batch 16, 64 px, 100 epochs, its 6-level UNet).",
     )  # fmt: skip
     train.add_argument(
-        "--preset", choices=["tiny", "tutorial", "diffusers"], default="tutorial", help="settings"
+        "--preset", choices=["tiny", "tutorial", "diffusers"], default="tutorial", help="starting settings"
     )
     train.add_argument(
         "--diffusers-defaults", dest="preset", action="store_const", const="diffusers",
-        help="the same as --preset diffusers: train_unconditional.py's defaults",
+        default=argparse.SUPPRESS, help="the same as --preset diffusers: train_unconditional.py's defaults",
     )  # fmt: skip
     defaults = _defaults("train", preset_in(argv, "tutorial"))
     train.set_defaults(func=cmd_train, defaults=defaults)
