@@ -101,8 +101,8 @@ class DDPMPipeline(DiffusionPipeline):
         scheduler: the scheduler whose `step` the loop calls.
     """
 
-    # Copied from diffusers.pipelines.ddpm.pipeline_ddpm.DDPMPipeline.__call__ (the public signature, then
-    # minidiff's eta and progress; tests/test_copies.py keeps it equal)
+    # Copied from diffusers.pipelines.ddpm.pipeline_ddpm.DDPMPipeline.__call__
+    # (diffusers' signature, then minidiff's eta and progress)
     @torch.no_grad()
     def __call__(
         self,

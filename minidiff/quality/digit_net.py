@@ -79,7 +79,8 @@ def load_digit_net(path: str | Path = WEIGHTS_FILE) -> DigitNet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"digit network weights {path} are missing; train them with `python -m scripts.train_digit_net` (in the checkout)"
+            f"digit network weights {path} are missing; train them with `python -m scripts.train_digit_net` "
+            "(in the checkout)"
         )
     net = DigitNet()
     net.load_state_dict(load_file(path), strict=True)

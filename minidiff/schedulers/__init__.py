@@ -15,5 +15,7 @@
     samplers.py                             the sampler table: name -> class, default steps, each purpose's
                                             sampler and steps (CHOICES), steps_for (imports no torch)
 
-The public classes are imported from the package root: `from minidiff import DDPMScheduler`.
+The public classes are imported from the package root: `from minidiff import DDPMScheduler`. Their keyword
+lists are diffusers' own, repeated on purpose: each stands under a `# Copied from diffusers.X` mark, as
+diffusers marks its copies, and tests/test_copies.py holds it equal to diffusers' signature.
 """

@@ -1,15 +1,16 @@
 """The samplers by name: which scheduler takes the reverse steps, how many steps by default, and the rebuild
 of that scheduler from any pipeline's scheduler config (the same noise schedule, another step).
 
-    from minidiff.schedulers.samplers import scheduler_for
-    pipeline.scheduler = scheduler_for("dpmsolver++", pipeline.scheduler.config)     # 20 steps by default
+    from minidiff.pipelines.pipeline_ddpm import with_sampler
+    fast = with_sampler(pipeline, "dpmsolver++")        # the same UNet and schedule; 20 steps by default
 
 `CHOICES` says which sampler and how many steps each purpose uses by default (`minidiff sample`, `eval`
 and a training run's digit FID readings, the sample grids, the demo's picture); `steps_for` is the one
-"steps or the sampler's default" rule. Every place that offers a choice of sampler reads this table: `minidiff sample|eval|train|demo --sampler`,
-TrainConfig.sampler, minidiff.quality's evaluate and quality_vs_steps. The pipelines run one loop for all
-of them (minidiff/pipelines/pipeline_ddpm.py `denoise`). This module imports no torch: the command's `--help` and
-the torch-free TrainConfig read the names from it; a scheduler class is imported when it is first asked for.
+"steps or the sampler's default" rule. Every place that offers a choice of sampler reads this table:
+`minidiff sample|eval|train|demo --sampler`, TrainConfig.sampler, minidiff.quality's evaluate and
+quality_vs_steps. The pipelines run one loop for all of them (minidiff/pipelines/pipeline_ddpm.py `denoise`,
+`with_sampler` beside it). This module imports no torch: the command's `--help` and the torch-free
+TrainConfig read the names from it; a scheduler class is imported when it is first asked for.
 """
 
 from __future__ import annotations

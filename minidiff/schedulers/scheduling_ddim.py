@@ -100,7 +100,7 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
     order = 1
 
-    # Copied from diffusers.schedulers.scheduling_ddim.DDIMScheduler.__init__ (the public signature; tests/test_copies.py keeps it equal)
+    # Copied from diffusers.schedulers.scheduling_ddim.DDIMScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -123,14 +123,9 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
         self.betas, self.alphas, self.alphas_cumprod = vp_schedule(  # alpha_bar_t
-            num_train_timesteps,
-            beta_start,
-            beta_end,
-            beta_schedule,
-            trained_betas,
-            rescale_betas_zero_snr,
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
             BETA_SCHEDULES,
-        )
+        )  # fmt: skip
         # alpha_bar "before" step 0, used when t' < 0: 1 (a clean x_0) or alpha_bar_0.
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.num_inference_steps: int | None = None

@@ -134,7 +134,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
     order = 1
 
-    # Copied from diffusers.schedulers.scheduling_ddpm.DDPMScheduler.__init__ (the public signature; tests/test_copies.py keeps it equal)
+    # Copied from diffusers.schedulers.scheduling_ddpm.DDPMScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -160,14 +160,9 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
         self.betas, self.alphas, self.alphas_cumprod = vp_schedule(  # alpha_bar_t
-            num_train_timesteps,
-            beta_start,
-            beta_end,
-            beta_schedule,
-            trained_betas,
-            rescale_betas_zero_snr,
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
             BETA_SCHEDULES,
-        )
+        )  # fmt: skip
         self.one = torch.tensor(1.0)  # diffusers' attribute, kept for code that reads it; unused here
         self.variance_type = variance_type
         self.custom_timesteps = False

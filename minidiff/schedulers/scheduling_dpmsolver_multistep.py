@@ -139,7 +139,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     order = 1
     init_noise_sigma = 1.0  # x_T ~ N(0, I)
 
-    # Copied from diffusers.schedulers.scheduling_dpmsolver_multistep.DPMSolverMultistepScheduler.__init__ (the public signature; tests/test_copies.py keeps it equal)
+    # Copied from diffusers.schedulers.scheduling_dpmsolver_multistep.DPMSolverMultistepScheduler.__init__
     @register_to_config
     def __init__(
         self,

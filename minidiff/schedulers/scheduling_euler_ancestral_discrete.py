@@ -68,7 +68,7 @@ class EulerAncestralDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS
     order = 1
 
-    # Copied from diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteScheduler.__init__ (the public signature; tests/test_copies.py keeps it equal)
+    # Copied from diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteScheduler.__init__
     @register_to_config
     def __init__(
         self,

@@ -75,7 +75,7 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS
     order = 1
 
-    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.__init__ (the public signature; tests/test_copies.py keeps it equal)
+    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -198,7 +198,7 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
             eps = predict_epsilon(eps, sample, None, "v_prediction", sqrt_alpha_prod_t, sqrt_beta_prod_t)
         return transfer(sample, eps, alpha_prod_t, alpha_prod_t_prev)
 
-    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.step_prk (the public signature; tests/test_copies.py keeps it equal)
+    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.step_prk
     def step_prk(
         self,
         model_output: torch.Tensor,
@@ -238,7 +238,7 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
         self.counter += 1
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
-    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.step_plms (the public signature; tests/test_copies.py keeps it equal)
+    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.step_plms
     def step_plms(
         self,
         model_output: torch.Tensor,

@@ -94,7 +94,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     device: str = "auto"  # "auto" = cuda if available, else cpu
-    fast: bool = False  # the fast engine (minidiff.training.fast_engine.FastTrainer): data on the device, one CUDA graph per step
+    fast: bool = False  # the fast engine (training/fast_engine.py): data on the device, one CUDA graph a step
     # outputs
     out_dir: str = "out/train"
     overwrite: bool = False  # replace what another run left in out_dir (its model, checkpoints, logs)
