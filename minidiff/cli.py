@@ -27,7 +27,7 @@ from pathlib import Path
 from minidiff.console import Parser, clean_warnings, setup_logging
 from minidiff.console import say as _say
 from minidiff.cost import announce_cost as _say_cost
-from minidiff.files import check_pipeline_folder, check_writable
+from minidiff.files import check_hub_dataset, check_pipeline_folder, check_writable
 
 # ---- train / demo ---------------------------------------------------------------------------------------
 DEMO_TIME_BUDGET = 150.0  # seconds of training (the tiny preset stops at 1,800 steps anyway)
@@ -207,6 +207,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     if args.index < 0:
         raise ValueError(f"--index {args.index}; expected the index of an image, >= 0")
     check_writable(args.out, folder=True)
+    check_hub_dataset(args.data)
     from minidiff.data import load_dataset
     from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 

@@ -315,6 +315,25 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+def hub_dataset_error(source: str, why: str) -> ConnectionError:
+    """The one message of a hub dataset id that cannot be read (`why`), with what to use instead."""
+    return ConnectionError(
+        f"{source!r} is not a local folder, so it was taken for a Hugging Face hub dataset id, but {why}. "
+        "Use the embedded 'digits' data set, a local folder of images (e.g. data/butterflies), or, if this "
+        "dataset was downloaded before, set HF_HUB_OFFLINE=1 to read it from the cache."
+    )
+
+
+def check_hub_dataset(source: str | os.PathLike) -> None:
+    """Before torch or `datasets` load: a hub dataset id while the hub cannot be reached fails at once (with
+    HF_HUB_OFFLINE set the cache is read later, by `datasets`)."""
+    source = str(source)
+    if source == "digits" or looks_local(source) or hub_offline():  # "digits": minidiff.data.DEFAULT_DATASET
+        return
+    if not hub_reachable():
+        raise hub_dataset_error(source, "the hub could not be reached (no network?)")
+
+
 def looks_local(path_or_repo_id: str | os.PathLike) -> bool:
     """A path the user meant as a local one: it exists, starts with . / ~, or has more than one '/'."""
     text = str(path_or_repo_id)

@@ -520,3 +520,20 @@ def test_a_hub_id_offline_fails_at_once_with_one_message_in_every_command(monkey
         messages[command] = err.split("error: ", 1)[1]
         assert seconds < 3 and "could not be downloaded from the Hugging Face hub" in err, (command, seconds)
     assert len(set(messages.values())) == 1, messages
+
+
+def test_a_hub_dataset_offline_fails_before_anything_loads(tmp_path, monkeypatch, capsys):
+    import minidiff.files
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(minidiff.files, "hub_reachable", lambda timeout=3.0: False)  # no network
+    hub_id = "huggan/smithsonian_butterflies_subset"
+    messages = set()
+    for argv in (["noise", "--data", hub_id, "--out", str(tmp_path / "n")],
+                 ["train", "--data", hub_id, "--out", str(tmp_path / "t"), "--max-steps", "1"]):  # fmt: skip
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        messages.add(err.split("error: ", 1)[1])
+        assert "hub could not be reached" in err and len(err.splitlines()) == 1
+    assert len(messages) == 1 and not (tmp_path / "n").exists() and not (tmp_path / "t").exists()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from minidiff.files import LOCK_NAME, FolderLock, check_writable, looks_local, writable_dir
+from minidiff.files import LOCK_NAME, FolderLock, check_hub_dataset, check_writable, looks_local, writable_dir
 from minidiff.training.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ def check_before_start(config: TrainConfig) -> None:
         if not Path(config.resume).is_file():
             raise MissingPath("{resume}: that checkpoint file does not exist", resume=config.resume)
     check_writable(config.out_dir, folder=True)
+    check_hub_dataset(config.data)  # a hub id offline: now, not after torch and `datasets` load
 
 
 @contextlib.contextmanager
