@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from minidiff.quality.digit_net import HELD_OUT_SPLIT
+from minidiff.quality.digit_net import held_out_digits
 from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, score
 from minidiff.quality.features import Features, extract_features, feature_network
 from minidiff.quality.metrics import CONFIDENT_RULE
@@ -34,19 +34,8 @@ from minidiff.schedulers.samplers import QUALITY_SWEEP, parse_settings
 from minidiff.viz import denormalize, to_uint8
 
 KEYS = ("fid", "kid", "confident_share", "in_distribution_share", "class_entropy_bits")
-FIGURES = (
-    *KEYS,
-    "seconds",
-)  # the table's columns: mean and std of each (minidiff.quality.steps.mean_and_std)
+FIGURES = (*KEYS, "seconds")  # the table's columns, mean and std of each (quality.steps.mean_and_std)
 BOOTSTRAP_RESAMPLES = 10
-
-
-def held_out_digits(image_size: int, channels: int = 1) -> torch.Tensor:
-    """The 1,000 held-out digits as uint8 (1000, C, s, s), resized as the training data is."""
-    from minidiff.data import load_dataset_uint8
-
-    images = load_dataset_uint8("digits", image_size, channels=channels, limit=HELD_OUT_SPLIT.stop)
-    return images[HELD_OUT_SPLIT.start :]
 
 
 def blurred(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:

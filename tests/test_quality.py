@@ -12,6 +12,7 @@ import torch
 from tiny import TINY_UNET
 
 from minidiff.quality import digit_net
+from minidiff.quality.digit_net import held_out_digits
 from minidiff.quality.evaluate import score
 from minidiff.quality.features import (
     Features,
@@ -22,7 +23,7 @@ from minidiff.quality.features import (
 )
 from minidiff.quality.metrics import digit_scores, fid, kid
 from minidiff.quality.reference import load_reference, reference_features, save_reference
-from scripts.calibration import blurred, gaussian_noise, held_out_digits
+from scripts.calibration import blurred, gaussian_noise
 
 
 @pytest.fixture(scope="module")

@@ -140,3 +140,11 @@ def accuracy(net: DigitNet, images: torch.Tensor, labels: torch.Tensor) -> float
     net.eval()
     logits = torch.cat([net(to_input(chunk))[0] for chunk in images.split(500)])
     return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+def held_out_digits(image_size: int, channels: int = 1) -> torch.Tensor:
+    """The 1,000 held-out digits as uint8 (1000, C, s, s), resized as the training data is."""
+    from minidiff.data import load_dataset_uint8
+
+    images = load_dataset_uint8("digits", image_size, channels=channels, limit=HELD_OUT_SPLIT.stop)
+    return images[HELD_OUT_SPLIT.start :]
