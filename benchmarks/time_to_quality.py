@@ -142,7 +142,8 @@ class MinidiffRecipe:
 
     @torch.no_grad()
     def sample(self, num_samples: int, seed: int) -> torch.Tensor:
-        from minidiff.quality.evaluate import generate, with_sampler
+        from minidiff.pipelines.pipeline_ddpm import with_sampler
+        from minidiff.quality.evaluate import generate
 
         pipeline = with_sampler(self.pipeline(), self.sampler)
         was_training = self.unet.training

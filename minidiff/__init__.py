@@ -20,12 +20,17 @@ Around it:
 
     data.py                 digits / image folder / hub dataset, the tutorial's preprocessing
     viz.py, utils.py        image grids (make_image_grid also at diffusers' path minidiff.utils), noising
-                            strip, SNR plot, loss plot
+                            strip, SNR plot, loss plot, the figures' one canvas
     parity.py               the parity microscope compare_unet; moving a UNet between diffusers and minidiff
+    cost.py                 what sampling will cost, said before it starts
+    _version.py             the version, its one source
     cli.py, __main__.py     the `minidiff` command
-    training/               training runs (see minidiff.training)
+    console.py              how the command talks: one line per event or warning, flags with defaults shown
+                            and the closest name for an unknown one
+    training/               training runs: presets tiny, tutorial, diffusers; the plain and the fast engine
+                            (see minidiff.training)
     quality/                sample quality: digit FID and KID (see minidiff.quality)
-    fast/                   the GPU fast paths (see minidiff.fast)
+    fast/                   the GPU fast sampling path (see minidiff.fast)
 
 Imports run core <- quality <- training <- cli, never back up.
 """
@@ -35,7 +40,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from minidiff._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -55,7 +60,7 @@ _EXPORTS = {
     "DDIMPipeline": "minidiff.pipelines.pipeline_ddim",
     "make_image_grid": "minidiff.viz",
     "FastDDPMSampler": "minidiff.fast",
-    "FastTrainer": "minidiff.fast",
+    "FastTrainer": "minidiff.training.fast_engine",
     "TrainConfig": "minidiff.training",
     "TrainResult": "minidiff.training",
     "preset": "minidiff.training",
@@ -102,7 +107,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
-    from minidiff.fast import FastDDPMSampler, FastTrainer
+    from minidiff.fast import FastDDPMSampler
     from minidiff.models.modeling_utils import ModelMixin
     from minidiff.models.unet_2d import UNet2DModel
     from minidiff.pipelines.pipeline_ddim import DDIMPipeline
@@ -115,4 +120,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
     from minidiff.schedulers.scheduling_pndm import PNDMScheduler
     from minidiff.training import TrainConfig, TrainResult, preset, train
+    from minidiff.training.fast_engine import FastTrainer
     from minidiff.viz import make_image_grid

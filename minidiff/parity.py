@@ -262,10 +262,45 @@ def load_both_unets(path: str | os.PathLike):
     Args:
         path: the folder.
     """
+    from minidiff.files import HubUnreachable, looks_local, resolve_file
     from minidiff.models.unet_2d import UNet2DModel
 
     diffusers = _import_diffusers()
-    subfolder = "unet" if os.path.isfile(os.path.join(path, "unet", "config.json")) else None
-    reference = diffusers.UNet2DModel.from_pretrained(path, subfolder=subfolder)
+    if looks_local(path):
+        subfolder = "unet" if os.path.isfile(os.path.join(path, "unet", "config.json")) else None
+    else:  # a hub id: minidiff's look-up first, so that offline fails at once with the hub's one message
+        try:
+            resolve_file(path, "model_index.json")
+            subfolder = "unet"
+        except HubUnreachable:
+            raise
+        except OSError:  # a hub repository of a bare UNet
+            subfolder = None
     ours = UNet2DModel.from_pretrained(path, subfolder=subfolder)
+    reference = diffusers.UNet2DModel.from_pretrained(path, subfolder=subfolder)
     return reference.eval(), ours.eval()
+
+
+def parity_table(
+    model: str | os.PathLike, timestep: int = 500, batch_size: int = 1, dtype: str = "fp32",
+    device: str | None = None, seed: int = 0,
+) -> str:  # fmt: skip
+    """`minidiff parity`: both UNets of `model` (a folder or hub id) on one seeded random batch at
+    `timestep`, compared module by module; the table `ParityReport.table` prints.
+
+    Args:
+        model: a pipeline folder (its unet/), a UNet folder or a hub id.
+        timestep: the timestep fed to both.
+        batch_size: random inputs per forward.
+        dtype: "fp32", "bf16" or "fp16".
+        device: where both run (None: cpu).
+        seed: seeds the random input.
+    """
+    reference, ours = load_both_unets(model)
+    config = ours.config
+    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch_size, config.in_channels, size, size, generator=generator)  # (B, C, H, W)
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    report = compare_unet(reference, ours, sample, torch.tensor(timestep), dtype=dtypes[dtype], device=device)
+    return report.table()

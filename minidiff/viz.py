@@ -26,7 +26,17 @@ from PIL import Image, ImageDraw, ImageFont
 TERMINAL_SIGNAL_THRESHOLD = 0.05
 
 
-# ---- images ---------------------------------------------------------------------------------------
+# ---- images: [-1, 1] -> [0, 1] -> uint8, written here once -------------------------------------------
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] -> pixels in [0, 1], as diffusers' pipelines convert: (x / 2 + 0.5).clamp(0, 1)."""
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] -> uint8, rounding as diffusers saves them: (x * 255).round() (float32 arithmetic)."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def numpy_to_pil(images: np.ndarray) -> list[Image.Image]:
     """NHWC floats in [0, 1] -> PIL images ("L" for 1 channel, "RGB" for 3), rounding as diffusers does:
     (x * 255).round() as uint8.
@@ -45,7 +55,7 @@ def to_pil_images(images: torch.Tensor) -> list[Image.Image]:
     then `numpy_to_pil`."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images have shape {tuple(images.shape)}; expected (B, C, H, W) with C = 1 or 3")
-    x = (images.detach().float() / 2 + 0.5).clamp(0, 1)
+    x = denormalize(images.detach().float())
     return numpy_to_pil(x.cpu().permute(0, 2, 3, 1).numpy())  # (B, H, W, C)
 
 
@@ -209,6 +219,25 @@ def terminal_signal_warning(scheduler, threshold: float = TERMINAL_SIGNAL_THRESH
     )
 
 
+# ---- figures: matplotlib through Figure + FigureCanvasAgg, one way for every plot of the package -------------
+def new_figure(width: float, height: float):
+    """A matplotlib Figure of `width` x `height` inches on the Agg canvas (no pyplot, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write `fig` as a PNG at 110 dpi (its folder made if needed); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot_snr(
     scheduler, path: str | os.PathLike, label: str | None = None, threshold: float = TERMINAL_SIGNAL_THRESHOLD
 ) -> Path:
@@ -224,9 +253,6 @@ def plot_snr(
         label: the legend of a single scheduler (default: its beta_schedule).
         threshold: the signal coefficient drawn as the limit of `terminal_signal_warning`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if isinstance(scheduler, list | tuple):
         curves = [(str(name), sched) for name, sched in scheduler]
     else:
@@ -234,8 +260,7 @@ def plot_snr(
     if not curves:
         raise ValueError("plot_snr got an empty list of schedulers")
 
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(11, 4)
     ax_snr, ax_coef = fig.subplots(1, 2)
     for name, sched in curves:
         alpha_bar = _alpha_bar(sched)
@@ -260,10 +285,7 @@ def plot_snr(
     ax_coef.set(xlabel="timestep t", ylabel="coefficient", title="x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε", ylim=(0, 1.5))
     ax_coef.set_yticks(np.linspace(0, 1, 6))
     ax_coef.legend(fontsize=7, loc="upper center", ncol=2)  # above the curves, which stay below 1
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 # ---- training ---------------------------------------------------------------------------------------
@@ -275,17 +297,13 @@ def smoothing_window(num_steps: int) -> int:
 
 def loss_figure(losses: Sequence[float], evals: dict[int, float] | None = None, ylabel: str = "MSE(ε, ε_θ)"):
     """The figure `plot_losses` writes (a matplotlib Figure, no pyplot): the arguments are plot_losses'."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     values = np.asarray([float(v) for v in losses], dtype=np.float64)
     if values.size == 0:
         raise ValueError("plot_losses got no loss values")
     window = smoothing_window(values.size)
     steps = np.arange(values.size)
 
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(11, 4)
     for ax, scale in zip(fig.subplots(1, 2), ("linear", "log")):
         ax.plot(steps, values, linewidth=0.6, alpha=0.4, label="loss per step")
         if window >= 2:  # the mean of the last `window` losses, drawn at the last of them
@@ -319,8 +337,4 @@ def plot_losses(
         evals: step -> digit FID, drawn on a second axis when given.
         ylabel: what the loss is (the training target and its weights).
     """
-    fig = loss_figure(losses, evals, ylabel)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(loss_figure(losses, evals, ylabel), path)

@@ -421,3 +421,119 @@ def test_eval_announces_the_cost_of_its_own_default_steps(trained, monkeypatch, 
     assert main(["eval", "--model", str(trained / "model"), "--quiet", "--device", "cpu"]) == 1
     out = capsys.readouterr().out
     assert "expected: 500 samples, dpmsolver++ with 20 steps:" in out
+
+
+# ---- help, unknown flags, checks before work (one wording, before a model loads) -------------------------
+@pytest.mark.parametrize("command", ["noise", "sample", "eval", "parity"])
+def test_help_shows_every_default(command, capsys):
+    from minidiff.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    subparser = build_parser([command])._subparsers._group_actions[0].choices[command]
+    for action in subparser._actions:
+        if action.option_strings and action.default not in (None, False, "==SUPPRESS==") and action.help:
+            assert f"(default: {action.default})" in text, (command, action.dest)
+    if command == "noise":
+        assert "(default: squaredcos_cap_v2)" in text and "(default: 0.0001)" in text
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["train", "--lerning_rate", "1e-4"], "did you mean --learning_rate?"),  # diffusers' spelling
+        (["train", "--lerningrate", "1e-4"], "did you mean --learning_rate?"),
+        (["sample", "--model", "m", "--sampeler", "ddim"], "did you mean --sampler?"),
+        (
+            ["eval", "--model", "m", "--num-smaples", "9", "--seeed", "1"],
+            "--num-samples (for --num-smaples), --seed",
+        ),
+    ],
+)
+def test_unknown_flags_get_the_closest_known_name(argv, hint, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "unrecognized arguments" in err and hint in err
+
+
+def test_unknown_flag_far_from_every_name_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--zzzz", "1"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    return path
+
+
+def test_every_writing_command_checks_its_output_path_first(trained, a_file, monkeypatch, capsys):
+    # `sample --out a_file/grid.png` fails before the model loads (no sampling, no raw [Errno 17]), in the
+    # words `train` uses for the same mistake
+    import importlib
+
+    import minidiff.pipelines.pipeline_ddpm as pipeline_ddpm
+
+    evaluate = importlib.import_module("minidiff.quality.evaluate")
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded a model before checking the output path")
+
+    monkeypatch.setattr(pipeline_ddpm.DDPMPipeline, "from_pretrained", never)
+    monkeypatch.setattr(evaluate, "load_pipeline", never)
+    wording = f"output folder {str(a_file)!r} is not writable: it is a file"
+    model = str(trained / "model")
+    runs = {
+        "sample": ["sample", "--model", model, "--out", str(a_file / "grid.png")],
+        "eval": ["eval", "--model", model, "--out", str(a_file / "eval.json")],
+        "eval --cache-dir": ["eval", "--model", model, "--out", str(a_file.parent / "e.json"),
+                             "--cache-dir", str(a_file)],
+        "noise": ["noise", "--out", str(a_file)],
+        "train": ["train", "--preset", "tiny", "--out", str(a_file), *TRAIN_TINY],
+    }  # fmt: skip
+    for what, argv in runs.items():
+        assert main(argv) == 1, what
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"error: {wording}") and len(err.splitlines()) == 1, (what, err)
+    assert main(["sample", "--model", model, "--out", str(a_file / "deeper" / "grid.png")]) == 1
+    assert f"{str(a_file)!r} is a file" in capsys.readouterr().err
+    folder = a_file.parent / "grid.png"
+    folder.mkdir()
+    assert main(["sample", "--model", model, "--out", str(folder)]) == 1
+    assert f"output file {str(folder)!r} is not writable: it is a folder" in capsys.readouterr().err
+
+
+def test_a_hub_id_offline_fails_at_once_with_one_message_in_every_command(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    messages = {}
+    for command in ("sample", "eval", "parity"):
+        started = time.perf_counter()
+        assert main([command, "--model", "google/ddpm-cifar10-32"]) == 1
+        seconds = time.perf_counter() - started
+        err = capsys.readouterr().err.strip()
+        messages[command] = err.split("error: ", 1)[1]
+        assert seconds < 3 and "could not be downloaded from the Hugging Face hub" in err, (command, seconds)
+    assert len(set(messages.values())) == 1, messages
+
+
+def test_a_hub_dataset_offline_fails_before_anything_loads(tmp_path, monkeypatch, capsys):
+    import minidiff.files
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(minidiff.files, "hub_reachable", lambda timeout=3.0: False)  # no network
+    hub_id = "huggan/smithsonian_butterflies_subset"
+    messages = set()
+    for argv in (["noise", "--data", hub_id, "--out", str(tmp_path / "n")],
+                 ["train", "--data", hub_id, "--out", str(tmp_path / "t"), "--max-steps", "1"]):  # fmt: skip
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        messages.add(err.split("error: ", 1)[1])
+        assert "hub could not be reached" in err and len(err.splitlines()) == 1
+    assert len(messages) == 1 and not (tmp_path / "n").exists() and not (tmp_path / "t").exists()

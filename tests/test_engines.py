@@ -12,12 +12,12 @@ import pytest
 import torch
 from tiny import TINY_ATTENTION_NET, TINY_UNET
 
-from minidiff.fast import FastTrainer
 from minidiff.models.unet_2d import UNet2DModel
 from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 from minidiff.training import train
 from minidiff.training.checkpoint import list_checkpoints, load_checkpoint
 from minidiff.training.config import TrainConfig, preset
+from minidiff.training.fast_engine import FastTrainer
 from minidiff.training.rules import EMA, epoch_order, make_lr_scheduler, training_target
 
 # 22 digits in batches of 8: three batches per epoch, the last one of 6 images

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import minidiff
 
 
@@ -51,12 +53,11 @@ def test_command_version_and_help():
 
 
 # ---- the layout: imports run core <- quality <- training <- cli, never back up ----------------------------
-# A module's layer is that of its longest listed prefix; everything else is the core. The fast wing sits
-# beside training: its FastTrainer is a training engine (it imports the training rules).
+# A module's layer is that of its longest listed prefix; everything else is the core (the fast wing's
+# sampler and UNet copy included: the fast training engine lives with the other one, in training/).
 LAYERS = {
     "minidiff.quality": 1,
     "minidiff.training": 2,
-    "minidiff.fast": 2,
     "minidiff.cli": 3,
     "minidiff.__main__": 3,
 }
@@ -184,7 +185,7 @@ def _circle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def layout_problems(root=None) -> list[str]:
     """What breaks the layout: an import up the layers (lazy ones included, facades resolved), a module
-    importing the package it sits in, reference/ or benchmarks/ imported, an import circle."""
+    importing the package it sits in, reference/, benchmarks/ or scripts/ imported, an import circle."""
     problems = []
     graph = _import_graph(root)
     for name, imports in graph.items():
@@ -198,8 +199,10 @@ def layout_problems(root=None) -> list[str]:
             problems.append(
                 f"{name} imports its own package at module level: {sorted(imports['top'] & parents)}"
             )
-        outside = {m for m in imports["raw"] if m.split(".")[0] in ("reference", "benchmarks")}
-        if outside:  # the package stands alone: reference/ and benchmarks/ run from the checkout only
+        outside = {m for m in imports["raw"] if m.split(".")[0] in ("reference", "benchmarks", "scripts")}
+        if (
+            outside
+        ):  # the package stands alone: reference/, benchmarks/ and scripts/ run from the checkout only
             problems.append(f"{name} imports {sorted(outside)}")
     circle = _circle({name: imports["all"] for name, imports in graph.items()})
     if circle:
@@ -250,3 +253,54 @@ def test_training_package_names_resolve_and_train_help_stays_light():
     assert TRAINING_PREDICTION_TYPES == PREDICTION_TYPES  # the copy config.py keeps to stay torch-free
     code = "import sys\nfrom minidiff.cli import build_parser\nbuild_parser(['train'])\nprint('torch' in sys.modules)"
     assert _run_python(code) == "False"
+
+
+def test_package_docstrings_map_every_module_and_preset():
+    # each package's docstring names every module and subpackage it holds (the maps `help()` shows)
+    import importlib
+
+    from minidiff.training.config import PRESETS
+
+    for name in ("minidiff", "minidiff.schedulers", "minidiff.models", "minidiff.pipelines",
+                 "minidiff.training", "minidiff.quality", "minidiff.fast"):  # fmt: skip
+        package = importlib.import_module(name)
+        folder, doc = Path(package.__file__).parent, package.__doc__
+        for path in folder.iterdir():
+            if path.suffix == ".py" and path.name != "__init__.py":
+                assert path.name in doc, (name, path.name)
+            elif (path / "__init__.py").is_file():
+                assert f"{path.name}/" in doc, (name, path.name)
+    training_doc = importlib.import_module("minidiff.training").__doc__
+    assert all(f'"{preset}"' in training_doc for preset in PRESETS), list(PRESETS)
+
+
+def test_the_version_has_one_source_and_is_the_changelogs_newest():
+    # pyproject reads minidiff/_version.py; CHANGELOG.md's newest "## x.y.z" heading names the same version
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in pyproject["project"] and pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "minidiff._version.__version__"}
+    newest = re.search(
+        r"^## (\d+\.\d+\.\d+)", (root / "CHANGELOG.md").read_text(encoding="utf-8"), re.MULTILINE
+    )
+    assert newest is not None and minidiff.__version__ == newest.group(1)
+
+
+def test_functions_stay_short_and_the_command_thin():
+    # no function over 80 lines but UNet2DModel.__init__ (its blocks listed in diffusers' order); cli.py <= 450
+    import ast
+
+    root = Path(minidiff.__file__).parent
+    long = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80 and (path.name, node.name) != ("unet_2d.py", "__init__"):
+                    long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
+    assert len((root / "cli.py").read_text(encoding="utf-8").splitlines()) <= 450

@@ -12,7 +12,7 @@ import torch
 from tiny import TINY_UNET
 
 from minidiff.quality import digit_net
-from minidiff.quality.calibration import blurred, gaussian_noise, held_out_digits
+from minidiff.quality.digit_net import held_out_digits
 from minidiff.quality.evaluate import score
 from minidiff.quality.features import (
     Features,
@@ -23,6 +23,7 @@ from minidiff.quality.features import (
 )
 from minidiff.quality.metrics import digit_scores, fid, kid
 from minidiff.quality.reference import load_reference, reference_features, save_reference
+from scripts.calibration import blurred, gaussian_noise
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_importing_the_quality_package_loads_neither_torchmetrics_nor_matplotlib
 
 # ---- the digit network --------------------------------------------------------------------------------
 def test_shipped_weights_are_small_and_accurate_on_the_held_out_split():
-    from minidiff.quality.train_digit_net import accuracy, digit_split
+    from minidiff.quality.digit_net import accuracy, digit_split
 
     assert digit_net.WEIGHTS_FILE.stat().st_size < 1024**2  # the bound: < 1 MB
     model = digit_net.load_digit_net()
@@ -60,7 +61,7 @@ def test_shipped_weights_are_small_and_accurate_on_the_held_out_split():
 
 
 def test_training_is_deterministic_for_a_seed():
-    from minidiff.quality.train_digit_net import train_digit_net
+    from scripts.train_digit_net import train_digit_net
 
     first, second = (train_digit_net(seed=3, epochs=1, limit=256).state_dict() for _ in range(2))
     other = train_digit_net(seed=4, epochs=1, limit=256).state_dict()
@@ -180,7 +181,7 @@ def test_in_distribution_statistics_belong_to_the_shipped_weights(tmp_path):
 
     other = tmp_path / "other.safetensors"
     other.write_bytes(digit_net.WEIGHTS_FILE.read_bytes() + b" ")  # another digest
-    with pytest.raises(ValueError, match="refit it with `python -m minidiff.quality.in_distribution`"):
+    with pytest.raises(ValueError, match="refit it with `python -m scripts.fit_digit_stats`"):
         load_stats(STATS_FILE, other)
 
 
@@ -395,3 +396,27 @@ def test_eval_prints_the_real_digits_floor_beside_each_score(diffusers_pipeline,
     assert max(len(line) for line in table.splitlines()) <= 100
     other = format_report({**report, "data": "my/folder", "real": {}})
     assert "no real-data reference" in other and "held out" not in other.splitlines()[1]
+
+
+def test_quality_only_measures_and_the_workbench_scripts_run_from_the_checkout():
+    # minidiff.quality holds no script (no main()); the scripts that fit or calibrate run as python -m scripts.X
+    import ast
+    import subprocess
+    from pathlib import Path
+
+    import minidiff.quality
+
+    folder = Path(minidiff.quality.__file__).parent
+    mains = [
+        path.name
+        for path in folder.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef) and node.name == "main"
+    ]
+    assert mains == []
+    root = Path(__file__).parents[1]
+    for script in ("calibration", "train_digit_net", "fit_digit_stats"):
+        done = subprocess.run(
+            [sys.executable, "-m", f"scripts.{script}", "--help"], cwd=root, capture_output=True, text=True
+        )
+        assert done.returncode == 0 and f"python -m scripts.{script}" in done.stdout, (script, done.stderr)

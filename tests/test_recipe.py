@@ -105,8 +105,7 @@ def test_diffusers_samples_a_saved_recipe_model_as_minidiff_does(tmp_path, sampl
     """A model trained with v_prediction, zero terminal SNR and trailing timesteps: diffusers' pipeline
     built from the saved folder (its scheduler from the saved config) draws the same images, bit for bit."""
     diffusers = pytest.importorskip("diffusers")
-    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
-    from minidiff.quality.evaluate import with_sampler
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline, with_sampler
 
     config = preset(
         "tiny", out_dir=str(tmp_path), max_steps=2, prediction_type="v_prediction", snr_gamma=GAMMA,

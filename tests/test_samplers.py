@@ -14,13 +14,15 @@ from tiny import TINY_UNET
 
 from minidiff import DDPMPipeline, DDPMScheduler, UNet2DModel
 from minidiff.schedulers.samplers import (
+    CHOICES,
+    DEMO_SWEEP,
     QUALITY_SWEEP,
     SAMPLERS,
     SCHEDULE_KEYS,
-    default_steps,
     parse_settings,
     scheduler_class,
     scheduler_for,
+    steps_for,
 )
 
 # Same weights, same seed, same float32 CPU code: the trajectories agree exactly here; 1e-5 leaves room for
@@ -51,13 +53,52 @@ def test_table_names_classes_and_default_steps():
         cls = scheduler_class(name)  # every entry imports (none is skipped): a class of diffusers' name
         assert cls.__name__ == sampler.class_name and hasattr(diffusers, sampler.class_name), name
         assert set(dict(sampler.overrides)) <= set(cls.init_keywords()), name
-        assert sampler.description and isinstance(default_steps(name, 1000), int)
-    assert default_steps("ddpm", 1000) == 1000 and default_steps("ddpm", 40) == 40
-    assert (default_steps("ddim", 1000), default_steps("dpmsolver++", 1000), default_steps("euler", 1)) == (
-        50,
-        20,
-        50,
+        assert sampler.description and isinstance(steps_for(name, 1000), int)
+    assert steps_for("ddpm", 1000) == 1000 and steps_for("ddpm", 40) == 40
+    assert (steps_for("ddim", 1000), steps_for("dpmsolver++", 1000), steps_for("euler", 1)) == (50, 20, 50)
+    assert steps_for("ddim", 1000, 7) == 7 and steps_for("ddpm", 1000, None) == 1000  # steps win when given
+
+
+def test_every_purpose_chooses_a_known_sampler_in_the_table():
+    for purpose, (sampler, steps) in CHOICES.items():
+        assert sampler in SAMPLERS and (steps is None or steps > 0), purpose
+    assert parse_settings(DEMO_SWEEP) and tuple(CHOICES["demo"]) in parse_settings(DEMO_SWEEP)
+
+
+def test_training_readings_and_minidiff_eval_sample_alike():
+    # loss.csv's digit FID readings and eval.json compare: one sampler, one step count (the "eval" choice)
+    from minidiff.cli import build_parser
+    from minidiff.quality.evaluate import DEFAULT_SAMPLER, digit_fid, evaluate
+    from minidiff.training.run import reading_sampler
+
+    default = inspect.signature(digit_fid).parameters["sampler"].default
+    assert default == inspect.signature(evaluate).parameters["sampler"].default == DEFAULT_SAMPLER
+    assert build_parser(["eval"]).parse_args(["eval", "--model", "m"]).sampler == CHOICES["eval"].sampler
+    assert (
+        reading_sampler(DDPMScheduler())
+        == f"{DEFAULT_SAMPLER.upper()} {steps_for(DEFAULT_SAMPLER, 1000)} steps"
     )
+
+
+def test_sampler_names_are_written_in_the_table_only():
+    # the choice of a sampler has one home: at most 4 sampler names written as strings elsewhere in the
+    # package (a preset's own setting, a refusal), none in a docstring's place counted
+    import ast
+    from pathlib import Path
+
+    import minidiff
+
+    root = Path(minidiff.__file__).parent
+    found = []
+    for path in root.rglob("*.py"):
+        if (
+            path.name == "samplers.py" or "schedulers" in path.parts
+        ):  # (DPM-Solver's algorithm_type is no sampler)
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in SAMPLERS:
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+    assert len(found) <= 4, found
 
 
 def test_table_and_the_command_line_choices_load_no_torch():
@@ -73,7 +114,7 @@ def test_table_and_the_command_line_choices_load_no_torch():
     assert done.stdout.split() == ["False", "euler_a"]
 
 
-@pytest.mark.parametrize("call", [lambda: scheduler_for("heun", {}), lambda: default_steps("k_lms", 10)])
+@pytest.mark.parametrize("call", [lambda: scheduler_for("heun", {}), lambda: steps_for("k_lms", 10)])
 def test_unknown_sampler_names_the_known_ones(call):
     with pytest.raises(
         ValueError, match=r"sampler '(heun|k_lms)' is not known; expected one of \['ddpm', 'ddim'"

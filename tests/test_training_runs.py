@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,16 +131,19 @@ def test_a_refused_run_leaves_no_empty_folder(tmp_path, capsys):
 
 
 # ---- 3. resume survives damage -------------------------------------------------------------------------------
-def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, caplog):
     settings = dict(SMALL_CONFIG, checkpoint_every=2, keep_checkpoints=3)
     straight = train(preset("tiny", out_dir=str(tmp_path / "a"), max_steps=6, **settings))
     train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=4, **settings))
     newest = tmp_path / "b" / "checkpoints" / "step-00000004.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # a crash mid-copy, a full disk...
-    with pytest.warns(
-        UserWarning, match=r"step-00000004.pt.*could not be read; moved aside to step-00000004"
-    ):
+    # a run event: logged (WARNING, logger minidiff.training.checkpoint), so no PYTHONWARNINGS value hides it
+    with caplog.at_level("WARNING", logger="minidiff"):
         resumed = train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=6, resume=True, **settings))
+    events = [r for r in caplog.records if r.name == "minidiff.training.checkpoint"]
+    assert len(events) == 1 and re.search(
+        r"step-00000004.pt.*could not be read; moved aside to step-00000004", events[0].getMessage()
+    )
     assert resumed.losses == straight.losses  # resumed at step 2, bit for bit
     # the damaged file left the rotation: not read, counted nor listed again, and no second warning
     aside = newest.with_name("step-00000004.pt.damaged")
@@ -149,9 +153,10 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
         "step-00000004.pt",
         "step-00000006.pt",
     ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="minidiff"):
         train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=7, resume=True, **settings))
+    assert not [r for r in caplog.records if r.name == "minidiff.training.checkpoint"]
     newest.write_bytes(newest.read_bytes()[:1000])  # the resumed run wrote step 4 again: damage it again
     with pytest.raises(ValueError, match=r"step-00000004.pt' \(1000 bytes\) could not be read"):
         train(preset("tiny", out_dir=str(tmp_path / "b"), max_steps=6, resume=str(newest), **settings))
@@ -408,7 +413,9 @@ def test_cli_warnings_are_one_line_and_debug_shows_them_whole(tmp_path, capsys):
     newest = out / "checkpoints" / "step-00000002.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
     capsys.readouterr()
-    assert main([*argv, "--max-steps", "3", "--resume"]) == 0
+    with warnings.catch_warnings():  # as PYTHONWARNINGS=ignore: a run's events are logged, so they still show
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--max-steps", "3", "--resume"]) == 0
     captured = capsys.readouterr()
     warned = [line for line in captured.err.splitlines() if line.startswith("warning")]
     assert warned == [
@@ -421,7 +428,9 @@ def test_cli_warnings_are_one_line_and_debug_shows_them_whole(tmp_path, capsys):
     newest.write_bytes(newest.read_bytes()[:1000])
     assert main([*argv, "--max-steps", "3", "--resume", "--debug"]) == 0
     err = capsys.readouterr().err
-    assert "PytorchStreamReader" in err and "UserWarning at" in err  # the whole text and its origin
+    assert (
+        "PytorchStreamReader" in err and "from minidiff.training.checkpoint at" in err
+    )  # all, and its origin
 
 
 def test_refused_resume_says_why_and_what_to_do(tmp_path, capsys):

@@ -33,6 +33,7 @@ import torch
 from minidiff.schedulers.schedules import check_choice
 from minidiff.schedulers.scheduling_ddpm import DDPMStepCoefficients, ddpm_step_table
 from minidiff.schedulers.scheduling_utils import PREDICTION_TYPES, threshold_sample
+from minidiff.viz import denormalize
 
 SUPPORTED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 
@@ -276,7 +277,7 @@ class FastDDPMSampler:
                 self.graph.replay()
             else:
                 self._step()
-        return (self.x / 2 + 0.5).clamp(0, 1)
+        return denormalize(self.x)
 
 
 def sample(

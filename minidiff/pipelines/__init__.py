@@ -1,7 +1,8 @@
 """The sampling pipelines, in diffusers' file names (`diffusers/pipelines/`).
 
     pipeline_utils.py    DiffusionPipeline: components, device moves, progress bar, pipeline folders
-    pipeline_ddpm.py     DDPMPipeline and the plain sampling loop (denoise)
+    pipeline_ddpm.py     DDPMPipeline, the plain sampling loop (denoise) and with_sampler (this pipeline
+                         with another sampler on the same schedule)
     pipeline_ddim.py     DDIMPipeline
 
 The public classes are imported from the package root: `from minidiff import DDPMPipeline`.

@@ -31,6 +31,7 @@ class DDIMPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler | DDPMScheduler):
         super().__init__(unet, DDIMScheduler.from_config(scheduler.config))
 
+    # Copied from diffusers.pipelines.ddim.pipeline_ddim.DDIMPipeline.__call__
     @torch.no_grad()
     def __call__(
         self,

@@ -21,7 +21,9 @@ import torch
 
 from minidiff.outputs import ImagePipelineOutput
 from minidiff.pipelines.pipeline_utils import OUTPUT_TYPES, DiffusionPipeline, numpy_to_pil
+from minidiff.schedulers.samplers import scheduler_for
 from minidiff.schedulers.scheduling_utils import randn_tensor
+from minidiff.viz import denormalize
 
 
 def check_call(batch_size: int, output_type: str, generator) -> None:
@@ -80,7 +82,7 @@ def denoise(
         image = scheduler.step(model_output, t, image, **step_kwargs).prev_sample
 
     # 5. [-1, 1] -> [0, 1]
-    image = (image / 2 + 0.5).clamp(0, 1)
+    image = denormalize(image)
     if output_type != "pt":
         if image.dtype == torch.bfloat16:  # numpy has no bfloat16 (diffusers fails here); float16 stays
             image = image.float()
@@ -99,6 +101,8 @@ class DDPMPipeline(DiffusionPipeline):
         scheduler: the scheduler whose `step` the loop calls.
     """
 
+    # Copied from diffusers.pipelines.ddpm.pipeline_ddpm.DDPMPipeline.__call__
+    # (diffusers' signature, then minidiff's eta and progress)
     @torch.no_grad()
     def __call__(
         self,
@@ -137,3 +141,18 @@ class DDPMPipeline(DiffusionPipeline):
         eta = eta if step_takes_eta else None
         image = denoise(self, batch_size, generator, num_inference_steps, output_type, eta, progress=progress)
         return ImagePipelineOutput(images=image) if return_dict else (image,)
+
+
+def with_sampler(pipeline: DiffusionPipeline, sampler: str) -> DDPMPipeline:
+    """This pipeline with sampler X: a DDPMPipeline on the same UNet whose scheduler is a fresh `sampler` (a
+    name of minidiff/schedulers/samplers.py) built from the pipeline's scheduler config (the same noise
+    schedule), so sampling never touches the original's scheduler (training keeps using it).
+
+    Args:
+        pipeline: any pipeline with `unet` and `scheduler`.
+        sampler: the sampler's name, e.g. "dpmsolver++".
+
+    Returns:
+        The new DDPMPipeline (it shares the UNet).
+    """
+    return DDPMPipeline(unet=pipeline.unet, scheduler=scheduler_for(sampler, pipeline.scheduler.config))

@@ -2,13 +2,20 @@
 and on Inception-v3 with `pip install 'minidiff[fid]'`.
 
     from minidiff.quality import evaluate, plot_quality_vs_steps, quality_vs_steps
-    report = evaluate("out/demo/model", num_samples=500, sampler="ddim", steps=50)     # = `minidiff eval`
+    report = evaluate("out/demo/model", num_samples=500)     # = `minidiff eval` (DPM-Solver++, 20 steps)
     plot_quality_vs_steps(quality_vs_steps("out/demo/model"), "out/demo/quality_vs_steps.png")
 
-Modules: digit_net (the CNN, its input conversion), train_digit_net (the script that made its weights),
-features (networks -> features), in_distribution (is an image a digit at all?), metrics (FID, KID,
-classifier scores), reference (cached real features), evaluate (sample + score; `digit_fid`, the reading a
-training run takes), steps (quality against sampling steps), calibration (known image sets).
+Modules (this package only measures; the scripts that made the digit network's weights, fit its
+statistics and calibrate the metrics are in the checkout's scripts/ folder):
+
+    digit_net.py          the CNN, its input conversion, the digits' splits and accuracy
+    features.py           networks -> features (digit network, Inception-v3)
+    in_distribution.py    is an image a digit at all? (the statistics beside the weights)
+    metrics.py            FID, KID, classifier scores
+    reference.py          cached features of the real images
+    evaluate.py           sample + score (`minidiff eval`; `digit_fid`, the reading a training run takes)
+    steps.py              quality against sampling steps, and its figure
+
 torchmetrics and matplotlib are imported inside the functions that use them.
 """
 

@@ -79,7 +79,8 @@ def load_digit_net(path: str | Path = WEIGHTS_FILE) -> DigitNet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"digit network weights {path} are missing; train them with `python -m minidiff.quality.train_digit_net`"
+            f"digit network weights {path} are missing; train them with `python -m scripts.train_digit_net` "
+            "(in the checkout)"
         )
     net = DigitNet()
     net.load_state_dict(load_file(path), strict=True)
@@ -122,3 +123,28 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
             x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False
         )
     return x.clamp(0, 1)
+
+
+def digit_split(indices: range, image_size: int = INPUT_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 1, s, s) and int64 labels (N,) of one split, resized as the training data is."""
+    from minidiff.data import load_dataset_uint8, load_digits
+
+    _, labels = load_digits()
+    images = load_dataset_uint8("digits", image_size, channels=1, limit=indices.stop)  # (N, 1, s, s)
+    return images[indices.start : indices.stop], torch.from_numpy(labels[indices.start : indices.stop])
+
+
+@torch.no_grad()
+def accuracy(net: DigitNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of `images` (uint8, any size `to_input` takes) that `net` classifies as `labels`."""
+    net.eval()
+    logits = torch.cat([net(to_input(chunk))[0] for chunk in images.split(500)])
+    return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+def held_out_digits(image_size: int, channels: int = 1) -> torch.Tensor:
+    """The 1,000 held-out digits as uint8 (1000, C, s, s), resized as the training data is."""
+    from minidiff.data import load_dataset_uint8
+
+    images = load_dataset_uint8("digits", image_size, channels=channels, limit=HELD_OUT_SPLIT.stop)
+    return images[HELD_OUT_SPLIT.start :]

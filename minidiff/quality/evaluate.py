@@ -1,6 +1,6 @@
 """Evaluate a pipeline: sample it, read the samples with each feature network, compare with the real data.
 
-    report = evaluate("out/demo/model", num_samples=500, sampler="ddim", steps=50)
+    report = evaluate("out/demo/model", num_samples=500)   # DPM-Solver++, 20 steps (samplers.CHOICES["eval"])
     print(format_report(report))          # the table `minidiff eval` prints; `report` is eval.json's content
 
 Samples come from `DDPMPipeline` (the step of any sampler of minidiff/schedulers/samplers.py on the pipeline's own
@@ -16,19 +16,18 @@ from pathlib import Path
 
 import torch
 
+from minidiff.pipelines.pipeline_ddpm import with_sampler
 from minidiff.quality.features import Features, as_uint8, extract_features, feature_network
 from minidiff.quality.metrics import CONFIDENT_RULE, check_fid_count, digit_scores, fid, kid
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
-from minidiff.schedulers.samplers import default_steps, scheduler_for
+from minidiff.schedulers.samplers import CHOICES, steps_for
 
 # Samples per evaluation: FID varies by about 4% between seeds there (README). FID depends on the count:
 # compare figures of equal counts.
 DEFAULT_NUM_SAMPLES = 500
-# The default sampler, at its default steps (DPM-Solver++: 20): 50x fewer UNet calls than DDPM's 1,000
-# steps, which take hours for 500 samples of the 32x32 tutorial UNet on a 2-core CPU, and a better FID than
-# DDIM at 20 or 100 steps on the demo's model (docs/quality.md's calibration; DDPM at 50-100 trailing steps
-# scores better still). Compare figures of one sampler and step count only.
-DEFAULT_SAMPLER = "dpmsolver++"
+# The default sampler, at its default steps (the table's "eval" choice, DPM-Solver++ 20; a training run's
+# digit FID readings use it too). Compare figures of one sampler and step count only.
+DEFAULT_SAMPLER = CHOICES["eval"].sampler
 METRIC_GROUPS = ("digit", "inception")  # one per feature network
 
 
@@ -37,14 +36,6 @@ def load_pipeline(model):
     from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
 
     return model if isinstance(model, DDPMPipeline) else DDPMPipeline.from_pretrained(model)
-
-
-def with_sampler(pipeline, sampler: str):
-    """A pipeline on the same UNet whose scheduler is a fresh `sampler` (a name of minidiff/schedulers/samplers.py)
-    built from the pipeline's scheduler config (same schedule), so sampling never touches the original."""
-    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
-
-    return DDPMPipeline(pipeline.unet, scheduler_for(sampler, pipeline.scheduler.config))
 
 
 def image_shape(pipeline) -> tuple[int, int]:
@@ -180,7 +171,7 @@ def evaluate(
         model: a pipeline folder or hub id (saved by minidiff or diffusers), or a DDPMPipeline.
         num_samples: how many images to sample and score.
         sampler: a sampler name of `minidiff.schedulers.samplers.SAMPLERS` (default dpmsolver++).
-        steps: sampling steps (default: the sampler's own, `minidiff.schedulers.samplers.default_steps`: T for ddpm, 50
+        steps: sampling steps (default: the sampler's own, `minidiff.schedulers.samplers.steps_for`: T for ddpm, 50
             for ddim, 20 for dpmsolver++, ...).
         metrics: the metric groups, "digit" and/or "inception" (a list, or a comma-separated string).
         data: the real images: "digits" (the training split), a folder of images or a hub dataset id.
@@ -202,7 +193,7 @@ def evaluate(
         cache_dir = Path(model) / CACHE_SUBDIR
     pipeline = with_sampler(load_pipeline(model), sampler)
     pipeline.to(device)
-    steps = steps or default_steps(sampler, pipeline.scheduler.config.num_train_timesteps)
+    steps = steps_for(sampler, pipeline.scheduler.config.num_train_timesteps, steps)
     channels, size = image_shape(pipeline)
     model_name = str(model) if from_files else "the pipeline"
     nets, notes = prepare_networks(names, (num_samples, channels, size, size), networks, model_name)
@@ -245,7 +236,7 @@ def digit_fid(
     data: str,
     num_samples: int,
     seed: int = 0,
-    sampler: str = "ddim",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> float:
@@ -270,7 +261,7 @@ def digit_fid(
     device = pipeline.device
     reference, _, _ = reference_features(data, size, channels, network, cache_dir, device=device)
     runner = with_sampler(pipeline, sampler)
-    steps = steps or default_steps(sampler, pipeline.scheduler.config.num_train_timesteps)
+    steps = steps_for(sampler, pipeline.scheduler.config.num_train_timesteps, steps)
     images, _ = generate(runner, num_samples, steps, seed, progress=False)
     return fid(reference, extract_features(images, network, device=device))
 

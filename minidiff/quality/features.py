@@ -19,6 +19,7 @@ import torch
 
 import minidiff.quality.digit_net as digit_net
 import minidiff.quality.in_distribution as in_distribution
+from minidiff.viz import to_uint8
 
 NETWORKS = ("digit", "inception")
 # torch-fidelity's port of the TensorFlow FID Inception weights (Heusel et al. 2017), as pytorch-fid uses
@@ -163,7 +164,7 @@ def as_uint8(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"float images span [{low:.3g}, {high:.3g}]; expected [0, 1] (for [-1, 1] pixels pass x / 2 + 0.5)"
         )
-    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return to_uint8(images)
 
 
 @torch.no_grad()

@@ -25,12 +25,11 @@ the widest of these: 99% of the training digits pass at 28x28, more at smaller s
 network changes (weights, features, digit FID, accuracy); the statistics are 38 KB beside its weights,
 and `fit_stats()` remakes them from the embedded digits, the same numbers every run.
 
-    python -m minidiff.quality.in_distribution        # refit -> minidiff/quality/digit_stats.safetensors
+    python -m scripts.fit_digit_stats                 # refit -> minidiff/quality/digit_stats.safetensors
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from minidiff.quality.digit_net import (
     TRAIN_SPLIT,
     WEIGHTS_FILE,
     DigitNet,
+    digit_split,
     file_digest,
     load_digit_net,
     to_input,
@@ -66,8 +66,6 @@ def squared_distances(mid: torch.Tensor, means: torch.Tensor, precision: torch.T
 def fit_stats(weights: str | Path = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
     """Class means (10, 64), the shared precision Sigma^-1 (64, 64) and the threshold of D, all float64,
     from the training-split digits at every size in FIT_SIZES (see the module docstring)."""
-    from minidiff.quality.train_digit_net import digit_split
-
     net = load_digit_net(weights)
     activations, labels = [], []
     for size in FIT_SIZES:
@@ -104,7 +102,7 @@ def load_stats(path: str | Path = STATS_FILE, weights: str | Path = WEIGHTS_FILE
         if fitted_on != file_digest(weights):
             raise ValueError(
                 f"{path} was fitted on digit network weights {fitted_on!r}, not {file_digest(weights)!r} "
-                f"({weights}); refit it with `python -m minidiff.quality.in_distribution`"
+                f"({weights}); refit it with `python -m scripts.fit_digit_stats` (in the checkout)"
             )
         return {key: f.get_tensor(key) for key in f.keys()}
 
@@ -113,16 +111,3 @@ def distance(mid: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:
     """(N, 64) activations -> D(x) / threshold (N,) float32: <= 1 reads as a digit."""
     squared = squared_distances(mid, stats["means"], stats["precision"])
     return (squared / stats["threshold"]).float()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidiff.quality.in_distribution", description=__doc__)
-    parser.add_argument("--out", default=str(STATS_FILE))
-    parser.add_argument("--weights", default=str(WEIGHTS_FILE))
-    args = parser.parse_args(argv)
-    print(f"wrote {save_stats(fit_stats(args.weights), args.out, args.weights)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

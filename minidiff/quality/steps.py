@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from minidiff.pipelines.pipeline_ddpm import with_sampler
 from minidiff.quality.evaluate import (
     DEFAULT_NUM_SAMPLES,
     check_digit_model,
@@ -23,7 +24,6 @@ from minidiff.quality.evaluate import (
     image_shape,
     load_pipeline,
     score,
-    with_sampler,
 )
 from minidiff.quality.features import extract_features, feature_network
 from minidiff.quality.reference import CACHE_SUBDIR, reference_features
@@ -86,25 +86,27 @@ def quality_vs_steps(
     return results
 
 
+def mean_and_std(rows: Sequence[dict], keys: Sequence[str], point: dict | None = None) -> dict[str, float]:
+    """Mean and standard deviation over `rows` of each of `keys` (rows without a key are left out); with
+    `point`, its values stand in for the means (a fixed set's own figure, its spread from resamples)."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            out[key] = point[key] if point is not None else statistics.mean(values)
+            out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
 def summarize(results: Sequence[dict], key: str = "fid") -> list[dict[str, object]]:
     """Mean and standard deviation over seeds of `key` and of the sampling time, per (sampler, steps)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for row in results:
         groups.setdefault((row["sampler"], row["steps"]), []).append(row)
-    summary = []
-    for (sampler, steps), rows in groups.items():
-        values, times = [r[key] for r in rows], [r["seconds"] for r in rows]
-        summary.append(
-            {
-                "sampler": sampler,
-                "steps": steps,
-                "seeds": len(rows),
-                key: statistics.mean(values),
-                f"{key}_std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "seconds": statistics.mean(times),
-            }
-        )
-    return summary
+    return [
+        {"sampler": sampler, "steps": steps, "seeds": len(rows), **mean_and_std(rows, (key, "seconds"))}
+        for (sampler, steps), rows in groups.items()
+    ]
 
 
 def plot_quality_vs_steps(results: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> Path:
@@ -119,14 +121,12 @@ def plot_quality_vs_steps(results: Sequence[dict], path: str | os.PathLike, titl
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from minidiff.viz import new_figure, save_figure
 
     summary = summarize(results)
     if not summary:
         raise ValueError("plot_quality_vs_steps got no results")
-    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(7.5, 4.2)
     ax = fig.subplots()
     ax_time = ax.twinx()
     samplers = list(dict.fromkeys(r["sampler"] for r in summary))
@@ -154,7 +154,4 @@ def plot_quality_vs_steps(results: Sequence[dict], path: str | os.PathLike, titl
     handles = ax.get_legend_handles_labels()[0] + ax_time.get_legend_handles_labels()[0]
     ax.legend(handles=handles, fontsize=8, loc="upper center")
     ax.grid(True, which="both", alpha=0.2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)

@@ -1,13 +1,16 @@
 """The samplers by name: which scheduler takes the reverse steps, how many steps by default, and the rebuild
 of that scheduler from any pipeline's scheduler config (the same noise schedule, another step).
 
-    from minidiff.schedulers.samplers import scheduler_for
-    pipeline.scheduler = scheduler_for("dpmsolver++", pipeline.scheduler.config)     # 20 steps by default
+    from minidiff.pipelines.pipeline_ddpm import with_sampler
+    fast = with_sampler(pipeline, "dpmsolver++")        # the same UNet and schedule; 20 steps by default
 
-Every place that offers a choice of sampler reads this table: `minidiff sample|eval|train|demo --sampler`,
-TrainConfig.sampler, minidiff.quality's evaluate and quality_vs_steps. The pipelines run one loop for all
-of them (minidiff/pipelines/pipeline_ddpm.py `denoise`). This module imports no torch: the command's `--help` and
-the torch-free TrainConfig read the names from it; a scheduler class is imported when it is first asked for.
+`CHOICES` says which sampler and how many steps each purpose uses by default (`minidiff sample`, `eval`
+and a training run's digit FID readings, the sample grids, the demo's picture); `steps_for` is the one
+"steps or the sampler's default" rule. Every place that offers a choice of sampler reads this table:
+`minidiff sample|eval|train|demo --sampler`, TrainConfig.sampler, minidiff.quality's evaluate and
+quality_vs_steps. The pipelines run one loop for all of them (minidiff/pipelines/pipeline_ddpm.py `denoise`,
+`with_sampler` beside it). This module imports no torch: the command's `--help` and the torch-free
+TrainConfig read the names from it; a scheduler class is imported when it is first asked for.
 """
 
 from __future__ import annotations
@@ -55,10 +58,37 @@ def check_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-def default_steps(name: str, num_train_timesteps: int) -> int:
-    """The sampler's default number of steps (DDPM: every one of the T training timesteps)."""
-    steps = check_sampler(name).steps
-    return num_train_timesteps if steps is None else steps
+def steps_for(name: str, num_train_timesteps: int, steps: int | None = None) -> int:
+    """`steps` when given, else the sampler's default number (DDPM: every one of the T training timesteps):
+    the one "steps or default" rule of every command and library call."""
+    if steps:
+        return steps
+    default = check_sampler(name).steps
+    return num_train_timesteps if default is None else default
+
+
+class Choice(NamedTuple):
+    sampler: str  # a name of SAMPLERS
+    steps: int | None = None  # None: the sampler's own default (steps_for)
+
+
+# Which sampler, how many steps, for each purpose: the one place these are chosen.
+CHOICES: dict[str, Choice] = {
+    # `minidiff sample` and the grids of a training run of QUICK_RUN steps or more: DDPM's T steps
+    "sample": Choice("ddpm"),
+    "grid": Choice("ddpm"),
+    # the grids of a shorter run (seconds, not minutes), and the sampler an automatic grid is cut down to
+    "quick_grid": Choice("ddim"),
+    # `minidiff eval` and a training run's digit FID readings (eval_every), so that eval.json and loss.csv
+    # compare: 50x fewer UNet calls than DDPM's 1,000 steps, and a better FID than DDIM at 20 or 100 steps
+    # on the demo's model (docs/quality.md's calibration)
+    "eval": Choice("dpmsolver++"),
+    # `minidiff demo`'s samples.png: DDPM's stochastic step on 100 trailing timesteps corrects more of a
+    # short run's errors than DDIM or DPM-Solver++ (benchmarks/TIME_TO_QUALITY.md)
+    "demo": Choice("ddpm", 100),
+    # minidiff.fast.sample: DDPM's step on device tables, one CUDA graph per step
+    "fast": Choice("ddpm"),
+}  # fmt: skip
 
 
 def steps_help() -> str:
@@ -118,5 +148,8 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
     return settings
 
 
-# the default sweep of `quality_vs_steps` and the calibration (`minidiff demo` has a shorter one of its own)
+# the default sweep of `quality_vs_steps` and the calibration
 QUALITY_SWEEP = "ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,ddim:250,dpmsolver++:10,dpmsolver++:20"
+# `minidiff demo`'s quality plot: DDIM and DPM-Solver++ at a few steps, and DDPM's stochastic step on 50 and
+# 100 trailing timesteps (the "demo" choice, samples.png): well under a minute on 2 CPU cores at 250 samples each
+DEMO_SWEEP = "ddim:10,ddim:20,ddim:50,dpmsolver++:10,dpmsolver++:20,ddpm:50,ddpm:100"

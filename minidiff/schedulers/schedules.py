@@ -188,6 +188,7 @@ class ForwardProcessMixin:
             sqrt_one_minus_alpha_prod.index_select(0, timesteps).reshape(shape),
         )
 
+    # Copied from diffusers.schedulers.scheduling_ddpm.DDPMScheduler.add_noise
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
@@ -202,6 +203,7 @@ class ForwardProcessMixin:
         check_broadcast(original_samples=original_samples, noise=noise, timesteps=sqrt_alpha_prod)
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
 
+    # Copied from diffusers.schedulers.scheduling_ddpm.DDPMScheduler.get_velocity
     def get_velocity(
         self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:

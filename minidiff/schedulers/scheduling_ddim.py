@@ -20,11 +20,12 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import DDIMSchedulerOutput
-from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice, make_betas
+from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    check_model_output,
     clip_or_threshold,
     epsilon_from_original_sample,
     gather_row,
@@ -33,6 +34,7 @@ from minidiff.schedulers.scheduling_utils import (
     predict_epsilon,
     predict_original_sample,
     randn_tensor,
+    vp_schedule,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' DDIMScheduler accepts
@@ -98,6 +100,7 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
     order = 1
 
+    # Copied from diffusers.schedulers.scheduling_ddim.DDIMScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -119,12 +122,10 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
     ):
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.betas = make_betas(
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(  # alpha_bar_t
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
-            supported=BETA_SCHEDULES,
+            BETA_SCHEDULES,
         )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t
         # alpha_bar "before" step 0, used when t' < 0: 1 (a clean x_0) or alpha_bar_0.
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.num_inference_steps: int | None = None
@@ -169,6 +170,26 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         )
         return ddim_variance(alpha_prod_t, alpha_prod_t_prev)
 
+    def _check_step_inputs(
+        self, model_output, timestep, sample, eta, generator, variance_noise
+    ) -> int | None:
+        """`step`'s checks before any arithmetic; returns t on the host (None for a device timestep)."""
+        if self._step_table is None:
+            raise ValueError(
+                "DDIMScheduler.step was called before set_timesteps: num_inference_steps is None; you need to "
+                "run 'set_timesteps' after creating the scheduler"
+            )
+        t = host_timestep(timestep, self.config.num_train_timesteps)
+        check_model_output(model_output, sample)
+        if not 0 <= eta <= 1:  # diffusers takes any eta; above 1, sqrt(1 - alpha_bar_t' - sigma_t^2) is NaN
+            raise ValueError(f"eta={eta!r}; expected a number in [0, 1] (0: DDIM, 1: DDPM's variance)")
+        if eta > 0 and variance_noise is not None and generator is not None:
+            raise ValueError(
+                "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
+                " `variance_noise` stays `None`."
+            )
+        return t
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -195,28 +216,8 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
         Returns:
             `DDIMSchedulerOutput(prev_sample=x_t', pred_original_sample=x_0_hat)`, or that pair as a tuple.
         """
-        if self._step_table is None:
-            raise ValueError(
-                "DDIMScheduler.step was called before set_timesteps: num_inference_steps is None; you need to "
-                "run 'set_timesteps' after creating the scheduler"
-            )
-        t = host_timestep(timestep, self.config.num_train_timesteps)
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"model_output shape {tuple(model_output.shape)} does not match sample shape {tuple(sample.shape)}"
-            )
-        if model_output.dtype != sample.dtype or model_output.device != sample.device:
-            raise ValueError(
-                f"model_output is {model_output.dtype} on {model_output.device} but sample is {sample.dtype} "
-                f"on {sample.device}; expected the same dtype and device"
-            )
-        if not 0 <= eta <= 1:  # diffusers takes any eta; above 1, sqrt(1 - alpha_bar_t' - sigma_t^2) is NaN
-            raise ValueError(f"eta={eta!r}; expected a number in [0, 1] (0: DDIM, 1: DDPM's variance)")
-        if eta > 0 and variance_noise is not None and generator is not None:
-            raise ValueError(
-                "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
-                " `variance_noise` stays `None`."
-            )
+        # 0. the inputs: set_timesteps was called, shapes and dtypes agree, eta in [0, 1]
+        t = self._check_step_inputs(model_output, timestep, sample, eta, generator, variance_noise)
 
         # 1-2. alpha_bar_t, alpha_bar_t' with t' = t - T // n (one table row, on the timestep's device)
         row = self._step_table[t] if t is not None else gather_row(self._table_on(timestep.device), timestep)

@@ -23,11 +23,12 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import DDPMSchedulerOutput
-from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice, make_betas
+from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    check_model_output,
     clip_or_threshold,
     custom_timesteps,
     gather_row,
@@ -35,6 +36,7 @@ from minidiff.schedulers.scheduling_utils import (
     inference_timesteps,
     predict_original_sample,
     randn_tensor,
+    vp_schedule,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
@@ -132,6 +134,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS  # diffusers' list, less the schedulers minidiff does not have
     order = 1
 
+    # Copied from diffusers.schedulers.scheduling_ddpm.DDPMScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -156,12 +159,10 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.betas = make_betas(
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(  # alpha_bar_t
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
-            supported=BETA_SCHEDULES,
+            BETA_SCHEDULES,
         )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t
         self.one = torch.tensor(1.0)  # diffusers' attribute, kept for code that reads it; unused here
         self.variance_type = variance_type
         self.custom_timesteps = False
@@ -320,15 +321,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
                     f"(prediction and variance), got shape {tuple(model_output.shape)}"
                 )
             model_output, predicted_variance = torch.split(model_output, channels, dim=1)  # 2 x (B, C, H, W)
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"model_output shape {tuple(model_output.shape)} does not match sample shape {tuple(sample.shape)}"
-            )
-        if model_output.dtype != sample.dtype or model_output.device != sample.device:
-            raise ValueError(
-                f"model_output is {model_output.dtype} on {model_output.device} but sample is {sample.dtype} "
-                f"on {sample.device}; expected the same dtype and device"
-            )
+        check_model_output(model_output, sample)
 
         # 1. alpha_bar_t, alpha_bar_t', beta_t = 1 - alpha_bar_t / alpha_bar_t' ... (one table row)
         c = self._coefficients(timestep, t)

@@ -31,7 +31,7 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedulers.schedules import check_choice, make_betas
+from minidiff.schedulers.schedules import check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
@@ -42,6 +42,7 @@ from minidiff.schedulers.scheduling_utils import (
     custom_timesteps,
     epsilon_from_original_sample,
     exponential_sigmas,
+    interpolated_sigmas,
     karras_sigmas,
     predict_epsilon,
     predict_original_sample,
@@ -49,6 +50,7 @@ from minidiff.schedulers.scheduling_utils import (
     sigma_to_t,
     sigmas_from_alphas_cumprod,
     threshold_sample,
+    vp_schedule,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' DPM-Solver accepts
@@ -137,6 +139,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     order = 1
     init_noise_sigma = 1.0  # x_T ~ N(0, I)
 
+    # Copied from diffusers.schedulers.scheduling_dpmsolver_multistep.DPMSolverMultistepScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -170,47 +173,14 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         time_shift_type: str = "exponential",
     ):
         # 0. options: foreign solver names mapped as diffusers maps them, the rest checked
-        for key, mapping in FOREIGN_NAMES.items():
-            if self.config[key] in mapping:
-                self.register_to_config(**{key: mapping[self.config[key]]})
-        algorithm_type, solver_type = self.config.algorithm_type, self.config.solver_type
-        for key, off in NOT_IMPLEMENTED:
-            if self.config[key] != off:
-                raise NotImplementedError(f"{key}={self.config[key]!r} is not implemented in minidiff")
-        if sum(bool(self.config[key]) for key in SIGMA_SCHEDULES[:3]) > 1:
-            raise ValueError(
-                "Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, `config.use_karras_sigmas` "
-                "can be used."
-            )
-        if prediction_type == "flow_prediction":
-            raise NotImplementedError("prediction_type 'flow_prediction' is not implemented in minidiff")
-        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
-        check_choice("solver_type", solver_type, SOLVER_TYPES)
-        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
-        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        check_choice("variance_type", variance_type, VARIANCE_TYPES)
-        if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order {solver_order!r} is not supported; expected 1, 2 or 3")
-        if algorithm_type == "sde-dpmsolver" and solver_order == 3:  # diffusers fails mid-sampling
-            raise ValueError(
-                "solver_order 3 is not supported for algorithm_type 'sde-dpmsolver'; expected 1 or 2"
-            )
-        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and final_sigmas_type == "zero":
-            raise ValueError(
-                f"final_sigmas_type 'zero' is not supported for algorithm_type {algorithm_type!r} (eps / sigma_t "
-                "at sigma = 0); expected 'sigma_min'"
-            )
+        self._check_options()
 
         # 1. the VP schedule: alpha_bar_t, then alpha_t, sigma_t, lambda_t and sigma = sigma_t / alpha_t
-        self.betas = make_betas(
+        # (under zero SNR alpha_bar_{T-1} = 0 would make sigma infinite: clamped as Euler's, to 2^-24)
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
-            supported=BETA_SCHEDULES,
+            BETA_SCHEDULES, clamp_zero_snr=True,
         )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if rescale_betas_zero_snr:  # alpha_bar = 0 would make sigma infinite: the smallest float16 subnormal
-            self.alphas_cumprod[-1] = 2**-24
         self.alpha_t = torch.sqrt(self.alphas_cumprod)
         self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
         self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
@@ -225,6 +195,43 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         self.lower_order_nums = 0
         self._step_index: int | None = None
         self._begin_index: int | None = None
+
+    def _check_options(self) -> None:
+        """Map diffusers' foreign solver names as it does; refuse what minidiff does not implement and the
+        combinations diffusers fails on, naming them."""
+        for key, mapping in FOREIGN_NAMES.items():
+            if self.config[key] in mapping:
+                self.register_to_config(**{key: mapping[self.config[key]]})
+        cfg = self.config
+        algorithm_type, solver_type, solver_order = cfg.algorithm_type, cfg.solver_type, cfg.solver_order
+        prediction_type, final_sigmas_type = cfg.prediction_type, cfg.final_sigmas_type
+        for key, off in NOT_IMPLEMENTED:
+            if self.config[key] != off:
+                raise NotImplementedError(f"{key}={self.config[key]!r} is not implemented in minidiff")
+        if sum(bool(self.config[key]) for key in SIGMA_SCHEDULES[:3]) > 1:
+            raise ValueError(
+                "Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, `config.use_karras_sigmas` "
+                "can be used."
+            )
+        if prediction_type == "flow_prediction":
+            raise NotImplementedError("prediction_type 'flow_prediction' is not implemented in minidiff")
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
+        check_choice("solver_type", solver_type, SOLVER_TYPES)
+        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
+        check_choice("timestep_spacing", cfg.timestep_spacing, TIMESTEP_SPACINGS)
+        check_choice("variance_type", cfg.variance_type, VARIANCE_TYPES)
+        if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order {solver_order!r} is not supported; expected 1, 2 or 3")
+        if algorithm_type == "sde-dpmsolver" and solver_order == 3:  # diffusers fails mid-sampling
+            raise ValueError(
+                "solver_order 3 is not supported for algorithm_type 'sde-dpmsolver'; expected 1 or 2"
+            )
+        if algorithm_type in ("dpmsolver", "sde-dpmsolver") and final_sigmas_type == "zero":
+            raise ValueError(
+                f"final_sigmas_type 'zero' is not supported for algorithm_type {algorithm_type!r} (eps / sigma_t "
+                "at sigma = 0); expected 'sigma_min'"
+            )
 
     # ---- the schedule -------------------------------------------------------------------------
     def set_timesteps(
@@ -294,7 +301,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
         elif cfg.use_beta_sigmas:
             sigmas = beta_sigmas(sigma_min, sigma_max, n)
         else:
-            return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas), timesteps
+            return interpolated_sigmas(self.alphas_cumprod, timesteps), timesteps
         timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
         # diffusers rounds t for Karras and Lu and truncates it otherwise (the cast to int64 below)
         if (cfg.use_karras_sigmas or cfg.use_lu_lambdas) and cfg.beta_schedule != "squaredcos_cap_v2":
@@ -417,13 +424,8 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerMixin):
     def multistep_dpm_solver_third_order_update(
         self, model_output_list: list[torch.Tensor], sample: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Third-order multistep: D1 and D2 from three model outputs (divided differences in lambda).
-
-        Args:
-            model_output_list: the converted model outputs of the last steps, oldest first.
-            sample: the current sample x_s.
-            noise: the noise of the SDE variants (None for the ODE ones).
-        """
+        """Third-order multistep: D1 and D2 from three model outputs (divided differences in lambda); the
+        arguments are `multistep_dpm_solver_second_order_update`'s."""
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
         alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.step_index)
         _, _, lambda_s1 = self._alpha_sigma_lambda(self.step_index - 1)

@@ -22,20 +22,19 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedulers.schedules import check_choice, make_betas
-from minidiff.schedulers.scheduling_euler_discrete import (
-    BETA_SCHEDULES,
-    SigmaSamplerMixin,
-    interpolated_sigmas,
-    zero_snr_alphas_cumprod,
-)
+from minidiff.schedulers.schedules import check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
+    SIGMA_BETA_SCHEDULES,
     TIMESTEP_SPACINGS,
+    SigmaSamplerMixin,
+    check_model_output,
+    interpolated_sigmas,
     randn_tensor,
     sigma_timesteps,
     sigmas_from_alphas_cumprod,
+    vp_schedule,
 )
 
 EulerAncestralDiscreteSchedulerOutput = SchedulerOutput
@@ -69,6 +68,7 @@ class EulerAncestralDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS
     order = 1
 
+    # Copied from diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -84,14 +84,10 @@ class EulerAncestralDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     ) -> None:
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.betas = make_betas(
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
-            supported=BETA_SCHEDULES,
+            SIGMA_BETA_SCHEDULES, clamp_zero_snr=True,
         )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t
-        if rescale_betas_zero_snr:
-            self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
         # before set_timesteps: every training step, t = T - 1 .. 0 (float64, as diffusers has them)
         sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).flip(0)
         self.sigmas = torch.cat([sigmas, torch.zeros(1)])  # on the host: read by every step, no sync
@@ -138,9 +134,7 @@ class EulerAncestralDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         Returns:
             `EulerAncestralDiscreteSchedulerOutput(prev_sample, pred_original_sample)`, or that pair as a tuple.
         """
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
-                             f"{tuple(sample.shape)}")  # fmt: skip
+        check_model_output(model_output, sample, same_dtype=False)  # the step runs in float32
         self._warn_if_unscaled()
         i = self._current_index(timestep)
         sigma = self.sigmas[i]

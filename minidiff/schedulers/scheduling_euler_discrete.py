@@ -18,119 +18,32 @@ is called before `step`, so the churn noise is added after the model saw x_i: D 
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedulers.schedules import check_broadcast, check_choice, make_betas
+from minidiff.schedulers.schedules import check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     PREDICTION_TYPES,
+    SIGMA_BETA_SCHEDULES,
     TIMESTEP_SPACINGS,
-    StepIndexMixin,
+    SigmaSamplerMixin,
     beta_sigmas,
+    check_model_output,
     exponential_sigmas,
+    interpolated_sigmas,
     karras_sigmas,
     randn_tensor,
     sigma_timesteps,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
+    vp_schedule,
 )
 
 EulerDiscreteSchedulerOutput = SchedulerOutput
-logger = logging.getLogger(__name__)  # as diffusers: a warning in the log, not a Python warning
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' Euler samplers accept
-
-
-def zero_snr_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """With rescale_betas_zero_snr alpha_bar_{T-1} = 0 and sigma_{T-1} would be infinite: diffusers sets
-    alpha_bar_{T-1} = 2^-24 (sigma ~ 4096) instead, and so do we."""
-    alphas_cumprod = alphas_cumprod.clone()
-    alphas_cumprod[-1] = 2**-24
-    return alphas_cumprod
-
-
-def interpolated_sigmas(alphas_cumprod: torch.Tensor, timesteps: np.ndarray) -> np.ndarray:
-    """sigma at each (fractional) timestep, linear in t between the training sigmas (float64)."""
-    sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).numpy()
-    return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
-
-
-class SigmaSamplerMixin(StepIndexMixin):
-    """What Euler and Euler ancestral share: the starting noise level, c_in scaling and add_noise in sigma."""
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """x_T = init_noise_sigma z: sigma_max, or sqrt(sigma_max^2 + 1) for `leading` (whose first timestep
-        is below T - 1, a convention kept from diffusers)."""
-        max_sigma = self.sigmas.max()
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return max_sigma
-        return (max_sigma**2 + 1) ** 0.5
-
-    def _current_index(self, timestep: float | torch.Tensor) -> int:
-        """The step's place in the schedule: looked up from `timestep`'s value on the first call, then
-        counted. (diffusers refuses int timesteps, in case they are loop indices; here an int is taken as a
-        timestep value, and a loop index gives "not in scheduler.timesteps" or "all steps are done".)"""
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        if self._step_index >= len(self.sigmas) - 1:
-            raise ValueError(
-                f"step_index {self._step_index}: all {len(self.sigmas) - 1} steps of the schedule are done; "
-                "call set_timesteps (or set_begin_index) to sample again"
-            )
-        return self._step_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """The model input x_t = x / sqrt(sigma^2 + 1) (EDM's c_in) at the current step's sigma.
-
-        Args:
-            sample: the current sample x (in sigma units).
-            timestep: the current entry of `self.timesteps`.
-        """
-        sigma = self.sigmas[self._current_index(timestep)]
-        sample = sample / ((sigma**2 + 1) ** 0.5)
-        self.is_scale_input_called = True
-        return sample
-
-    def _warn_if_unscaled(self) -> None:
-        if not self.is_scale_input_called:
-            logger.warning(
-                f"{type(self).__name__}.step was called before scale_model_input: the model should see "
-                "scale_model_input(sample, t), x / sqrt(sigma^2 + 1), not x itself"
-            )
-
-    def _step_indices(self, timesteps: torch.Tensor) -> list[int]:
-        """One schedule position per timestep of a batch, chosen as diffusers' add_noise chooses it."""
-        timesteps = torch.as_tensor(timesteps).reshape(-1)
-        if self._begin_index is None:
-            return [self.index_for_timestep(t) for t in timesteps.cpu()]
-        index = self._step_index if self._step_index is not None else self._begin_index
-        return [index] * timesteps.shape[0]
-
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """x = x_0 + sigma eps at the timesteps' sigmas (VE form; scale_model_input gives x_t).
-
-        Args:
-            original_samples: x_0, the clean images.
-            noise: eps.
-            timesteps: t, one per image, from `self.timesteps`.
-        """
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        index = torch.tensor(self._step_indices(timesteps), device=original_samples.device)
-        sigma = sigmas.index_select(0, index).reshape(
-            (-1,) + (1,) * (original_samples.ndim - 1)
-        )  # (B, 1, ..)
-        check_broadcast(original_samples=original_samples, noise=noise, timesteps=sigma)
-        return original_samples + noise * sigma
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+BETA_SCHEDULES = SIGMA_BETA_SCHEDULES
 
 
 class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
@@ -162,6 +75,7 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS
     order = 1
 
+    # Copied from diffusers.schedulers.scheduling_euler_discrete.EulerDiscreteScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -193,14 +107,10 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         if len(chosen) > 1:
             raise ValueError(f"Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, "
                              f"`config.use_karras_sigmas` can be used; got {chosen}")  # fmt: skip
-        self.betas = make_betas(
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
-            supported=BETA_SCHEDULES,
+            BETA_SCHEDULES, clamp_zero_snr=True,
         )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t
-        if rescale_betas_zero_snr:
-            self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
         self.use_karras_sigmas = use_karras_sigmas  # diffusers' attributes, kept for code that reads them
         self.use_exponential_sigmas = use_exponential_sigmas
         self.use_beta_sigmas = use_beta_sigmas
@@ -337,9 +247,7 @@ class EulerDiscreteScheduler(SigmaSamplerMixin, SchedulerMixin):
         Returns:
             `EulerDiscreteSchedulerOutput(prev_sample, pred_original_sample)`, or that pair as a tuple.
         """
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
-                             f"{tuple(sample.shape)}")  # fmt: skip
+        check_model_output(model_output, sample, same_dtype=False)  # the step runs in float32
         self._warn_if_unscaled()
         i = self._current_index(timestep)
         sample = sample.to(torch.float32)

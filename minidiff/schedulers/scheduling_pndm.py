@@ -27,13 +27,14 @@ import torch
 
 from minidiff.configuration import SchedulerMixin, register_to_config
 from minidiff.outputs import SchedulerOutput
-from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice, make_betas
+from minidiff.schedulers.schedules import ForwardProcessMixin, check_choice
 from minidiff.schedulers.scheduling_utils import (
     KARRAS_SCHEDULERS,
     TIMESTEP_SPACINGS,
     host_timestep,
     inference_timesteps,
     predict_epsilon,
+    vp_schedule,
 )
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what diffusers' PNDMScheduler accepts
@@ -74,6 +75,7 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
     _compatibles = KARRAS_SCHEDULERS
     order = 1
 
+    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.__init__
     @register_to_config
     def __init__(
         self,
@@ -90,12 +92,9 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
     ):
         check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.betas = make_betas(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, False,
-            supported=BETA_SCHEDULES,
-        )  # fmt: skip
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t
+        self.betas, self.alphas, self.alphas_cumprod = vp_schedule(  # alpha_bar_t
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, False, BETA_SCHEDULES
+        )
         # alpha_bar "before" step 0, used when t' < 0: 1 (a clean x_0) or alpha_bar_0.
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.pndm_order = 4  # PLMS keeps 4 noise estimates
@@ -199,6 +198,7 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
             eps = predict_epsilon(eps, sample, None, "v_prediction", sqrt_alpha_prod_t, sqrt_beta_prod_t)
         return transfer(sample, eps, alpha_prod_t, alpha_prod_t_prev)
 
+    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.step_prk
     def step_prk(
         self,
         model_output: torch.Tensor,
@@ -238,6 +238,7 @@ class PNDMScheduler(ForwardProcessMixin, SchedulerMixin):
         self.counter += 1
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
+    # Copied from diffusers.schedulers.scheduling_pndm.PNDMScheduler.step_plms
     def step_plms(
         self,
         model_output: torch.Tensor,

@@ -4,13 +4,17 @@ Sections of this file:
   1. the parts of a reverse step: x_0 / eps from the model output, clipping, dynamic thresholding,
      seeded noise drawn as diffusers draws it;
   2. the inference timesteps (`timestep_spacing`) and host/device handling of a timestep;
-  3. sigmas (Karras et al. 2022): sigma_t from alpha_bar_t, Karras / exponential / beta sigma schedules,
-     sigma -> t interpolation, and the step index of the sigma samplers (Euler, Euler ancestral, DPM-Solver).
+  0. the schedule every scheduler starts from (`vp_schedule`) and the one check of a step's inputs
+     (`check_model_output`);
+  3. sigmas (Karras et al. 2022): sigma_t from alpha_bar_t, the zero-SNR clamp, interpolated, Karras /
+     exponential / beta sigma schedules, sigma -> t interpolation, the step index of the sigma samplers
+     (Euler, Euler ancestral, DPM-Solver) and what Euler and Euler ancestral share (`SigmaSamplerMixin`).
 The beta tables and the forward process q(x_t | x_0) are in minidiff/schedulers/schedules.py.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -18,7 +22,40 @@ import numpy as np
 import torch
 
 import minidiff.schedulers.schedules as schedules
-from minidiff.schedulers.schedules import check_choice
+from minidiff.schedulers.schedules import check_broadcast, check_choice, make_betas
+
+logger = logging.getLogger(__name__)  # as diffusers: a warning in the log, not a Python warning
+
+
+# ---- 0. the schedule and the step's inputs -----------------------------------------------------------
+def vp_schedule(
+    num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str, trained_betas,
+    rescale_betas_zero_snr: bool, supported: Sequence[str], clamp_zero_snr: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(betas, alphas = 1 - betas, alphas_cumprod = alpha_bar_t) of a scheduler's keywords, in float32 as
+    diffusers builds them; `clamp_zero_snr`: the sigma samplers' alpha_bar_{T-1} clamp under zero SNR."""
+    betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                       rescale_betas_zero_snr, supported=supported)  # fmt: skip
+    alphas = 1.0 - betas
+    alphas_cumprod = torch.cumprod(alphas, dim=0)  # alpha_bar_t
+    if clamp_zero_snr and rescale_betas_zero_snr:
+        alphas_cumprod = zero_snr_alphas_cumprod(alphas_cumprod)
+    return betas, alphas, alphas_cumprod
+
+
+def check_model_output(model_output: torch.Tensor, sample: torch.Tensor, same_dtype: bool = True) -> None:
+    """The one check of a step's inputs: `model_output` has `sample`'s shape, and (`same_dtype`: the steps
+    that do not upcast) its dtype and device."""
+    if model_output.shape != sample.shape:
+        raise ValueError(
+            f"model_output shape {tuple(model_output.shape)} does not match sample shape {tuple(sample.shape)}"
+        )
+    if same_dtype and (model_output.dtype != sample.dtype or model_output.device != sample.device):
+        raise ValueError(
+            f"model_output is {model_output.dtype} on {model_output.device} but sample is {sample.dtype} "
+            f"on {sample.device}; expected the same dtype and device"
+        )
+
 
 # ---- 1. pieces of a reverse step shared by DDPM and DDIM ----------------------------------------
 # The coefficients below are 0-d float32 tensors read from precomputed tables. They sit in the same
@@ -229,6 +266,20 @@ KARRAS_SCHEDULERS = [
 # exploding lens of EDM (Karras et al. 2022, Table 1, "VP"): x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps with
 #     sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t),
 # so x_t itself is the model input x / sqrt(sigma^2 + 1) (EDM's c_in) and sampling starts from sigma_max * z.
+def zero_snr_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """With rescale_betas_zero_snr alpha_bar_{T-1} = 0 and sigma_{T-1} would be infinite: diffusers sets
+    alpha_bar_{T-1} = 2^-24 (sigma ~ 4096) instead, and so do we."""
+    alphas_cumprod = alphas_cumprod.clone()
+    alphas_cumprod[-1] = 2**-24
+    return alphas_cumprod
+
+
+def interpolated_sigmas(alphas_cumprod: torch.Tensor, timesteps: np.ndarray) -> np.ndarray:
+    """sigma at each (fractional) timestep, linear in t between the training sigmas (float64)."""
+    sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).numpy()
+    return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+
+
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """sigma_t for every training timestep t (float32, ascending in t), in diffusers' op order."""
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
@@ -328,3 +379,84 @@ class StepIndexMixin:
             self._step_index = self.index_for_timestep(timestep)
         else:
             self._step_index = self._begin_index
+
+
+SIGMA_BETA_SCHEDULES = (
+    "linear",
+    "scaled_linear",
+    "squaredcos_cap_v2",
+)  # what diffusers' Euler samplers accept
+
+
+class SigmaSamplerMixin(StepIndexMixin):
+    """What Euler and Euler ancestral share: the starting noise level, c_in scaling and add_noise in sigma."""
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:
+        """x_T = init_noise_sigma z: sigma_max, or sqrt(sigma_max^2 + 1) for `leading` (whose first timestep
+        is below T - 1, a convention kept from diffusers)."""
+        max_sigma = self.sigmas.max()
+        if self.config.timestep_spacing in ("linspace", "trailing"):
+            return max_sigma
+        return (max_sigma**2 + 1) ** 0.5
+
+    def _current_index(self, timestep: float | torch.Tensor) -> int:
+        """The step's place in the schedule: looked up from `timestep`'s value on the first call, then
+        counted. (diffusers refuses int timesteps, in case they are loop indices; here an int is taken as a
+        timestep value, and a loop index gives "not in scheduler.timesteps" or "all steps are done".)"""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self._step_index >= len(self.sigmas) - 1:
+            raise ValueError(
+                f"step_index {self._step_index}: all {len(self.sigmas) - 1} steps of the schedule are done; "
+                "call set_timesteps (or set_begin_index) to sample again"
+            )
+        return self._step_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
+        """The model input x_t = x / sqrt(sigma^2 + 1) (EDM's c_in) at the current step's sigma.
+
+        Args:
+            sample: the current sample x (in sigma units).
+            timestep: the current entry of `self.timesteps`.
+        """
+        sigma = self.sigmas[self._current_index(timestep)]
+        sample = sample / ((sigma**2 + 1) ** 0.5)
+        self.is_scale_input_called = True
+        return sample
+
+    def _warn_if_unscaled(self) -> None:
+        if not self.is_scale_input_called:
+            logger.warning(
+                f"{type(self).__name__}.step was called before scale_model_input: the model should see "
+                "scale_model_input(sample, t), x / sqrt(sigma^2 + 1), not x itself"
+            )
+
+    def _step_indices(self, timesteps: torch.Tensor) -> list[int]:
+        """One schedule position per timestep of a batch, chosen as diffusers' add_noise chooses it."""
+        timesteps = torch.as_tensor(timesteps).reshape(-1)
+        if self._begin_index is None:
+            return [self.index_for_timestep(t) for t in timesteps.cpu()]
+        index = self._step_index if self._step_index is not None else self._begin_index
+        return [index] * timesteps.shape[0]
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """x = x_0 + sigma eps at the timesteps' sigmas (VE form; scale_model_input gives x_t).
+
+        Args:
+            original_samples: x_0, the clean images.
+            noise: eps.
+            timesteps: t, one per image, from `self.timesteps`.
+        """
+        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
+        index = torch.tensor(self._step_indices(timesteps), device=original_samples.device)
+        sigma = sigmas.index_select(0, index).reshape(
+            (-1,) + (1,) * (original_samples.ndim - 1)
+        )  # (B, 1, ..)
+        check_broadcast(original_samples=original_samples, noise=noise, timesteps=sigma)
+        return original_samples + noise * sigma
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

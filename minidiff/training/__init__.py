@@ -3,17 +3,20 @@
 from minidiff.training import preset, train
 result = train(preset("tiny", out_dir="out/tiny"))
 
-config.py       TrainConfig: every setting of a run; the presets "tutorial" and "tiny"
+config.py       TrainConfig: every setting of a run; the presets "tutorial", "tiny" and "diffusers"
+                (train_unconditional.py's own defaults)
 rules.py        the rules: target per prediction_type, loss (min-SNR weights), AdamW, lr schedule, clipping,
                 data order, EMA
 step.py         the plain engine: one eager optimizer step (`train_step`), batches drawn on the host
-loop.py         `train`: the loop that drives either engine (the fast one is minidiff.fast.FastTrainer)
+fast_engine.py  the fast engine `FastTrainer`: the data on the device, each step one CUDA graph
+loop.py         `train`: the loop that drives either engine
 run.py          what every run shares: model, noise schedule, data, progress, loss log, output files
 data.py         the images of a run: resident on the device, or streamed through DataLoader workers
 flags.py        TrainConfig as command-line flags, with diffusers' train_unconditional.py names
 checkpoint.py   atomic checkpoints with everything a bit-exact resume needs
 distributed.py  torchrun / DistributedDataParallel helpers
-preflight.py    the checks before step 1: device, writable output folder, free disk space
+preflight.py    every check before step 1: settings and paths, the output folder (held, writable, room on
+                its disk), the device, what the fast engine and the digit FID readings can do
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ previous checkpoints intact and never a half-written `step-*.pt`.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import torch
 from minidiff.files import atomic_path
 from minidiff.training.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, config_dict
 from minidiff.training.run import Progress
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 DAMAGED = ".damaged"  # the suffix of a checkpoint that could not be read, set aside by a resume
@@ -91,11 +93,10 @@ def checkpoint_to_resume(
             aside = bad.with_name(bad.name + DAMAGED)
             if set_aside:
                 os.replace(bad, aside)
-            warnings.warn(
-                f"checkpoint {str(bad)!r} ({err.size} bytes) could not be read; "
-                f"{'moved aside to ' + aside.name if set_aside else 'skipped it'}; resuming from {path.name}\n{err}",
-                stacklevel=2,
-            )
+            logger.warning(  # an event of the run: logged, so that no PYTHONWARNINGS value hides it
+                "checkpoint %r (%d bytes) could not be read; %s; resuming from %s\n%s", str(bad), err.size,
+                "moved aside to " + aside.name if set_aside else "skipped it", path.name, err,
+            )  # fmt: skip
         return path, state
     if damaged:  # never start afresh over checkpoints that exist but cannot be read
         raise ValueError(
@@ -116,11 +117,6 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    checkpoints = list_checkpoints(folder)
-    return checkpoints[-1] if checkpoints else None
 
 
 def remove_stale_temporary_files(folder: str | os.PathLike) -> list[Path]:

@@ -1,4 +1,4 @@
-"""TrainConfig: every setting of a training run, and the named presets "tutorial" and "tiny".
+"""TrainConfig: every setting of a training run, and the named presets "tutorial", "tiny" and "diffusers".
 
 config = preset("tiny", out_dir="out/tiny", max_steps=500)
 config = TrainConfig(data="path/to/images")   # the tutorial's settings on a folder of images
@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from minidiff.schedulers.samplers import SAMPLER_NAMES, default_steps
+from minidiff.schedulers.samplers import CHOICES, SAMPLER_NAMES, Choice, steps_for
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # the schedulers' prediction types (minidiff.schedulers.scheduling_utils; a test keeps the two equal): this module
@@ -19,10 +19,9 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")  # likewise minidiff.schedulers.scheduling_utils'
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOGGERS = ("none", "tensorboard")
-QUICK_RUN = 500  # runs of fewer steps sample their grids with DDIM, 50 steps (seconds, not minutes)
-# the sampler and steps of `minidiff demo`'s samples.png: DDPM's stochastic step on 100 trailing timesteps
-# corrects more of a short run's errors than DDIM or DPM-Solver++ (benchmarks/TIME_TO_QUALITY.md)
-DEMO_SAMPLES = ("ddpm", 100)
+QUICK_RUN = 500  # runs of fewer steps sample their grids with the "quick_grid" choice (seconds, not minutes)
+# the sampler and steps of `minidiff demo`'s samples.png (minidiff/schedulers/samplers.py's "demo" choice)
+DEMO_SAMPLES = tuple(CHOICES["demo"])
 TUTORIAL_DATASET = "huggan/smithsonian_butterflies_subset"
 
 
@@ -95,9 +94,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     device: str = "auto"  # "auto" = cuda if available, else cpu
-    fast: bool = (
-        False  # the fast engine (minidiff.fast.FastTrainer): data on the device, one CUDA graph per step
-    )
+    fast: bool = False  # the fast engine (training/fast_engine.py): data on the device, one CUDA graph a step
     # outputs
     out_dir: str = "out/train"
     overwrite: bool = False  # replace what another run left in out_dir (its model, checkpoints, logs)
@@ -327,10 +324,15 @@ RESUMABLE_CHANGES = {  # fields that may differ between a run and its resumption
 
 
 def sampling_settings(config: TrainConfig, total_steps: int) -> tuple[str, int]:
-    """(sampler, steps) of the sample grids: as set, else DDIM for a quick run (fewer than QUICK_RUN steps)
-    and DDPM for a longer one; steps as set, else the sampler's default (DDIM 50, DDPM every timestep)."""
-    sampler = config.sampler or ("ddim" if total_steps < QUICK_RUN else "ddpm")
-    return sampler, config.sample_steps or default_steps(sampler, config.num_train_timesteps)
+    """(sampler, steps) of the sample grids: as set, else the "quick_grid" choice for a quick run (fewer than
+    QUICK_RUN steps: DDIM) and the "grid" choice for a longer one (DDPM); steps as set, else the sampler's
+    default (DDIM 50, DDPM every timestep)."""
+    choice = CHOICES["quick_grid" if total_steps < QUICK_RUN else "grid"]
+    if config.sampler is not None and config.sampler != choice.sampler:
+        choice = Choice(config.sampler)
+    return choice.sampler, steps_for(
+        choice.sampler, config.num_train_timesteps, config.sample_steps or choice.steps
+    )
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -64,7 +63,7 @@ class _Flipped(Dataset):
         except ValueError as err:
             if not self.skip_bad_images:
                 raise
-            warnings.warn(f"skipped: {err}", stacklevel=2)
+            logger.warning("skipped: %s", err)
             return None
         return pixels.flip(-1) if flip else pixels
 
@@ -148,4 +147,4 @@ def _check_headers(source: Dataset, name: str, skip: bool) -> None:
         )
     if bad:
         summary = f"skipping {len(bad)} of {len(source)} images in {name!r} that cannot be read"
-        warnings.warn(f"{summary}\n{describe_bad_images(bad, len(source), name)}", stacklevel=2)
+        logger.warning("%s\n%s", summary, describe_bad_images(bad, len(source), name))

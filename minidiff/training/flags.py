@@ -158,7 +158,7 @@ FLAGS = (
     Flag(("--sample-steps", "--ddpm_num_inference_steps"), "sample_steps", "denoising steps of the grids (None: "
          f"{steps_help()})", positive_int),
     Flag(("--eval-every",), "eval_every", "steps between digit FID readings (loss.csv, loss.png)", positive_int),
-    Flag(("--eval-samples",), "eval_samples", "images per digit FID reading (DDIM, 50 steps; > 64)", positive_int),
+    Flag(("--eval-samples",), "eval_samples", "images per digit FID reading (minidiff eval's sampler and steps; > 64)", positive_int),
     Flag(("--log-every",), "log_every", "steps between loss.csv writes", positive_int),
     Flag(("--logger",), "logger", "also log to TensorBoard (in --logging-dir)", logger_name),
     Flag(("--logging-dir", "--logging_dir"), "logging_dir", "TensorBoard's folder, inside --out unless absolute"),
@@ -306,3 +306,67 @@ def typed_flags(argv: list[str]) -> dict[str, tuple[str, str | None]]:
 def flag_name(dest: str) -> str | None:
     """The short flag of a TrainConfig field (None when no flag sets it)."""
     return next((flag.names[0] for flag in (*FLAGS, MODEL_CONFIG) if flag.dest == dest), None)
+
+
+def in_users_words(err: Exception, argv: list[str]) -> str:
+    """The error's message; a refused setting (ConfigError) named as the flag the user typed in `argv`."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC and "free some space" not in str(err):
+        return (
+            f"{err}; every file saved before is intact (writes are atomic): free some space, then run again "
+            "(--resume continues a training run from its last checkpoint)"
+        )
+    if not isinstance(err, ConfigError):
+        return str(err).strip() or type(err).__name__
+    typed = typed_flags(argv)
+
+    def spell(field: str, value, how: str) -> str:
+        flag, text = typed.get(field, (flag_name(field), None))
+        if flag is None:
+            return f"{field}={value!r}" if how == "" else field
+        if how in ("name", "on"):
+            return flag_name(field) if flag.startswith("--no-") else flag
+        return f"{flag} {text if text is not None else value}"
+
+    return err.render(spell)
+
+
+# what a train_unconditional.py command line leaves to the defaults, where the presets differ
+DIFFUSERS_DEFAULTS_SAID = ("lr", "lr_scheduler", "warmup_steps", "batch_size", "image_size", "epochs",
+                           "beta_schedule", "adam_beta1", "weight_decay", "grad_clip")  # fmt: skip
+
+
+def diffusers_defaults_note(argv: list[str], preset_name: str | None, config: TrainConfig) -> str | None:
+    """A command line in diffusers' spelling on another preset: a note saying which defaults differ from
+    its script's (None when there is nothing to say)."""
+    from minidiff.training.config import PRESETS
+
+    typed = typed_flags(argv)
+    diffusers_names = {name for flag in FLAGS for name in flag.names[1:]}
+    if preset_name in (None, "diffusers") or not any(f in diffusers_names for f, _ in typed.values()):
+        return None
+    theirs = PRESETS["diffusers"]
+    differ = [
+        f"{flag_name(k)} {getattr(config, k)} (its {getattr(theirs, k)})"
+        for k in DIFFUSERS_DEFAULTS_SAID
+        if k not in typed and getattr(config, k) != getattr(theirs, k)
+    ]
+    if not differ:
+        return None
+    return (
+        f"note: settings not given come from the {preset_name} preset, not train_unconditional.py: "
+        f"{', '.join(differ)}, and the UNet; --preset diffusers gives that script's defaults"
+    )
+
+
+def preset_in(argv: list[str], default: str) -> str:
+    """The --preset named on the command line (looked up before parsing: --help shows its defaults)."""
+    for i, word in enumerate(argv):
+        if word == "--diffusers-defaults":
+            return "diffusers"
+        if word == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith("--preset="):
+            return word.split("=", 1)[1]
+    return default

@@ -6,7 +6,7 @@
 
 The rules of a step (target, loss, AdamW, lr schedule, clipping, EMA, data order and flips) are in
 minidiff/training/rules.py. An engine runs them: `PlainEngine` (minidiff/training/step.py) one eager step
-at a time, also under torchrun; `FastTrainer` (minidiff/fast/trainer.py) with the data on the device
+at a time, also under torchrun; `FastTrainer` (minidiff/training/fast_engine.py) with the data on the device
 and each step replayed as one CUDA graph. This loop drives either: epochs, the loss log, sample grids,
 checkpoints and resume, and the final outputs.
 
@@ -43,8 +43,8 @@ from minidiff.training.checkpoint import (
 from minidiff.training.config import QUICK_RUN, TrainConfig, sampling_settings
 from minidiff.training.data import ResidentImages, StreamedImages, open_training_images
 from minidiff.training.preflight import (
-    check_before_start,
     check_free_space,
+    check_run,
     claim_out_dir,
     hold_out_dir,
     pick_device,
@@ -61,6 +61,7 @@ from minidiff.training.run import (
     loss_label,
     make_noise_generator,
     plan_grid,
+    reading_sampler,
     save_model,
     save_outputs,
     save_samples,
@@ -70,7 +71,7 @@ from minidiff.training.run import (
 from minidiff.training.step import PlainEngine
 
 if TYPE_CHECKING:
-    from minidiff.fast.trainer import FastTrainer
+    from minidiff.training.fast_engine import FastTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ class TrainingInterrupted(KeyboardInterrupt):
         saved = f"checkpoint {checkpoint} and model {model_dir}" if checkpoint else f"model {model_dir}"
         super().__init__(f"{signal.Signals(signum).name} at step {step}: saved {saved}")
 
+    def continue_with(self, argv: list[str]) -> str:
+        """The `minidiff` command line that continues the run from its checkpoint: `argv` with --resume."""
+        import shlex
+
+        argv = [word for word in argv if word != "--overwrite"]
+        resume = [] if "--resume" in argv or "--resume_from_checkpoint" in argv else ["--resume"]
+        return f"minidiff {shlex.join(argv + resume)}"
+
 
 def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResult:
     """Train as `config` says and write everything into `config.out_dir`: config.json, loss.csv, loss.png,
@@ -109,16 +118,7 @@ def train(config: TrainConfig, unet: torch.nn.Module | None = None) -> TrainResu
     Returns:
         A `TrainResult`: the losses and the paths of everything written.
     """
-    check_before_start(config)
-    if config.eval_every is not None:  # the digit FID readings: refused now, not at the first reading
-        from minidiff.quality.digit_net import NUM_FEATURES
-        from minidiff.quality.metrics import check_fid_count
-
-        check_fid_count(config.eval_samples, NUM_FEATURES, f"eval_samples={config.eval_samples}")
-    if config.fast:
-        from minidiff.fast.trainer import check_fast_supported
-
-        check_fast_supported(config)
+    check_run(config)
     device, started_group = distributed.init_from_env(pick_device(config.device))
     try:
         result = _train(config, unet, device)
@@ -133,7 +133,7 @@ def make_engine(config: TrainConfig, unet, noise_scheduler, data, steps: int, de
     """The engine `config.fast` asks for, built on the same model, schedule, data and seed."""
     generator = make_noise_generator(config, device)
     if config.fast:
-        from minidiff.fast.trainer import FastTrainer
+        from minidiff.training.fast_engine import FastTrainer
 
         return FastTrainer(unet, noise_scheduler, data.images, config, steps, noise_generator=generator)
     return PlainEngine(unet, noise_scheduler, data, config, steps, generator)
@@ -161,6 +161,10 @@ class Run:
     auto_grid: bool = False  # the end-of-run grid's sampler and steps are minidiff's choice
     sample_grids: list[Path] = field(default_factory=list)
 
+    def request_stop(self, signum: int, frame=None) -> None:
+        """The SIGINT / SIGTERM handler: stop after the current step (`_stop_requested` reads it)."""
+        self.stop_signal = signum
+
     def start_epoch(self) -> None:
         config, progress = self.config, self.progress
         order, flips = epoch_order(len(self.data), config.seed, progress.epoch, config.flip)
@@ -172,9 +176,7 @@ def _train(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     held = hold_out_dir(config.out_dir) if distributed.is_main() else contextlib.nullcontext()
     with held:
         run = _start(config, unet, device)
-        previous = {
-            s: signal.signal(s, lambda signum, frame: setattr(run, "stop_signal", signum)) for s in _signals()
-        }
+        previous = {s: signal.signal(s, run.request_stop) for s in _signals()}
         try:
             _loop(run)
         finally:
@@ -256,10 +258,10 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     if main:
         write_run_config(out_dir, config, total_steps=steps, num_images=len(data), device=str(device),
                          streamed=isinstance(data, StreamedImages))  # fmt: skip
-        if auto_sampler and sampler == "ddim" and config.num_samples:
+        if auto_sampler and steps < QUICK_RUN and config.num_samples:
             logger.info(
-                "sample grids: DDIM with %d steps, as for every run under %d steps (--sampler ddpm for DDPM's)",
-                sample_steps, QUICK_RUN,
+                "sample grids: %s with %d steps, as for every run under %d steps (--sampler chooses another)",
+                sampler.upper(), sample_steps, QUICK_RUN,
             )  # fmt: skip
 
     # 4. the loss log, its progress bar and TensorBoard
@@ -324,9 +326,8 @@ def _evaluate(run: Run) -> None:
     value = digit_fid(run.engine.sampling_model, run.noise_scheduler, run.config, run.out_dir)
     run.eval_seconds += time.perf_counter() - started
     run.log.evals[run.progress.step] = value
-    logger.info(
-        "step %d: digit FID %.2f (%d DDIM samples)", run.progress.step, value, run.config.eval_samples
-    )
+    logger.info("step %d: digit FID %.2f (%d samples, %s)", run.progress.step, value, run.config.eval_samples,
+                reading_sampler(run.noise_scheduler))  # fmt: skip
     if run.log.tensorboard is not None:
         run.log.tensorboard.writer.add_scalar("eval/digit_fid", value, run.progress.step)
 

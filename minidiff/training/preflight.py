@@ -1,6 +1,8 @@
 """Checks a run makes before it spends any time: the settings and paths make sense (before torch loads),
 the output folder is its own (one run at a time) and writable, the device exists, the disk has room for
-what the run will write. Each fails at once, naming the value and what was expected.
+what the run will write, the digit FID readings and the fast engine can do what is asked. Each fails at
+once, naming the value and what was expected. Every check before a start lives here: `minidiff train`
+calls `check_before_start` before torch loads, `train` calls `check_run`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from minidiff.files import LOCK_NAME, FolderLock, looks_local, writable_dir
+from minidiff.files import LOCK_NAME, FolderLock, check_hub_dataset, check_writable, looks_local, writable_dir
 from minidiff.training.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
@@ -26,6 +28,37 @@ class RunExists(ConfigError, FileExistsError):
 
 class MissingPath(ConfigError, FileNotFoundError):
     """A path a setting names does not exist."""
+
+
+def check_run(config: TrainConfig) -> None:
+    """Every check `train` makes before it spends any time: `check_before_start`, then what needs the
+    library loaded (the digit FID readings' sample count, what the fast engine cannot do)."""
+    check_before_start(config)
+    if config.eval_every is not None:  # the digit FID readings: refused now, not at the first reading
+        from minidiff.quality.digit_net import NUM_FEATURES
+        from minidiff.quality.metrics import check_fid_count
+
+        check_fid_count(config.eval_samples, NUM_FEATURES, f"eval_samples={config.eval_samples}")
+    if config.fast:
+        check_fast_supported(config)
+
+
+def check_fast_supported(config: TrainConfig) -> None:
+    """What the fast engine (minidiff/training/fast_engine.py) does not do: a ValueError naming each.
+
+    Args:
+        config: the run's settings.
+    """
+    import minidiff.training.distributed as distributed
+
+    unsupported = {
+        "grad_accum > 1": config.grad_accum != 1,
+        "mixed_precision='fp16' (use 'bf16')": config.mixed_precision == "fp16",
+        "several processes (torchrun)": distributed.world_size() > 1,
+    }
+    named = [name for name, used in unsupported.items() if used]
+    if named:
+        raise ValueError(f"fast=True does not support {', '.join(named)}; train without --fast for those")
 
 
 def check_before_start(config: TrainConfig) -> None:
@@ -50,9 +83,8 @@ def check_before_start(config: TrainConfig) -> None:
     if isinstance(config.resume, str) and config.resume not in ("latest", "auto"):
         if not Path(config.resume).is_file():
             raise MissingPath("{resume}: that checkpoint file does not exist", resume=config.resume)
-    out_dir = Path(config.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PermissionError(f"output folder {str(out_dir)!r} is not writable: it is a file")
+    check_writable(config.out_dir, folder=True)
+    check_hub_dataset(config.data)  # a hub id offline: now, not after torch and `datasets` load
 
 
 @contextlib.contextmanager

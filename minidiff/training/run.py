@@ -56,6 +56,32 @@ class TrainResult:
     first_step: int = 0  # the step this start began at (0, or the checkpoint a resume loaded)
 
 
+def _steps(n: int) -> str:
+    return f"{n} step" + "s" * (n != 1)
+
+
+def report_text(result: TrainResult, extra: dict[str, Path] | None = None) -> str:
+    """What a start did (steps, time, speed), where the run stands, and the files that exist (with
+    `extra`'s): the lines `minidiff train` prints at the end."""
+    done = result.steps - result.first_step
+    rate = done / result.train_seconds if result.train_seconds > 0 else float("nan")
+    resumed = f"; resumed at step {result.first_step}, the run now has {_steps(result.steps)}"
+    epochs = f"{result.epochs_completed} epoch" + "s" * (result.epochs_completed != 1)
+    recent = result.losses[-100:]
+    lines = [
+        f"trained {_steps(done)} in {result.seconds:.0f} s; {rate:.2f} steps/s ({result.train_seconds:.0f} s "
+        f"of steps){resumed if result.first_step else ''}; {epochs} in all",
+        f"final loss (mean of the last 100 steps): {sum(recent) / len(recent):.4f}",
+    ]
+    files = {"samples": result.samples_png, "loss plot": result.loss_png, "loss per step": result.loss_csv,
+             "model (pipeline folder)": result.model_dir, **(extra or {})}  # fmt: skip
+    files.update({f"samples {grid.stem}": grid for grid in result.sample_grids})
+    files.update({f"checkpoint {ckpt.stem}": ckpt for ckpt in result.checkpoints})
+    files = {what: path for what, path in files.items() if path is not None and Path(path).exists()}
+    width = max(len(k) for k in files)
+    return "\n".join(lines + [f"  {what:<{width}}  {path}" for what, path in files.items()])
+
+
 # ---- what a run starts from ---------------------------------------------------------------------------
 def build_unet(config: TrainConfig, channels: int):
     """The UNet2DModel of `config`, its initial weights drawn after torch.manual_seed(config.seed)
@@ -212,25 +238,32 @@ class TensorBoard:
         self.writer.close()
 
 
+def reading_sampler(noise_scheduler) -> str:
+    """ "DPMSOLVER++ 20 steps": the sampler of the digit FID readings, `minidiff eval`'s default (the table's
+    "eval" choice), so that loss.csv's readings and eval.json compare."""
+    from minidiff.schedulers.samplers import CHOICES, steps_for
+
+    sampler, steps = CHOICES["eval"]
+    return f"{sampler.upper()} {steps_for(sampler, noise_scheduler.config.num_train_timesteps, steps)} steps"
+
+
 def digit_fid(unet, noise_scheduler, config: TrainConfig, out_dir: Path) -> float:
-    """The digit FID of `config.eval_samples` images from `unet` (DDIM, 50 steps, seed config.seed) against
-    the run's data source (all of it, whatever `limit` trains on); its features are cached in
-    out_dir/eval/reference. The measurement is minidiff.quality's."""
+    """The digit FID of `config.eval_samples` images from `unet` (seed config.seed; the sampler and steps of
+    `minidiff eval`, see `reading_sampler`) against the run's data source (all of it, whatever `limit` trains
+    on); its features are cached in out_dir/eval/reference. The measurement is minidiff.quality's."""
     from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
     from minidiff.quality import digit_fid as measure
     from minidiff.quality.reference import CACHE_SUBDIR
 
     pipeline = DDPMPipeline(unet, noise_scheduler)
-    return measure(
-        pipeline, config.data, config.eval_samples, config.seed, "ddim", cache_dir=out_dir / CACHE_SUBDIR
-    )
+    return measure(pipeline, config.data, config.eval_samples, config.seed, cache_dir=out_dir / CACHE_SUBDIR)
 
 
 def write_run_config(out_dir: Path, config: TrainConfig, **resolved) -> Path:
     """out_dir/config.json: every setting of the run as it starts, and what was resolved from them."""
     import json
 
-    from minidiff import __version__
+    from minidiff._version import __version__
     from minidiff.files import atomic_write_text
     from minidiff.training.config import config_dict
 
@@ -246,12 +279,11 @@ def write_run_config(out_dir: Path, config: TrainConfig, **resolved) -> Path:
 def save_samples(unet, noise_scheduler, path: str | os.PathLike, config: TrainConfig) -> Path:
     """A grid of `config.num_samples` images from `unet` (`config.sampler`, `config.sample_steps` steps),
     drawn from a generator seeded by `config.seed`, so every grid of a run starts from the same noise."""
-    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
-    from minidiff.schedulers.samplers import scheduler_for
+    from minidiff.pipelines.pipeline_ddpm import DDPMPipeline, with_sampler
     from minidiff.viz import enlarged, save_grid
 
     # a fresh scheduler: set_timesteps must not touch the one training uses
-    pipeline = DDPMPipeline(unet=unet, scheduler=scheduler_for(config.sampler, noise_scheduler.config))
+    pipeline = with_sampler(DDPMPipeline(unet=unet, scheduler=noise_scheduler), config.sampler)
     pipeline.set_progress_bar_config(disable=not config.progress, desc="sampling", leave=False)
     generator = torch.Generator(unet.device).manual_seed(config.seed)
     was_training = unet.training
@@ -280,6 +312,7 @@ def plan_grid(unet, config: TrainConfig, train_seconds: float, automatic: bool) 
     needed, to cost at most GRID_SHARE of this start's `train_seconds` (or a few seconds), first to
     fewer DDIM steps (down to MIN_GRID_STEPS), then to fewer images; the log line says so."""
     from minidiff.cost import FEW_SECONDS, cost_line, sampling_seconds, say_seconds, step_seconds
+    from minidiff.schedulers.samplers import CHOICES
 
     if not config.num_samples:
         return config
@@ -293,20 +326,21 @@ def plan_grid(unet, config: TrainConfig, train_seconds: float, automatic: bool) 
         if planned > FEW_SECONDS:
             logger.info(cost_line(what, step, config.sample_steps))
         return config
-    cap = config.sample_steps if config.sampler == "ddim" else config.num_train_timesteps
+    cut_to = CHOICES["quick_grid"].sampler  # the sampler an automatic grid is cut down to
+    cap = config.sample_steps if config.sampler == cut_to else config.num_train_timesteps
     steps = min(cap, max(MIN_GRID_STEPS, int(budget / step)))
     images = config.num_samples
     if sampling_seconds(step, steps) > budget:  # a step's time grows about linearly with the images
         images = max(1, int(images * budget / sampling_seconds(step, steps)))
     logger.info(
-        "sample grid: %s, DDIM with %d steps (%s) instead of %s, to take at most %.0f%% of the %.0f s "
+        "sample grid: %s, %s with %d steps (%s) instead of %s, to take at most %.0f%% of the %.0f s "
         "of training (--sampler, --sample-steps and --num-samples choose)",
-        f"{images} image" + "s" * (images != 1), steps,
+        f"{images} image" + "s" * (images != 1), cut_to.upper(), steps,
         say_seconds(sampling_seconds(step, steps) * images / config.num_samples),
         f"{config.sampler.upper()} with {config.sample_steps} steps ({say_seconds(planned)})",
         100 * GRID_SHARE, train_seconds,
     )  # fmt: skip
-    return dataclasses.replace(config, sampler="ddim", sample_steps=steps, num_samples=images)
+    return dataclasses.replace(config, sampler=cut_to, sample_steps=steps, num_samples=images)
 
 
 def loss_label(config: TrainConfig) -> str:

@@ -4,7 +4,7 @@
 
 `train_step` takes the batches, noise and timesteps from its caller, so it can be fed exactly what the
 diffusers tutorial's loop sees; `PlainEngine` draws them by the rules of
-`minidiff.training.rules` and is what the training loop drives (the fast engine, `minidiff.fast.FastTrainer`,
+`minidiff.training.rules` and is what the training loop drives (the fast engine, `minidiff.training.fast_engine.FastTrainer`,
 has the same interface). Under torchrun the engine trains on its process's rows of each global batch.
 """
 

@@ -1,7 +1,8 @@
-"""Train the digit network on the embedded digits' training split and write its safetensors file.
+"""Train the digit network on the embedded digits' training split and write its safetensors file (run from
+the checkout; minidiff.quality only measures with the weights this writes).
 
-    python -m minidiff.quality.train_digit_net                  # -> minidiff/quality/digit_net.safetensors
-    python -m minidiff.quality.train_digit_net --out net.safetensors --epochs 5
+    python -m scripts.train_digit_net                  # -> minidiff/quality/digit_net.safetensors
+    python -m scripts.train_digit_net --out net.safetensors --epochs 5
 
 Same seed, same weights on the same CPU: every random draw (initial weights, order, augmentation,
 dropout) comes from generators seeded by `--seed`, and the run is single-threaded.
@@ -27,18 +28,10 @@ from minidiff.quality.digit_net import (
     TRAIN_SPLIT,
     WEIGHTS_FILE,
     DigitNet,
+    accuracy,
+    digit_split,
     file_digest,
-    to_input,
 )
-
-
-def digit_split(indices: range, image_size: int = INPUT_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, 1, s, s) and int64 labels (N,) of one split, resized as the training data is."""
-    from minidiff.data import load_dataset_uint8, load_digits
-
-    _, labels = load_digits()
-    images = load_dataset_uint8("digits", image_size, channels=1, limit=indices.stop)  # (N, 1, s, s)
-    return images[indices.start : indices.stop], torch.from_numpy(labels[indices.start : indices.stop])
 
 
 @torch.no_grad()
@@ -59,14 +52,6 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
     return x
-
-
-@torch.no_grad()
-def accuracy(net: DigitNet, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of `images` (uint8, any size `to_input` takes) that `net` classifies as `labels`."""
-    net.eval()
-    logits = torch.cat([net(to_input(chunk))[0] for chunk in images.split(500)])
-    return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
 def train_digit_net(
@@ -122,7 +107,7 @@ def save_digit_net(net: DigitNet, path: str | Path, metadata: dict[str, str]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidiff.quality.train_digit_net", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m scripts.train_digit_net", description=__doc__)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--out", default=str(WEIGHTS_FILE), help="safetensors file to write")

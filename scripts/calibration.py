@@ -1,6 +1,6 @@
 """What the digit metrics say about known image sets, so that a model's figure can be read against them.
 
-    python -m minidiff.quality.calibration --model out/demo/model --seeds 0,1,2 --json calibration.json \
+    python -m scripts.calibration --model out/demo/model --seeds 0,1,2 --json calibration.json \
         --plot docs/images/quality_vs_steps.png
 
 Rows, all against the same reference (the 4,000 training-split digits at the model's size):
@@ -20,28 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from pathlib import Path
 
 import torch
 
-from minidiff.quality.digit_net import HELD_OUT_SPLIT
+from minidiff.quality.digit_net import held_out_digits
 from minidiff.quality.evaluate import DEFAULT_NUM_SAMPLES, score
 from minidiff.quality.features import Features, extract_features, feature_network
 from minidiff.quality.metrics import CONFIDENT_RULE
 from minidiff.quality.reference import reference_features
+from minidiff.quality.steps import mean_and_std
 from minidiff.schedulers.samplers import QUALITY_SWEEP, parse_settings
+from minidiff.viz import denormalize, to_uint8
 
 KEYS = ("fid", "kid", "confident_share", "in_distribution_share", "class_entropy_bits")
+FIGURES = (*KEYS, "seconds")  # the table's columns, mean and std of each (quality.steps.mean_and_std)
 BOOTSTRAP_RESAMPLES = 10
-
-
-def held_out_digits(image_size: int, channels: int = 1) -> torch.Tensor:
-    """The 1,000 held-out digits as uint8 (1000, C, s, s), resized as the training data is."""
-    from minidiff.data import load_dataset_uint8
-
-    images = load_dataset_uint8("digits", image_size, channels=channels, limit=HELD_OUT_SPLIT.stop)
-    return images[HELD_OUT_SPLIT.start :]
 
 
 def blurred(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
@@ -55,7 +49,7 @@ def blurred(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
 def gaussian_noise(count: int, channels: int, image_size: int, seed: int) -> torch.Tensor:
     """x_T ~ N(0, I) as the pipeline would output it: uint8 of (x / 2 + 0.5).clamp(0, 1)."""
     x = torch.randn(count, channels, image_size, image_size, generator=torch.Generator().manual_seed(seed))
-    return ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return to_uint8(denormalize(x))
 
 
 def bootstrap(features: Features, seed: int) -> Features:
@@ -63,17 +57,6 @@ def bootstrap(features: Features, seed: int) -> Features:
     rows = torch.randint(0, len(features), (len(features),), generator=torch.Generator().manual_seed(seed))
     logits, distance = (t[rows] if t is not None else None for t in (features.logits, features.distance))
     return Features(features.values[rows], features.network, logits, distance)
-
-
-def summarize_rows(rows: list[dict], point: dict | None = None) -> dict[str, float]:
-    """Mean and standard deviation over `rows` of every key; with `point`, its values instead of the mean."""
-    out = {}
-    for key in KEYS + ("seconds",):
-        values = [r[key] for r in rows if r.get(key) is not None]
-        if values:
-            out[key] = point[key] if point is not None else statistics.mean(values)
-            out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return out
 
 
 def calibrate_real(
@@ -90,12 +73,12 @@ def calibrate_real(
     table = {}
     for name, feats in fixed.items():
         resamples = [score(reference, bootstrap(feats, s), s) for s in range(1, BOOTSTRAP_RESAMPLES + 1)]
-        table[name] = summarize_rows(resamples, point=score(reference, feats))
+        table[name] = mean_and_std(resamples, FIGURES, point=score(reference, feats))
     noise = [
         score(reference, extract_features(gaussian_noise(len(held_out), channels, image_size, s), network), s)
         for s in seeds
     ]
-    table["Gaussian noise"] = summarize_rows(noise)
+    table["Gaussian noise"] = mean_and_std(noise, FIGURES)
     return table
 
 
@@ -141,14 +124,16 @@ def model_rows(args, seeds: list[int], table: dict) -> list[dict]:
                     path.write_text(json.dumps({"runs": runs}, indent=2) + "\n", encoding="utf-8")
         rows = [r for r in runs if (r["sampler"], r["steps"]) == (sampler, steps) and r["seed"] in seeds]
         name = f"model, {sampler.upper()} {steps} steps"
-        table[name + (f" ({len(rows)} seeds)" if len(rows) != len(seeds) else "")] = summarize_rows(rows)
+        table[name + (f" ({len(rows)} seeds)" if len(rows) != len(seeds) else "")] = mean_and_std(
+            rows, FIGURES
+        )
     if args.plot:
         print(f"wrote {plot_quality_vs_steps(runs, args.plot)}")
     return runs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidiff.quality.calibration", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m scripts.calibration", description=__doc__)
     parser.add_argument("--model", default=None, help="a pipeline folder to add the sampler rows for")
     parser.add_argument(
         "--image-size", type=int, default=16, help="without --model: the size to calibrate at"

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from minidiff.training.config import TrainConfig
+from minidiff.training.preflight import check_fast_supported
 from minidiff.training.rules import (
     EMA,
     clip_gradients,
@@ -37,24 +38,6 @@ from minidiff.training.rules import (
     make_lr_scheduler,
     make_optimizer,
 )
-
-
-def check_fast_supported(config: TrainConfig) -> None:
-    """What the fast engine does not do: a ValueError naming each.
-
-    Args:
-        config: the run's settings.
-    """
-    import minidiff.training.distributed as distributed
-
-    unsupported = {
-        "grad_accum > 1": config.grad_accum != 1,
-        "mixed_precision='fp16' (use 'bf16')": config.mixed_precision == "fp16",
-        "several processes (torchrun)": distributed.world_size() > 1,
-    }
-    named = [name for name, used in unsupported.items() if used]
-    if named:
-        raise ValueError(f"fast=True does not support {', '.join(named)}; train without --fast for those")
 
 
 class FastTrainer:
