@@ -24,9 +24,10 @@ from benchmarks.harness import (
     synchronize,
     time_once,
 )
-from minidiff.fast import FastDDPMSampler, FastTrainer
+from minidiff.fast import FastDDPMSampler
 from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 from minidiff.training.config import TrainConfig
+from minidiff.training.fast_engine import FastTrainer
 from minidiff.training.rules import epoch_order, loss_fn
 
 LEARNING_RATE = 1e-4  # the tutorial's

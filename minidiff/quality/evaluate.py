@@ -137,7 +137,7 @@ def real_reference(
     """
     if data != "digits":
         return {}
-    from minidiff.quality.calibration import held_out_digits
+    from minidiff.quality.digit_net import held_out_digits
 
     held_out = held_out_digits(size, channels)[:count]
     return {
