@@ -104,6 +104,13 @@ def targets(rows: list[Row], meta: dict) -> list[str]:
             f"training, batch 64: {fast.impl} {fast.throughput:.0f} img/s (target >= 10,000); "
             f"{best.median_ms / fast.median_ms:.2f}x {best.impl} (target 1.5x)"
         )
+    mine, theirs = find("sd_unet_forward", 2, "minidiff"), find("sd_unet_forward", 2, "diffusers")
+    if mine and theirs:
+        lines.append(
+            f"{meta.get('device', '').upper()} sd_unet_forward, batch 2: {mine.impl} "
+            f"{theirs.median_ms / mine.median_ms:.2f}x {theirs.impl} (target >= 0.95x), "
+            f"rel err {_fmt(mine.accuracy_rel_err, '.1e')}"
+        )
     if meta.get("device") == "cpu":
         for case, prefix in (("scheduler_step", "minidiff"), ("unet_forward", "minidiff")):
             for batch in sorted({r.batch for r in rows if r.case == case}):

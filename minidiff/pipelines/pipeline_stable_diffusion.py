@@ -168,9 +168,8 @@ class StableDiffusionPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != shape[0]:
             raise ValueError(f"got {len(generator)} generators for {shape[0]} images; expected one per image")
         if latents is None:
-            draw_on = (
-                torch.device("cpu") if self.device.type == "mps" else self.device
-            )  # randn is not seeded alike on mps
+            # randn is not seeded alike on mps: drawn on the CPU there, as diffusers' pipelines do
+            draw_on = torch.device("cpu") if self.device.type == "mps" else self.device
             latents = randn_tensor(shape, generator, draw_on, dtype).to(self.device)
         elif tuple(latents.shape) != tuple(shape):
             raise ValueError(f"latents of shape {tuple(latents.shape)}; expected {tuple(shape)}")
@@ -228,14 +227,11 @@ class StableDiffusionPipeline(DiffusionPipeline):
         z = self._initial_latents(shape, context.dtype, generator, latents)
         takes = inspect.signature(self.scheduler.step).parameters
         step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in takes}
-        for t in self.progress_bar(
-            self.scheduler.timesteps, disable=None if progress is None else not progress
-        ):
+        disable = None if progress is None else not progress
+        for t in self.progress_bar(self.scheduler.timesteps, disable=disable):
             # 3. eps_theta on [z_t; z_t] with [c_0; c] in one batch, scaled as the sampler needs
-            z_in = torch.cat([z] * 2) if guidance else z
-            eps = self.unet(
-                self.scheduler.scale_model_input(z_in, t), t, encoder_hidden_states=context
-            ).sample
+            z_in = self.scheduler.scale_model_input(torch.cat([z] * 2) if guidance else z, t)
+            eps = self.unet(z_in, t, encoder_hidden_states=context).sample
             if guidance:  # Ho & Salimans 2022, eq. 6: eps_0 + w (eps_c - eps_0)
                 eps_uncond, eps_text = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_text - eps_uncond)
