@@ -146,8 +146,10 @@ class AutoencoderKL(ModelMixin):
         norm_num_groups: GroupNorm groups.
         sample_size: the image size it was trained at (recorded in the config).
         scaling_factor: the pipeline multiplies z by it (0.18215 for SD 1.x / 2.x) for unit variance.
-        shift_factor, latents_mean, latents_std, force_upcast: recorded for pipelines that read them (the
-            model itself does not use them, as in diffusers).
+        shift_factor: recorded for pipelines that read it (the model does not use it, as in diffusers).
+        latents_mean: recorded, as `shift_factor`.
+        latents_std: recorded, as `shift_factor`.
+        force_upcast: recorded, as `shift_factor` (SDXL's pipelines decode in float32 when it is set).
         use_quant_conv: a 1x1 conv on [mean, logvar] after the encoder.
         use_post_quant_conv: a 1x1 conv on z before the decoder.
         mid_block_add_attention: self-attention in the middle blocks.

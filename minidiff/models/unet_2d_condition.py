@@ -296,10 +296,15 @@ class UNet2DConditionModel(ModelMixin):
             sample: z_t, the noisy latents.
             timestep: a number, a 0-d tensor, or one timestep per sample.
             encoder_hidden_states: c = tau(y), the text encoder's last hidden state, one row per sample.
-            class_labels, timestep_cond, attention_mask, cross_attention_kwargs, added_cond_kwargs,
-                down_block_additional_residuals, mid_block_additional_residual,
-                down_intrablock_additional_residuals, encoder_attention_mask: diffusers' keywords for
-                features outside the subset (ControlNet, SDXL, masks, ...); only None (or {}) is accepted.
+            class_labels: diffusers' keyword (class embeddings); only None is accepted.
+            timestep_cond: diffusers' keyword (LCM's guidance embedding); only None is accepted.
+            attention_mask: diffusers' keyword (masks); only None is accepted.
+            cross_attention_kwargs: diffusers' keyword (attention processors); None or {} is accepted.
+            added_cond_kwargs: diffusers' keyword (SDXL's added conditions); None or {} is accepted.
+            down_block_additional_residuals: diffusers' keyword (ControlNet); only None is accepted.
+            mid_block_additional_residual: diffusers' keyword (ControlNet); only None is accepted.
+            down_intrablock_additional_residuals: diffusers' keyword (T2I-Adapter); only None is accepted.
+            encoder_attention_mask: diffusers' keyword (masks); only None is accepted.
             return_dict: return a `UNet2DConditionOutput` (else a tuple).
 
         Returns:

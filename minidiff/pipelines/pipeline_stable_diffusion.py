@@ -71,7 +71,8 @@ class StableDiffusionPipeline(DiffusionPipeline):
         tokenizer: transformers' CLIPTokenizer.
         unet: the UNet2DConditionModel eps_theta(z_t, t, c).
         scheduler: any of minidiff's six schedulers (or diffusers' own).
-        safety_checker, feature_extractor: must be None: minidiff runs no safety checker.
+        safety_checker: must be None: minidiff runs no safety checker.
+        feature_extractor: must be None (it feeds the safety checker).
         requires_safety_checker: recorded in model_index.json, as diffusers does.
     """
 
@@ -196,7 +197,8 @@ class StableDiffusionPipeline(DiffusionPipeline):
 
         Args:
             prompt: a prompt or a list of prompts.
-            height, width: image size in pixels, multiples of 8 (default: the UNet's sample_size x 8).
+            height: image height in pixels, a multiple of 8 (default: the UNet's sample_size x 8).
+            width: image width in pixels, a multiple of 8 (default: the UNet's sample_size x 8).
             num_inference_steps: denoising steps.
             guidance_scale: w of classifier-free guidance; guidance is off for w <= 1.
             negative_prompt: what to steer away from (default: the empty prompt), one or one per prompt.
