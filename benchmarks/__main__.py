@@ -201,7 +201,7 @@ def earlier_rows(path: str, meta: dict) -> list:
             f"--merge {path!r}: its rows come from {[earlier.get(k) for k in keys]} ({', '.join(keys)}), "
             f"this run is {[meta[k] for k in keys]}; merge only runs of one device and mode"
         )
-    here = {key: earlier[key] for key in ("command", "date", "cpu_threads")}
+    here = {key: earlier[key] for key in ("command", "date", "cpu_threads", "cpu_model") if key in earlier}
     meta["merged"] = earlier.get("merged", []) + [here]
     return rows
 

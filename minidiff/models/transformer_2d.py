@@ -82,8 +82,8 @@ class BasicTransformerBlock(nn.Module):
     """Self-attention, cross-attention, feed-forward, each as z = z + f(LayerNorm(z)).
 
     only_cross_attention: the first attention also reads the text (keys / values from the context).
-    upcast_attention is accepted as diffusers accepts it; its default processor (SDPA) ignores it, and so does
-    this block: F.scaled_dot_product_attention accumulates in float32 on every backend either way.
+    (UNet2DConditionModel's upcast_attention changes nothing here, as in diffusers: its default processor,
+    F.scaled_dot_product_attention, ignores the flag, and so does this block.)
     """
 
     def __init__(

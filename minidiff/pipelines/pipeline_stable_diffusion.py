@@ -58,8 +58,8 @@ def _load_transformers(path, name: str, class_name: str, torch_dtype: torch.dtyp
     cls = getattr(transformers, class_name)
     if name == "tokenizer":
         return cls.from_pretrained(path, subfolder=name)
-    model = cls.from_pretrained(path, subfolder=name, dtype=torch_dtype or torch.float32)
-    return model.eval()
+    # cast after loading (the same rounding as loading in that dtype), the keyword differs across versions
+    return cls.from_pretrained(path, subfolder=name).to(torch_dtype or torch.float32).eval()
 
 
 class StableDiffusionPipeline(DiffusionPipeline):
