@@ -36,31 +36,15 @@ from minidiff.outputs import UNet2DConditionOutput
 # diffusers' keywords outside the SD 1.x / 2.x subset, at their defaults: a config may name them at these
 # values (diffusers writes every keyword into config.json); any other value is refused, the key named.
 OUTSIDE_SUBSET = {
-    "reverse_transformer_layers_per_block": None,
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
-    "dual_cross_attention": False,
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "num_class_embeds": None,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "time_cond_proj_dim": None,
-    "conv_in_kernel": 3,
-    "conv_out_kernel": 3,
-    "projection_class_embeddings_input_dim": None,
-    "attention_type": "default",
-    "class_embeddings_concat": False,
-    "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None,
-    "addition_embed_type_num_heads": 64,
-}
+    "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None, "encoder_hid_dim_type": None,
+    "dual_cross_attention": False, "class_embed_type": None, "addition_embed_type": None,
+    "addition_time_embed_dim": None, "num_class_embeds": None, "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional",
+    "time_embedding_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None,
+    "time_cond_proj_dim": None, "conv_in_kernel": 3, "conv_out_kernel": 3,
+    "projection_class_embeddings_input_dim": None, "attention_type": "default", "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None, "cross_attention_norm": None, "addition_embed_type_num_heads": 64,
+}  # fmt: skip
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
 MID_TYPES = ("UNetMidBlock2DCrossAttn", None)

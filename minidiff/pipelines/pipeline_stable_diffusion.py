@@ -127,7 +127,7 @@ class StableDiffusionPipeline(DiffusionPipeline):
         c = c.to(dtype=self.text_encoder.dtype, device=self.device)
         return c.repeat_interleave(n, dim=0)  # (B * n, L, D): each prompt's rows next to each other
 
-    def encode_prompt(
+    def _encode_prompt(
         self, prompt: list[str], negative_prompt: list[str] | None, n: int, guidance: bool
     ) -> torch.Tensor:
         """c for the prompts, and [c_0; c] (unconditional first, as diffusers) when guidance is on."""
@@ -221,7 +221,7 @@ class StableDiffusionPipeline(DiffusionPipeline):
         prompt, negative_prompt = self._check_call(prompt, negative_prompt, height, width, n, output_type)
         guidance = guidance_scale > 1.0  # w = 1 is the conditional model alone: one UNet pass, no c_0
         # 1. c (and c_0), from the CLIP text encoder
-        context = self.encode_prompt(prompt, negative_prompt, n, guidance)
+        context = self._encode_prompt(prompt, negative_prompt, n, guidance)
         # 2. the timesteps, and z_T in the text encoder's dtype (as diffusers)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         f = self.vae_scale_factor
