@@ -1,7 +1,7 @@
 """python -m benchmarks [--quick] [--device cpu|cuda] [--json PATH] [--results-md PATH] [--compile train,sample]
 
-Runs every case (scheduler step, each sampler's scheduler over a whole run, UNet forward, train step,
-sampling) with diffusers and minidiff in this process, prints a table, and writes JSON and a RESULTS.md
+Runs every case (scheduler step, each sampler's scheduler over a whole run, UNet forward, Stable Diffusion's
+UNet forward, train step, sampling) with diffusers and minidiff in this process, prints a table, and writes JSON and a RESULTS.md
 generated from the measurements.
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-CASES = ("scheduler_step", "sampler_step", "unet_forward", "train_step", "sampling")
-UNET_FREE = ("scheduler_step", "sampler_step")  # cases that time a scheduler alone: no UNet argument
+CASES = ("scheduler_step", "sampler_step", "unet_forward", "sd_unet_forward", "train_step", "sampling")
+# cases that build what they time (a scheduler alone, Stable Diffusion's UNet): no UNet2DModel argument
+UNET_FREE = ("scheduler_step", "sampler_step", "sd_unet_forward")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     batches = {
         "unet_forward": (1, 8) if quick else (1, 64, 256),
+        "sd_unet_forward": (2,),  # the guidance pair
         "train_step": (4,) if quick else (64, 256),
         "sampling": (1, 4) if quick else (1, 64),
         "scheduler_step": (64,),
@@ -134,12 +136,13 @@ def run_jobs(
     from benchmarks.cases import Settings, scheduler_step, unet_forward
     from benchmarks.cases_loops import sampling, train_step
     from benchmarks.cases_samplers import sampler_step
+    from benchmarks.cases_sd import sd_unet_forward
     from benchmarks.harness import Row
     from benchmarks.report import add_ratios
 
     cuda = settings.device.type == "cuda"
     runners = {"scheduler_step": scheduler_step, "unet_forward": unet_forward, "train_step": train_step}
-    runners.update(sampling=sampling, sampler_step=sampler_step)
+    runners.update(sampling=sampling, sampler_step=sampler_step, sd_unet_forward=sd_unet_forward)
     compile_name = {"train_step": "train", "sampling": "sample"}
     jobs = [(case, batch, frozenset()) for case in cases for batch in batches[case]]
     jobs += [
@@ -204,7 +207,7 @@ def earlier_rows(path: str, meta: dict) -> list:
             f"--merge {path!r}: its rows come from {[earlier.get(k) for k in keys]} ({', '.join(keys)}), "
             f"this run is {[meta[k] for k in keys]}; merge only runs of one device and mode"
         )
-    here = {key: earlier[key] for key in ("command", "date", "cpu_threads")}
+    here = {key: earlier[key] for key in ("command", "date", "cpu_threads", "cpu_model") if key in earlier}
     meta["merged"] = earlier.get("merged", []) + [here]
     return rows
 

@@ -34,7 +34,7 @@ import torch
 name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA DEVICE VISIBLE"
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "device", name)
 for name in ("diffusers", "minidiff", "minidiff.fast", "benchmarks.cases", "benchmarks.cases_loops",
-             "benchmarks.cases_samplers", "pytest"):
+             "benchmarks.cases_samplers", "benchmarks.cases_sd", "pytest"):
     try:
         module = importlib.import_module(name)
         print("import ok:", name, getattr(module, "__version__", ""))
@@ -44,14 +44,17 @@ EOF
 
 # 3. accuracy on the GPU: graph replay = eager loop, bf16 error bounded (test_fast.py), the graphed fast
 #    training engine = the plain engine, bf16 learns (test_engines.py);
-#    CUDA pipeline with a CPU generator, sync-free device-timestep scheduler loop. Files named one by one:
+#    CUDA pipeline with a CPU generator, sync-free device-timestep scheduler loop; Stable Diffusion's UNet in
+#    fp16 against diffusers' (test_stable_diffusion.py). Files named one by one:
 #    a module that cannot be collected (e.g. needs `datasets`, absent there) would stop the whole session.
 timeout -k 10 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-    tests/test_fast.py tests/test_engines.py tests/test_pipeline.py tests/test_scheduling_ddpm.py >"$OUTDIR/gpu_tests.txt" 2>&1
+    tests/test_fast.py tests/test_engines.py tests/test_pipeline.py tests/test_scheduling_ddpm.py \
+    tests/test_stable_diffusion.py >"$OUTDIR/gpu_tests.txt" 2>&1
 echo "gpu_check: gpu tests exit status $? (full log: $OUTDIR/gpu_tests.txt)"
 tail -30 "$OUTDIR/gpu_tests.txt"
 
-# 4. every case, uncompiled first, then the compiled variants at batch 64 while BENCH_BUDGET_S lasts (about
+# 4. every case, uncompiled first (sd_unet_forward: an SD-1.5-shaped UNet2DConditionModel in fp16, diffusers'
+#    and minidiff's alternating, batch 2, 4x64x64 latents, 77 tokens; its rel err beside its time), then the compiled variants at batch 64 while BENCH_BUDGET_S lasts (about
 #    one compile fits by default; pick with BENCH_ARGS="--compile sample" etc.). The harness rewrites
 #    RESULTS.md + JSON after each case, so a cut-short run keeps its rows; a failing case leaves a FAILED row.
 ELAPSED=$(( $(date +%s) - START ))

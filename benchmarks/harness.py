@@ -131,6 +131,17 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the instruction set torch's kernels use, e.g. "Intel(R) Xeon(R) Processor, AVX512"."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:  # not Linux
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def environment(device: torch.device) -> dict:
     """Versions and device name for the report header."""
     try:
@@ -147,6 +158,7 @@ def environment(device: torch.device) -> dict:
         "diffusers": diffusers_version,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

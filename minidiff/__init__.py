@@ -9,8 +9,10 @@ The diffusion core, laid out as diffusers' source tree (each package's docstring
 
     schedulers/             the beta schedules, add_noise and the six samplers' step (DDPM, DDIM, PNDM,
                             DPM-Solver, Euler, Euler ancestral), the sampler table
-    models/                 UNet2DModel, its blocks and layers, ModelMixin (safetensors in diffusers' layout)
-    pipelines/              DiffusionPipeline, DDPMPipeline and the plain sampling loop, DDIMPipeline
+    models/                 UNet2DModel, its blocks and layers, ModelMixin (safetensors in diffusers' layout);
+                            Stable Diffusion's UNet2DConditionModel, Transformer2DModel and AutoencoderKL
+    pipelines/              DiffusionPipeline, DDPMPipeline and the plain sampling loop, DDIMPipeline,
+                            StableDiffusionPipeline
     configuration.py        ConfigMixin, SchedulerMixin, FrozenConfig, @register_to_config: diffusers' JSON
                             configs, type checks naming the key
     outputs.py              return objects (diffusers' BaseOutput): .prev_sample, .sample, .images
@@ -55,9 +57,12 @@ _EXPORTS = {
     "EulerAncestralDiscreteScheduler": "minidiff.schedulers.scheduling_euler_ancestral_discrete",
     "ModelMixin": "minidiff.models.modeling_utils",
     "UNet2DModel": "minidiff.models.unet_2d",
+    "UNet2DConditionModel": "minidiff.models.unet_2d_condition",
+    "AutoencoderKL": "minidiff.models.autoencoder_kl",
     "DiffusionPipeline": "minidiff.pipelines.pipeline_utils",
     "DDPMPipeline": "minidiff.pipelines.pipeline_ddpm",
     "DDIMPipeline": "minidiff.pipelines.pipeline_ddim",
+    "StableDiffusionPipeline": "minidiff.pipelines.pipeline_stable_diffusion",
     "make_image_grid": "minidiff.viz",
     "FastDDPMSampler": "minidiff.fast",
     "FastTrainer": "minidiff.training.fast_engine",
@@ -68,6 +73,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AutoencoderKL",
     "ConfigMixin",
     "DDIMPipeline",
     "DDIMScheduler",
@@ -83,8 +89,10 @@ __all__ = [
     "ModelMixin",
     "PNDMScheduler",
     "SchedulerMixin",
+    "StableDiffusionPipeline",
     "TrainConfig",
     "TrainResult",
+    "UNet2DConditionModel",
     "UNet2DModel",
     "__version__",
     "make_image_grid",
@@ -108,10 +116,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from minidiff.configuration import ConfigMixin, FrozenConfig, SchedulerMixin
     from minidiff.fast import FastDDPMSampler
+    from minidiff.models.autoencoder_kl import AutoencoderKL
     from minidiff.models.modeling_utils import ModelMixin
     from minidiff.models.unet_2d import UNet2DModel
+    from minidiff.models.unet_2d_condition import UNet2DConditionModel
     from minidiff.pipelines.pipeline_ddim import DDIMPipeline
     from minidiff.pipelines.pipeline_ddpm import DDPMPipeline
+    from minidiff.pipelines.pipeline_stable_diffusion import StableDiffusionPipeline
     from minidiff.pipelines.pipeline_utils import DiffusionPipeline
     from minidiff.schedulers.scheduling_ddim import DDIMScheduler
     from minidiff.schedulers.scheduling_ddpm import DDPMScheduler

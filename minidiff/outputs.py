@@ -73,3 +73,33 @@ class ImagePipelineOutput(BaseOutput):
     """`images`: a list of PIL images, a NHWC numpy array in [0, 1], or a NCHW tensor in [0, 1]."""
 
     images: Any
+
+
+@dataclass
+class UNet2DConditionOutput(BaseOutput):
+    """Stable Diffusion's UNet: `sample`, the predicted noise in the latents."""
+
+    sample: torch.Tensor
+
+
+@dataclass
+class AutoencoderKLOutput(BaseOutput):
+    """`latent_dist`: the encoder's DiagonalGaussianDistribution over the latents."""
+
+    latent_dist: Any
+
+
+@dataclass
+class DecoderOutput(BaseOutput):
+    """`sample`: the decoded images in [-1, 1] (`commit_loss` is VQ-VAE's, always None here)."""
+
+    sample: torch.Tensor
+    commit_loss: torch.Tensor | None = None
+
+
+@dataclass
+class StableDiffusionPipelineOutput(BaseOutput):
+    """`images` as ImagePipelineOutput's; `nsfw_content_detected` None: minidiff runs no safety checker."""
+
+    images: Any
+    nsfw_content_detected: list[bool] | None = None

@@ -10,7 +10,8 @@ computation. `compare_unet` records every submodule's output in both, in forward
     report.assert_close(atol=1e-5, rtol=1e-4)  # in pytest: raises naming the first module that drifts
 
 `compare_unet` never imports diffusers: any two modules with matching submodule names and UNet2DModel's
-call signature work (two minidiff models, a compiled or fused variant against the plain one, ...).
+(or, given `encoder_hidden_states`, UNet2DConditionModel's) call signature work (two minidiff models, a
+compiled or fused variant against the plain one, ...).
 The conversions at the end of this file (`to_diffusers_unet`, `to_minidiff_unet`, `load_both_unets`)
 move a UNet between the two libraries; they import diffusers when called.
 
@@ -170,6 +171,7 @@ def compare_unet(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     sdpa_backend: SDPBackend | list[SDPBackend] | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
 ) -> ParityReport:
     """Run both models once (eval mode, no grad) and compare every submodule that ran in both under one name.
 
@@ -185,6 +187,7 @@ def compare_unet(
         sdpa_backend: a torch.nn.attention.SDPBackend (or a list of them) that both models' attention must
             use, e.g. SDPBackend.MATH for a reference run or SDPBackend.FLASH_ATTENTION on a GPU; default:
             torch's choice.
+        encoder_hidden_states: the text tokens (B, L, D) of a UNet2DConditionModel (Stable Diffusion).
 
     Returns:
         A `ParityReport`.
@@ -200,7 +203,11 @@ def compare_unet(
             class_labels = class_labels.to(device)
         if torch.is_tensor(timestep):
             timestep = timestep.to(device)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = encoder_hidden_states.to(device=device, dtype=dtype)
     extra = {} if class_labels is None else {"class_labels": class_labels}
+    if encoder_hidden_states is not None:
+        extra["encoder_hidden_states"] = encoder_hidden_states
     recorded: list[dict[str, list[torch.Tensor]]] = [{}, {}]
     modes = [reference_model.training, minidiff_model.training]
     try:

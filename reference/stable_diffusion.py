@@ -1,12 +1,14 @@
-"""The chapter's Stable Diffusion cell (4.1), as written, with diffusers itself.
+"""The chapter's Stable Diffusion cell (4.1), as written, with diffusers' pipeline or minidiff's.
 
     pipe = StableDiffusionPipeline.from_pretrained("sd-dreambooth-library/mr-potato-head", torch_dtype=...)
     pipe(prompt, num_inference_steps=50, guidance_scale=5.5)
 
-`swap_scheduler` puts a minidiff scheduler in its place (`pipe.scheduler = X.from_config(pipe.scheduler.config)`),
-the drop-in the tests check offline on a tiny pipeline (tests/test_stable_diffusion_swap.py). Run:
+`--library minidiff` loads the same folder into minidiff's StableDiffusionPipeline (its own UNet, VAE and
+scheduler; CLIP from transformers), the drop-in tests/test_stable_diffusion.py checks offline, bit for bit, on a
+tiny pipeline. `swap_scheduler` puts a minidiff scheduler into either pipeline
+(`pipe.scheduler = X.from_config(pipe.scheduler.config)`; tests/test_stable_diffusion_swap.py). Run:
 
-    python -m reference.stable_diffusion [--scheduler DPMSolverMultistepScheduler] [--out potato.png]
+    python -m reference.stable_diffusion [--library minidiff] [--scheduler DPMSolverMultistepScheduler] [--out potato.png]
 
 Needs the hub (about 2.7 GB of weights, or the Hugging Face cache) and the `reference` extra (diffusers, transformers).
 """
@@ -32,10 +34,20 @@ def hub_problem() -> str | None:
     return None
 
 
-def load_pipeline(model_id: str = MODEL_ID, device: str | torch.device | None = None):
-    """The chapter's `from_pretrained`, float16 on a GPU and float32 on the CPU; a one-line OSError without the
-    hub (and no cached copy)."""
-    from diffusers import StableDiffusionPipeline
+LIBRARIES = ("diffusers", "minidiff")
+
+
+def load_pipeline(
+    model_id: str = MODEL_ID, device: str | torch.device | None = None, library: str = "diffusers"
+):
+    """The chapter's `from_pretrained` with `library`'s StableDiffusionPipeline, float16 on a GPU and float32 on
+    the CPU; a one-line OSError without the hub (and no cached copy)."""
+    if library not in LIBRARIES:
+        raise ValueError(f"library {library!r}; expected one of {list(LIBRARIES)}")
+    if library == "minidiff":
+        from minidiff import StableDiffusionPipeline
+    else:
+        from diffusers import StableDiffusionPipeline
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -71,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument(
+        "--library", choices=LIBRARIES, default="diffusers", help="whose StableDiffusionPipeline"
+    )
+    parser.add_argument(
         "--scheduler", help="a minidiff scheduler class name, e.g. DPMSolverMultistepScheduler"
     )
     parser.add_argument("--steps", type=int, default=50)
@@ -78,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="mr_potato_head.png")
     args = parser.parse_args(argv)
     try:
-        pipe = load_pipeline()
+        pipe = load_pipeline(library=args.library)
     except OSError as err:
         print(f"skipped: {err}")
         return 1
@@ -86,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         swap_scheduler(pipe, args.scheduler)
     generate(pipe, args.prompt, args.seed, args.steps).save(args.out)
     print(
-        f"{args.out}: {type(pipe.scheduler).__module__}.{type(pipe.scheduler).__name__}, {args.steps} steps"
+        f"{args.out}: {type(pipe).__module__}.{type(pipe).__name__} with "
+        f"{type(pipe.scheduler).__module__}.{type(pipe.scheduler).__name__}, {args.steps} steps"
     )
     return 0
 

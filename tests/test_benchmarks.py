@@ -31,9 +31,14 @@ def test_quick_run_writes_every_case(quick_run):
     code, payload, _ = quick_run
     assert code == 0
     cases = {(row["case"], row["batch"]) for row in payload["rows"]}
-    assert {"scheduler_step", "sampler_step", "unet_forward", "train_step", "sampling"} == {
-        case for case, _ in cases
-    }
+    assert {
+        "scheduler_step",
+        "sampler_step",
+        "unet_forward",
+        "sd_unet_forward",
+        "train_step",
+        "sampling",
+    } == {case for case, _ in cases}
     assert payload["meta"]["device"] == "cpu" and payload["meta"]["diffusers"] == "0.42.1"
 
 
@@ -50,6 +55,15 @@ def test_times_are_positive_and_accuracy_is_reported(quick_run):
             assert 0 <= row["accuracy_rel_err"] < 1e-4, row
     skipped = [row for row in payload["rows"] if row["runs"] == 0]
     assert all(row["note"] for row in skipped)  # a row not run says why
+
+
+def test_stable_diffusion_rows_pair_both_libraries_with_equal_outputs(quick_run):
+    _, payload, markdown = quick_run
+    rows = [row for row in payload["rows"] if row["case"] == "sd_unet_forward"]
+    assert [(row["impl"], row["batch"]) for row in rows] == [("diffusers fp32", 2), ("minidiff fp32", 2)]
+    assert rows[1]["accuracy_rel_err"] == 0.0  # the same fp32 operations in the same order on CPU
+    assert rows[1]["ratio_vs_diffusers"] == pytest.approx(rows[0]["median_ms"] / rows[1]["median_ms"])
+    assert "sd_unet_forward, batch 2: minidiff fp32" in markdown and "target >= 0.95x" in markdown
 
 
 def test_no_quality_figure_for_the_random_benchmark_unet(quick_run):

@@ -81,15 +81,18 @@ class GaussianFourierProjection(nn.Module):
 
 
 class TimestepEmbedding(nn.Module):
-    """The time MLP of DDPM: Linear -> SiLU -> Linear, to E = 4 x the first width. (B, in) -> (B, E)"""
+    """The time MLP of DDPM: Linear -> act -> Linear, to E = 4 x the first width. (B, in) -> (B, E)
 
-    def __init__(self, in_channels: int, time_embed_dim: int):
+    UNet2DModel's act is always SiLU; UNet2DConditionModel's is its `act_fn`, as in diffusers."""
+
+    def __init__(self, in_channels: int, time_embed_dim: int, act_fn: str = "silu"):
         super().__init__()
+        self.act = ACTIVATIONS[act_fn]
         self.linear_1 = nn.Linear(in_channels, time_embed_dim)
         self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
+        return self.linear_2(self.act(self.linear_1(x)))
 
 
 # ---- 2. the residual block ----------------------------------------------------------------------------------
@@ -100,13 +103,14 @@ class ResnetBlock2D(nn.Module):
                                h = norm2(h) * (1 + s) + b    ("scale_shift", improved DDPM; [s, b] = W t)
     out = shortcut(x) + conv2(dropout(act(h)))               (1x1 conv shortcut only when widths differ)
     `resample` "down" / "up" halves / doubles H and W of both paths right after the first activation.
+    `temb_channels` None (the VAE's blocks): no time embedding, no `time_emb_proj`.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        temb_channels: int,
+        temb_channels: int | None,
         groups: int,
         eps: float,
         dropout: float,
@@ -122,7 +126,11 @@ class ResnetBlock2D(nn.Module):
         self.resample = resample
         self.norm1 = group_norm(groups, in_channels, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels * (2 if self.scale_shift else 1))
+        self.time_emb_proj = (
+            None
+            if temb_channels is None
+            else nn.Linear(temb_channels, out_channels * (2 if self.scale_shift else 1))
+        )
         self.norm2 = group_norm(groups, out_channels, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
@@ -130,8 +138,9 @@ class ResnetBlock2D(nn.Module):
             nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
         )
 
-    def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-        """x: (B, C_in, H, W); temb_act: act(emb), (B, E), computed once per forward by the UNet."""
+    def forward(self, x: torch.Tensor, temb_act: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, C_in, H, W); temb_act: act(emb), (B, E), computed once per forward by the UNet (None: no
+        time embedding, the VAE)."""
         h = self.act(self.norm1(x))
         if self.resample == "down":  # 2x2 average pooling, as diffusers' Downsample2D(use_conv=False)
             x, h = F.avg_pool2d(x, 2, 2), F.avg_pool2d(h, 2, 2)
@@ -141,15 +150,18 @@ class ResnetBlock2D(nn.Module):
                 F.interpolate(h, scale_factor=2.0, mode="nearest"),
             )
         h = self.conv1(h)  # (B, C_out, H, W)
-        temb = self.time_emb_proj(temb_act)[:, :, None, None]  # (B, C_out or 2 C_out, 1, 1)
-        if self.scale_shift:
+        if self.time_emb_proj is None:
+            h = self.norm2(h)
+        elif self.scale_shift:
+            temb = self.time_emb_proj(temb_act)[:, :, None, None]  # (B, 2 C_out, 1, 1)
             scale, shift = temb.chunk(2, dim=1)
             h = self.norm2(h) * (1 + scale) + shift
         else:
-            h = self.norm2(h + temb)
+            h = self.norm2(h + self.time_emb_proj(temb_act)[:, :, None, None])  # + W t, (B, C_out, 1, 1)
         h = self.conv2(self.dropout(self.act(h)))
         if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
+            # diffusers makes x contiguous in training mode only: the conv then takes the same kernel as there
+            x = self.conv_shortcut(x.contiguous() if self.training else x)
         out = x + h
         return out if self.output_scale_factor == 1.0 else out / self.output_scale_factor
 
@@ -219,11 +231,16 @@ class Downsample2D(nn.Module):
 
 
 class Upsample2D(nn.Module):
-    """Nearest-neighbour x2 then a 3x3 convolution: (B, C, H, W) -> (B, C, 2H, 2W)."""
+    """Nearest-neighbour x2 then a 3x3 convolution: (B, C, H, W) -> (B, C, 2H, 2W).
+
+    `size` (H', W') replaces the x2 when the down path met an odd size (UNet2DConditionModel's
+    `upsample_size`): the up path then lands on the skip's size again."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        if size is None:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))

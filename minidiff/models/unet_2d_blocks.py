@@ -3,10 +3,16 @@
 Each block type name of diffusers maps to one of three classes here: `DownBlock` (DownBlock2D,
 AttnDownBlock2D, ResnetDownsampleBlock2D), `UNetMidBlock2D` and `UpBlock` (UpBlock2D, AttnUpBlock2D,
 ResnetUpsampleBlock2D). Layers are built in diffusers' order, so the same seed gives the same weights.
+
+The same three classes serve Stable Diffusion's parts: `attention` may be a factory `width -> module`
+(a Transformer2DModel for CrossAttnDownBlock2D / CrossAttnUpBlock2D / UNetMidBlock2DCrossAttn), and then
+`context` (the text tokens) goes to every attention; the VAE's blocks have no time embedding
+(`temb_act` None) and its decoder's up blocks no skips (`skips` None).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +45,7 @@ def block_type(name: str, table: dict) -> tuple[bool, str]:
 class Parts:
     """The settings every block shares, so a block just asks for "a resnet from 32 to 64 channels"."""
 
-    temb_channels: int
+    temb_channels: int | None  # None: no time embedding (the VAE)
     groups: int
     eps: float
     dropout: float
@@ -73,9 +79,23 @@ class Parts:
         )
 
 
-def _resample(layers: nn.ModuleList, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+def _resample(
+    layers: nn.ModuleList, h: torch.Tensor, temb_act: torch.Tensor | None, size=None
+) -> torch.Tensor:
     layer = layers[0]
-    return layer(h, temb_act) if isinstance(layer, ResnetBlock2D) else layer(h)
+    if isinstance(layer, ResnetBlock2D):
+        return layer(h, temb_act)
+    return layer(h) if size is None else layer(h, size)
+
+
+AttentionFactory = Callable[[int], nn.Module]  # width -> an attention module (built in diffusers' order)
+
+
+def _attention_factory(parts: Parts, attention: bool | AttentionFactory) -> AttentionFactory | None:
+    """True: DDPM's self-attention; a callable: that (Stable Diffusion's Transformer2DModel); False: none."""
+    if attention is True:
+        return lambda width: parts.attention(width, parts.groups)
+    return attention or None
 
 
 class Block(nn.Module):
@@ -97,27 +117,35 @@ class DownBlock(Block):
     """DownBlock2D / AttnDownBlock2D / ResnetDownsampleBlock2D: resnets [+ attentions], then a downsampler."""
 
     def __init__(
-        self, parts: Parts, cin: int, cout: int, layers: int, attention: bool, downsample: str | None
+        self,
+        parts: Parts,
+        cin: int,
+        cout: int,
+        layers: int,
+        attention: bool | AttentionFactory,
+        downsample: str | None,
     ):
         super().__init__()
+        make_attention = _attention_factory(parts, attention)
         # built in diffusers' order (resnet i, then attention i): the same seed gives the same weights
         resnets, attentions = [], []
         for i in range(layers):
             resnets.append(parts.resnet(cin if i == 0 else cout, cout))
-            if attention:
-                attentions.append(parts.attention(cout, parts.groups))
+            if make_attention:
+                attentions.append(make_attention(cout))
         # registered attentions first, as diffusers does, so parameters() lists them in the same order
-        self.attentions = nn.ModuleList(attentions) if attention else None
+        self.attentions = nn.ModuleList(attentions) if make_attention else None
         self.resnets = nn.ModuleList(resnets)
         self.downsamplers = parts.resampler(downsample, cout, "down")
 
     def forward(
-        self, h: torch.Tensor, temb_act: torch.Tensor
+        self, h: torch.Tensor, temb_act: torch.Tensor | None, *context: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """`context`: Stable Diffusion's text tokens (B, L, D) for its cross-attention, else nothing."""
         skips = []
         for i, resnet in enumerate(self.resnets):
             h = self.run_resnet(resnet, h, temb_act)
-            h = h if self.attentions is None else self.attentions[i](h)
+            h = h if self.attentions is None else self.attentions[i](h, *context)
             skips.append(h)
         if self.downsamplers is not None:
             h = _resample(self.downsamplers, h, temb_act)  # (B, C, H/2, W/2)
@@ -129,40 +157,71 @@ class UpBlock(Block):
     """UpBlock2D / AttnUpBlock2D / ResnetUpsampleBlock2D: cat(h, skip) -> resnet [+ attention], then an upsampler."""
 
     def __init__(
-        self, parts: Parts, cprev: int, cskips: list[int], cout: int, attention: bool, upsample: str | None
+        self,
+        parts: Parts,
+        cprev: int,
+        cskips: list[int],
+        cout: int,
+        attention: bool | AttentionFactory,
+        upsample: str | None,
     ):
         super().__init__()
+        make_attention = _attention_factory(parts, attention)
         cins = [cprev] + [cout] * (len(cskips) - 1)  # width of h before each concatenation
         resnets, attentions = [], []
         for cin, cskip in zip(cins, cskips):  # diffusers' order, as in DownBlock
             resnets.append(parts.resnet(cin + cskip, cout))
-            if attention:
-                attentions.append(parts.attention(cout, parts.groups))
-        self.attentions = nn.ModuleList(attentions) if attention else None
+            if make_attention:
+                attentions.append(make_attention(cout))
+        self.attentions = nn.ModuleList(attentions) if make_attention else None
         self.resnets = nn.ModuleList(resnets)
         self.upsamplers = parts.resampler(upsample, cout, "up")
 
-    def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb_act: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        skips: list[torch.Tensor] | None,
+        temb_act: torch.Tensor | None,
+        *context: torch.Tensor,
+        upsample_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """`skips` None: no skip connections (the VAE decoder's UpDecoderBlock2D, built with cskips 0);
+        `context`: the text tokens for cross-attention; `upsample_size`: the size to upsample to, when x2
+        would miss the next skip's size."""
         for i, resnet in enumerate(self.resnets):
-            h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H, W): the skip joins on channels
+            if skips is not None:
+                h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H, W): the skip joins on channels
             h = self.run_resnet(resnet, h, temb_act)  # (B, C_out, H, W)
-            h = h if self.attentions is None else self.attentions[i](h)
-        return h if self.upsamplers is None else _resample(self.upsamplers, h, temb_act)  # (B, C, 2H, 2W)
+            h = h if self.attentions is None else self.attentions[i](h, *context)
+        if self.upsamplers is None:
+            return h
+        return _resample(self.upsamplers, h, temb_act, upsample_size)  # (B, C, 2H, 2W)
 
 
 class UNetMidBlock2D(Block):
     """The bottleneck at the lowest resolution: resnet -> self-attention -> resnet."""
 
-    def __init__(self, parts: Parts, width: int, add_attention: bool, attn_groups: int | None, scale: float):
+    def __init__(
+        self,
+        parts: Parts,
+        width: int,
+        add_attention: bool | AttentionFactory,
+        attn_groups: int | None,
+        scale: float,
+    ):
+        """`add_attention` a factory: UNetMidBlock2DCrossAttn (its Transformer2DModel in the middle)."""
         super().__init__()
         # built in diffusers' order: resnet, attention, resnet
         first = parts.resnet(width, width, scale=scale)
-        attentions = [parts.attention(width, attn_groups, scale)] if add_attention else []
+        if callable(add_attention):
+            attentions = [add_attention(width)]
+        else:
+            attentions = [parts.attention(width, attn_groups, scale)] if add_attention else []
         self.attentions = nn.ModuleList(attentions)
         self.resnets = nn.ModuleList([first, parts.resnet(width, width, scale=scale)])
 
-    def forward(self, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, temb_act: torch.Tensor | None, *context: torch.Tensor) -> torch.Tensor:
         h = self.run_resnet(self.resnets[0], h, temb_act)
         for attention in self.attentions:
-            h = attention(h)
+            h = attention(h, *context)
         return self.run_resnet(self.resnets[1], h, temb_act)

@@ -4,6 +4,7 @@
     pipeline_ddpm.py     DDPMPipeline, the plain sampling loop (denoise) and with_sampler (this pipeline
                          with another sampler on the same schedule)
     pipeline_ddim.py     DDIMPipeline
+    pipeline_stable_diffusion.py   StableDiffusionPipeline: text -> latents -> image, classifier-free guidance
 
 The public classes are imported from the package root: `from minidiff import DDPMPipeline`.
 """

@@ -31,6 +31,7 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 PIPELINE_CLASSES = {
     "DDPMPipeline": "minidiff.pipelines.pipeline_ddpm",
     "DDIMPipeline": "minidiff.pipelines.pipeline_ddim",
+    "StableDiffusionPipeline": "minidiff.pipelines.pipeline_stable_diffusion",  # five components: its own loader
 }
 MODEL_INDEX = "model_index.json"
 
@@ -144,6 +145,16 @@ class DiffusionPipeline:
             raise ValueError(
                 f"{index_path} describes a {index.get('_class_name')!r}; expected one of {list(PIPELINE_CLASSES)}"
             )
+        named = getattr(importlib.import_module(PIPELINE_CLASSES[index["_class_name"]]), index["_class_name"])
+        if (
+            named.from_pretrained.__func__ is not DiffusionPipeline.from_pretrained.__func__
+        ):  # Stable Diffusion
+            if cls is not DiffusionPipeline:
+                raise ValueError(
+                    f"{index_path} describes a {index['_class_name']!r}; load it with "
+                    f"{index['_class_name']}.from_pretrained or DiffusionPipeline.from_pretrained"
+                )
+            return named.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype)
         components = {k: v for k, v in index.items() if not k.startswith("_")}
         if sorted(components) != ["scheduler", "unet"]:
             raise ValueError(
@@ -167,10 +178,7 @@ class DiffusionPipeline:
         scheduler = scheduler_class_named(scheduler_class).from_pretrained(
             pretrained_model_name_or_path, subfolder="scheduler"
         )
-        if cls is DiffusionPipeline:
-            name = index["_class_name"]
-            cls = getattr(importlib.import_module(PIPELINE_CLASSES[name]), name)
-        return cls(unet=unet, scheduler=scheduler)
+        return (named if cls is DiffusionPipeline else cls)(unet=unet, scheduler=scheduler)
 
     def model_index(self) -> dict[str, object]:
         """What model_index.json holds: diffusers' library and class names of each component."""
