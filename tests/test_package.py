@@ -291,7 +291,8 @@ def test_the_version_has_one_source_and_is_the_changelogs_newest():
 
 
 def test_functions_stay_short_and_the_command_thin():
-    # no function over 80 lines but UNet2DModel.__init__ (its blocks listed in diffusers' order); cli.py <= 450
+    # no function over 80 lines but the two UNets' constructors (diffusers' keyword lists, ~27 lines of
+    # signature, then the blocks in diffusers' order); cli.py <= 450
     import ast
 
     root = Path(minidiff.__file__).parent
@@ -300,7 +301,8 @@ def test_functions_stay_short_and_the_command_thin():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 lines = node.end_lineno - node.lineno + 1
-                if lines > 80 and (path.name, node.name) != ("unet_2d.py", "__init__"):
+                constructor = path.name in ("unet_2d.py", "unet_2d_condition.py") and node.name == "__init__"
+                if lines > 80 and not constructor:
                     long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines} lines)")
     assert long == []
     assert len((root / "cli.py").read_text(encoding="utf-8").splitlines()) <= 450

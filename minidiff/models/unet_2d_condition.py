@@ -73,6 +73,42 @@ def per_block(name: str, value, n: int) -> list:
     return [value] * n
 
 
+def check_config(
+    down_block_types, up_block_types, mid_block_type, block_out_channels, act_fn, num_attention_heads,
+    attention_head_dim, cross_attention_dim, layers_per_block, transformer_layers_per_block,
+    only_cross_attention,
+) -> tuple[list, list, list, list, list]:  # fmt: skip
+    """Refuse what the subset does not build, naming the key; return the per-block values (heads, cross-
+    attention widths, resnets, transformer layers, only-cross-attention), one per level."""
+    n = len(down_block_types)
+    if not len(up_block_types) == n == len(block_out_channels):
+        raise ValueError(
+            f"expected as many down_block_types {list(down_block_types)} as up_block_types "
+            f"{list(up_block_types)} and block_out_channels {list(block_out_channels)}"
+        )
+    for key, value, choices in (
+        ("down_block_types", down_block_types, DOWN_TYPES),
+        ("up_block_types", up_block_types, UP_TYPES),
+        ("mid_block_type", [mid_block_type], MID_TYPES),
+        ("act_fn", [act_fn], tuple(ACTIVATIONS)),
+    ):
+        for name in value:
+            if name not in choices:
+                raise ValueError(f"{key} {name!r} is not supported; expected one of {list(choices)}")
+    if num_attention_heads is not None:
+        raise ValueError(
+            f"num_attention_heads={num_attention_heads!r}: as in diffusers, give the number of heads as "
+            "attention_head_dim (diffusers' naming issue 2011); expected num_attention_heads None"
+        )
+    return (
+        per_block("attention_head_dim", attention_head_dim, n),
+        per_block("cross_attention_dim", cross_attention_dim, n),
+        per_block("layers_per_block", layers_per_block, n),
+        per_block("transformer_layers_per_block", transformer_layers_per_block, n),
+        per_block("only_cross_attention", only_cross_attention, n),
+    )
+
+
 class UNet2DConditionModel(ModelMixin):
     """diffusers' UNet2DConditionModel for Stable Diffusion 1.x / 2.x: same keywords, keys and numbers.
 
@@ -138,30 +174,11 @@ class UNet2DConditionModel(ModelMixin):
         # 0. check the configuration before building anything (diffusers' other keywords: at their defaults)
         self.register_to_config(**OUTSIDE_SUBSET)
         n = len(down_block_types)
-        if not len(up_block_types) == n == len(block_out_channels):
-            raise ValueError(
-                f"expected as many down_block_types {list(down_block_types)} as up_block_types "
-                f"{list(up_block_types)} and block_out_channels {list(block_out_channels)}"
-            )
-        for key, value, choices in (
-            ("down_block_types", down_block_types, DOWN_TYPES),
-            ("up_block_types", up_block_types, UP_TYPES),
-            ("mid_block_type", [mid_block_type], MID_TYPES),
-            ("act_fn", [act_fn], tuple(ACTIVATIONS)),
-        ):
-            for name in value:
-                if name not in choices:
-                    raise ValueError(f"{key} {name!r} is not supported; expected one of {list(choices)}")
-        if num_attention_heads is not None:
-            raise ValueError(
-                f"num_attention_heads={num_attention_heads!r}: as in diffusers, give the number of heads as "
-                "attention_head_dim (diffusers' naming issue 2011); expected num_attention_heads None"
-            )
-        heads = per_block("attention_head_dim", attention_head_dim, n)
-        cross_dims = per_block("cross_attention_dim", cross_attention_dim, n)
-        layers = per_block("layers_per_block", layers_per_block, n)
-        t_layers = per_block("transformer_layers_per_block", transformer_layers_per_block, n)
-        only_cross = per_block("only_cross_attention", only_cross_attention, n)
+        heads, cross_dims, layers, t_layers, only_cross = check_config(
+            down_block_types, up_block_types, mid_block_type, block_out_channels, act_fn, num_attention_heads,
+            attention_head_dim, cross_attention_dim, layers_per_block, transformer_layers_per_block,
+            only_cross_attention,
+        )  # fmt: skip
         widths = list(block_out_channels)
         time_embed_dim = widths[0] * 4  # E
         self.act = ACTIVATIONS[act_fn]
