@@ -27,6 +27,10 @@ import time
 import warnings
 from pathlib import Path
 
+# the demo's fixed steps, time cap, sweep and samples: minidiff/training/demo.py, minidiff/schedulers/samplers.py
+from minidiff.schedulers.samplers import DEMO_SWEEP as DEMO_QUALITY_SWEEP
+from minidiff.training.demo import DEMO_QUALITY_SAMPLES, DEMO_TIME_CAP
+
 
 class _TqdmHandler(logging.Handler):
     """Log lines through tqdm.write, so they do not tear the progress bar."""
@@ -107,13 +111,6 @@ def _in_users_words(err: Exception, argv: list[str]) -> str:
 
 
 # ---- train / demo ---------------------------------------------------------------------------------------
-DEMO_TIME_BUDGET = 150.0  # seconds of training (the tiny preset stops at 1,800 steps anyway)
-# the demo's quality plot: DDIM and DPM-Solver++ at a few steps, and DDPM's stochastic step on 50 and 100
-# trailing timesteps (DEMO_SAMPLES, samples.png): well under a minute on 2 CPU cores at 250 samples each
-DEMO_QUALITY_SWEEP = "ddim:10,ddim:20,ddim:50,dpmsolver++:10,dpmsolver++:20,ddpm:50,ddpm:100"
-DEMO_QUALITY_SAMPLES = 250  # per sampler (> 64 for a defined FID): one batch, the sweep well under a minute
-
-
 def _preset_in(argv: list[str], default: str) -> str:
     """The --preset named on the command line (looked up before parsing: --help shows its defaults)."""
     for i, word in enumerate(argv):
@@ -137,7 +134,7 @@ def _defaults(command: str, preset_name: str):
     defaults = PRESETS[preset_name]
     if command == "demo":  # its own samples.png comes from the quality runs: no grid from training
         defaults = dataclasses.replace(
-            defaults, out_dir="out/demo", overwrite=True, time_budget=DEMO_TIME_BUDGET, num_samples=0
+            defaults, out_dir="out/demo", overwrite=True, time_budget=DEMO_TIME_CAP, num_samples=0
         )
     return defaults
 
@@ -198,14 +195,19 @@ def _train_now(args: argparse.Namespace, config):
     try:
         return train(config)
     except TrainingInterrupted as stop:
-        import shlex
-
-        argv = [word for word in sys.argv[1:] if word != "--overwrite"]
-        resume = [] if "--resume" in argv or "--resume_from_checkpoint" in argv else ["--resume"]
-        print(f"minidiff {args.command}: interrupted: {stop}", file=sys.stderr)
-        if stop.checkpoint is not None:
-            print(f"continue with: minidiff {shlex.join(argv + resume)}", file=sys.stderr)
+        _say_interrupted(args, stop)
         raise
+
+
+def _say_interrupted(args: argparse.Namespace, stop) -> None:
+    """Where an interrupted run stopped and the command that goes on from there."""
+    import shlex
+
+    argv = [word for word in sys.argv[1:] if word != "--overwrite"]
+    resume = [] if "--resume" in argv or "--resume_from_checkpoint" in argv else ["--resume"]
+    print(f"minidiff {args.command}: interrupted: {stop}", file=sys.stderr)
+    if stop.checkpoint is not None:
+        print(f"continue with: minidiff {shlex.join(argv + resume)}", file=sys.stderr)
 
 
 # what a train_unconditional.py command line leaves to the defaults, where the presets differ
@@ -247,70 +249,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _noise_pictures(noise_scheduler, x0, out_dir: Path, seed: int) -> dict[str, Path]:
-    """noise.png (the tutorial's noising strip at 8 timesteps) and snr.png; prints the terminal-signal warning."""
-    import torch
+    """noise.png and snr.png (minidiff.training.demo.noise_pictures); prints the terminal-signal warning."""
+    from minidiff.training.demo import noise_pictures
 
-    from minidiff.viz import noising_strip, plot_snr, terminal_signal_warning
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    noise_png = out_dir / "noise.png"
-    noising_strip(noise_scheduler, x0, generator=torch.Generator().manual_seed(seed)).save(noise_png)
-    snr_png = plot_snr(noise_scheduler, out_dir / "snr.png")
-    warning = terminal_signal_warning(noise_scheduler)
-    if warning:
-        print(f"warning: {warning}")
-    return {"noising strip": noise_png, "log-SNR plot": Path(snr_png)}
+    return noise_pictures(noise_scheduler, x0, out_dir, seed)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train under a time budget, then measure what the model draws: digit FID of DDIM, DPM-Solver++ and DDPM at
-    a few step counts (quality_vs_steps.png); samples.png shows the first 16 images of DEMO_SAMPLES' sampler."""
-    from minidiff.data import load_dataset
-    from minidiff.quality.digit_net import NUM_FEATURES
-    from minidiff.quality.metrics import check_fid_count
-    from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
-    from minidiff.schedulers.samplers import parse_settings
-    from minidiff.training import build_noise_scheduler
-    from minidiff.training.config import DEMO_SAMPLES
-    from minidiff.viz import enlarged, save_grid, to_pil_images
+    """Train the tiny preset for its fixed steps, then measure what the model draws
+    (minidiff.training.demo.run_demo); print where everything is and the quality table."""
+    from minidiff.training.demo import run_demo
+    from minidiff.training.flags import config_from_args
+    from minidiff.training.loop import TrainingInterrupted
+    from minidiff.training.preflight import check_before_start
 
-    started = time.perf_counter()
-    settings = parse_settings(args.quality_settings)  # bad quality flags fail now, not after training
-    check_fid_count(args.quality_samples, NUM_FEATURES, f"--quality-samples {args.quality_samples}")
-    budget = f"at most {args.time_budget:.0f} s or " if args.time_budget else ""
+    config = config_from_args(args, args.defaults)
+    check_before_start(config)  # bad settings and paths fail before torch loads; run_demo checks the rest
     print(
-        f"minidiff demo: training the tiny preset on {args.data!r} ({args.image_size}x{args.image_size}), "
-        f"{budget}{args.max_steps} steps; then {args.quality_samples} samples per sampler for the quality plot"
-    )
-    config, result = _train(args)
-    from minidiff.quality.evaluate import load_pipeline
-
-    unet = load_pipeline(result.model_dir).unet  # quality_vs_steps samples on the CPU
-    _say_cost(unet, f"quality plot: {args.quality_samples} samples at {len(settings)} settings",
-              args.quality_samples, sum(steps for _, steps in settings), cheaper=False)  # fmt: skip
-    runs = quality_vs_steps(
-        result.model_dir, settings, args.quality_samples, seeds=[config.seed],
-        progress=config.progress, keep_images=True,
+        f"minidiff demo: the tiny preset on {args.data!r} ({args.image_size}x{args.image_size}), {args.max_steps} "
+        f"steps (the same model on every machine; time cap {args.time_budget or 0:.0f} s); then "
+        f"{args.quality_samples} samples per sampler for the quality plot", flush=True,
     )  # fmt: skip
-    shown = next((r for r in runs if (r["sampler"], r["steps"]) == DEMO_SAMPLES), runs[0])  # samples.png
-    grid = to_pil_images(shown["images"][: max(config.num_samples, 16)].float() / 127.5 - 1)
-    result.samples_png = save_grid(enlarged(grid), result.out_dir / "samples.png")
-    plot = plot_quality_vs_steps(runs, result.out_dir / "quality_vs_steps.png")
-    x0 = load_dataset(config.data, config.image_size, flip=False, channels=config.channels, limit=1)[0][None]
-    pictures = _noise_pictures(build_noise_scheduler(config), x0, result.out_dir, config.seed)
-    _report(result, {**pictures, "quality vs steps": Path(plot)})
-    print(f"sample quality ({args.quality_samples} samples each, digit network; lower FID is better):")
-    width = max(len(run["sampler"]) for run in runs)
-    for run in runs:
-        print(
-            f"  {run['sampler'].upper():{width}} {run['steps']:4d} steps: digit FID {run['fid']:6.2f}, "
-            f"confident digits {100 * run['confident_share']:5.1f}%, sampling {run['seconds']:5.1f} s"
-        )
-    print(
-        f"the demo's samples ({shown['sampler'].upper()}, {shown['steps']} steps): digit FID {shown['fid']:.2f}, "
-        f"{100 * shown['confident_share']:.1f}% confident digits"
-    )
-    print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {result.out_dir}")
+    _setup_logging()
+    try:
+        demo = run_demo(config, args.quality_settings, args.quality_samples)
+    except TrainingInterrupted as stop:
+        _say_interrupted(args, stop)
+        raise
+    _report(demo.train, demo.files)
+    print("\n".join(demo.summary()))
+    print(f"demo finished in {demo.seconds:.0f} s; everything is in {demo.train.out_dir}")
     return 0
 
 
