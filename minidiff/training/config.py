@@ -279,6 +279,20 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+# The chapter's task on a CPU: a folder of colour images (the butterflies) at 32x32 with the tiny preset's recipe
+# and UNet (3 channels): 850 steps, about 10 minutes of fp32 training on a 2-core AVX2 CPU (docs/training.md
+# shows what they draw). The precision is measured ("auto"), the warm-up fits the run.
+PRESETS["cpu32"] = dataclasses.replace(
+    PRESETS["tiny"],
+    data=TUTORIAL_DATASET,
+    image_size=32,
+    flip=True,
+    max_steps=850,  # 10 minutes at 1.4 steps/s (fp32 on a 2-core AVX2 CPU: 3.3x the time of a tiny step)
+    warmup_steps=50,
+    out_dir="out/cpu32",
+)
+
+
 # diffusers' examples/unconditional_image_generation/train_unconditional.py, flag for flag: its defaults
 # and its built-in UNet (36 M parameters at 64x64, six levels). It always clips gradients at 1.0.
 PRESETS["diffusers"] = TrainConfig(
@@ -307,7 +321,7 @@ PRESETS["diffusers"] = TrainConfig(
 
 
 def preset(name: str, **overrides) -> TrainConfig:
-    """A named TrainConfig ("tutorial", "tiny" or "diffusers") with some fields replaced.
+    """A named TrainConfig ("tutorial", "tiny", "cpu32" or "diffusers") with some fields replaced.
 
     Args:
         name: the preset's name, a key of `PRESETS`.

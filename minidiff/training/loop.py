@@ -300,7 +300,12 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     auto_grid = auto_sampler and config.sample_steps is None
     sampler, sample_steps = sampling_settings(config, steps)
     config = dataclasses.replace(config, sampler=sampler, sample_steps=sample_steps)
-    config = _fit_warmup(config, steps, main)
+    planned = steps  # the warm-up is fitted to the run as first planned: a resume keeps the same lrs
+    if resume_from is not None:
+        saved = resume_from[1]["config"]
+        first_plan = dataclasses.replace(config, max_steps=saved.get("max_steps"), epochs=saved.get("epochs"))
+        planned = total_steps(first_plan, batches_per_epoch)
+    config = _fit_warmup(config, planned, main and resume_from is None)
     config, precision = resolve_precision(
         config, unet, data.channels, device
     )  # "auto": measured (precision.py)

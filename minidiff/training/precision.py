@@ -67,19 +67,24 @@ def describe_cpu() -> str:
     return f"CPU {cpu_capability()}{held}, {bf16}, {torch.get_num_threads()} threads"
 
 
+PROBE_BATCH = 32  # images per timed pass (at most the run's batch): the factor, not the run's speed
+CLEAR = 2.0  # a first round this far from 1 (either way) decides without a second
+
+
 def bf16_factor(
     unet: torch.nn.Module, batch: int, channels: int, size: int, rounds: int = PROBE_ROUNDS
 ) -> float:
     """A bf16-autocast forward + backward pass's time over an fp32 one's, on a copy of `unet` (the run's
-    model, optimizer and random generators are not touched), at the run's batch shape, on the CPU.
+    model, optimizer and random generators are not touched), at the run's image shape, on the CPU.
 
-    One warm-up pass each way, then `rounds` rounds, fp32 and bf16 in turn; the best time of each (a shared
-    machine's other jobs only ever add time).
+    One warm-up pass each way, then up to `rounds` rounds, fp32 and bf16 in turn (a first round that is
+    clearly one way, by CLEAR, ends it); the best time of each (a shared machine's other jobs only ever add
+    time).
     """
     model = copy.deepcopy(unet).cpu().train()
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, size, size, generator=g)
-    t = torch.randint(0, 1000, (batch,), generator=g)
+    x = torch.randn(min(batch, PROBE_BATCH), channels, size, size, generator=g)
+    t = torch.randint(0, 1000, (x.shape[0],), generator=g)
 
     def one_pass(bf16: bool) -> float:
         start = time.perf_counter()
@@ -94,6 +99,8 @@ def bf16_factor(
     for _ in range(rounds):
         for bf16 in (False, True):
             best[bf16] = min(best[bf16], one_pass(bf16))
+        if not 1 / CLEAR < best[True] / best[False] < CLEAR:
+            break
     return best[True] / best[False]
 
 
