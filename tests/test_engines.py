@@ -84,8 +84,9 @@ def test_plain_and_fast_engines_train_the_same_run(tmp_path, recipe):
 
 def test_fast_engine_resumes_bit_exactly(tmp_path):
     """Checkpoints and resume are the loop's, so the fast engine has them too. A decaying lr is laid out
-    over the run's length: extending such a run is refused; with a constant lr it resumes bit-exactly."""
-    settings = dict(fast=True, checkpoint_every=3, lr_scheduler="constant")
+    over the run's length: extending such a run is refused; with a constant lr it resumes bit-exactly. (A
+    warm-up within 20% of both lengths: a longer one is fitted to each run.)"""
+    settings = dict(fast=True, checkpoint_every=3, lr_scheduler="constant", warmup_steps=1)
     straight, _ = _run(tmp_path / "a", max_steps=8, **settings)
     _run(tmp_path / "b", max_steps=4, **settings)
     resumed, _ = _run(tmp_path / "b", max_steps=8, resume=True, **settings)
