@@ -27,6 +27,7 @@ RUN = dict(
     batch_size=8,
     max_steps=21,
     warmup_steps=5,
+    mixed_precision="bf16",  # the fast engine's CPU path in bf16 (pinned: "auto" measures, and may differ per run)
     lr_scheduler="cosine",
     ema_decay=0.9,
     grad_clip=0.5,

@@ -42,6 +42,7 @@ def test_auto_keeps_bf16_only_where_measured_faster(monkeypatch, factor, chosen)
 
 def test_explicit_bf16_that_is_slower_warns_once_with_its_cost(monkeypatch, caplog):
     monkeypatch.setattr(precision, "bf16_factor", lambda *a, **k: 6.7)
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
     monkeypatch.setattr(precision, "_WARNED", set())
     config = preset("tiny", mixed_precision="bf16", **SMALL)
     unet = _small_unet(config)

@@ -25,6 +25,7 @@ def tiny(tmp_path, **overrides) -> TrainConfig:
         batch_size=8,
         max_steps=4,
         warmup_steps=2,
+        mixed_precision="no",  # pinned: "auto" measures, and runs compared bit for bit must not differ
         ema_decay=0.9,
         sample_steps=2,
         num_samples=2,

@@ -24,9 +24,16 @@ from minidiff.training.checkpoint import list_checkpoints, load_checkpoint
 
 # the tiny preset's net at 8x8 on 40 digits, batches of 8: each run takes seconds
 SMALL = ["--preset", "tiny", "--image-size", "8", "--limit", "40", "--batch-size", "8", "--sample-steps", "2",
-         "--num-samples", "1", "--device", "cpu", "--quiet"]  # fmt: skip
-SMALL_CONFIG = dict(
-    image_size=8, limit=40, batch_size=8, sample_steps=2, num_samples=1, device="cpu", progress=False
+         "--num-samples", "1", "--device", "cpu", "--quiet", "--mixed-precision", "no"]  # fmt: skip
+SMALL_CONFIG = dict(  # precision pinned: "auto" measures, and runs compared bit for bit must not differ
+    image_size=8,
+    limit=40,
+    batch_size=8,
+    sample_steps=2,
+    num_samples=1,
+    device="cpu",
+    progress=False,
+    mixed_precision="no",
 )
 
 

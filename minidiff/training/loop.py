@@ -306,6 +306,8 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
         first_plan = dataclasses.replace(config, max_steps=saved.get("max_steps"), epochs=saved.get("epochs"))
         planned = total_steps(first_plan, batches_per_epoch)
     config = _fit_warmup(config, planned, main and resume_from is None)
+    if resume_from is not None and config.mixed_precision == "auto":  # as it started: a bit-identical resume
+        config = dataclasses.replace(config, mixed_precision=resume_from[1]["config"]["mixed_precision"])
     config, precision = resolve_precision(
         config, unet, data.channels, device
     )  # "auto": measured (precision.py)

@@ -9,7 +9,9 @@ takes about 6.7x as long (both measured with torch 2.14 on an Intel Xeon, the AV
 passes of the run's own UNet at the run's batch shape each way (`bf16_factor`, a few seconds at most) and
 keeps bf16 only where it is faster. On CUDA "auto" is bf16 where the GPU supports it, without timing. An
 explicit "bf16" on a CPU without native bf16, or where it measures slower, is kept and warned about once,
-with the measured cost. Both engines train in the precision chosen here (the loop resolves it first).
+with the measured cost (an explicit bf16 on a CPU with native bf16 is taken as set, unmeasured). A resumed
+run keeps the precision its checkpoint was trained in. Both engines train in the precision chosen here (the
+loop resolves it first).
 """
 
 from __future__ import annotations
@@ -125,8 +127,10 @@ def choose_precision(config, unet: torch.nn.Module, channels: int, device: torch
         return PrecisionChoice(
             chosen, None, f"precision: {_named(chosen)} ({'auto' if asked == 'auto' else 'as set'})"
         )
-    factor = bf16_factor(unet, config.batch_size, channels, config.image_size)
     cpu = f"{cpu_capability()}, {'native bf16' if native_bf16() else 'no native bf16'}"
+    if asked == "bf16" and native_bf16():  # as set, on a CPU made for it: no measurement
+        return PrecisionChoice("bf16", None, f"precision: bf16 autocast (as set; {cpu})")
+    factor = bf16_factor(unet, config.batch_size, channels, config.image_size)
     if asked == "auto":
         chosen = "bf16" if factor < FASTER else "no"
         return PrecisionChoice(
@@ -135,7 +139,7 @@ def choose_precision(config, unet: torch.nn.Module, channels: int, device: torch
             f"this CPU, {cpu})",
         )  # fmt: skip
     warning = None
-    if factor >= FASTER or not native_bf16():
+    if factor >= FASTER or not native_bf16():  # (not native: always)
         warning = (
             f"warning: bf16 autocast on a CPU with {cpu}: a step takes {factor:.1f}x the time of fp32; "
             "--mixed-precision auto (or no) trains in fp32 here"
