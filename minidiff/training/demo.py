@@ -28,9 +28,9 @@ DEMO_STEPS = PRESETS[
 DEMO_TIME_CAP = 900.0  # seconds of training: a guard, not the plan (1,500 steps at 1.7 steps/s)
 DEMO_QUALITY_SAMPLES = 250  # per sampler (> 64 for a defined FID): one batch each
 # the recipe's quality against steps with the demo's sampler (DDPM, 100 trailing steps; 500 samples):
-# steps -> (digit FID, share of confident digits); 900 to 1,500 from fp32 training (sampling seed 0), 300 and
+# steps -> (digit FID, share of confident digits); 900 and 1,200 from fp32 training (sampling seed 0), 1,500 (seeds 0, 1, 2), 300 and
 # 600 from bf16 training (seeds 0, 1, 2); benchmarks/TIME_TO_QUALITY.md
-DEMO_CURVE = {300: (21.1, 0.51), 600: (11.6, 0.63), 900: (7.2, 0.75), 1200: (6.1, 0.74), 1500: (4.5, 0.78)}
+DEMO_CURVE = {300: (21.1, 0.51), 600: (11.6, 0.63), 900: (7.2, 0.75), 1200: (6.1, 0.74), 1500: (4.9, 0.77)}
 
 
 @dataclass
