@@ -251,9 +251,9 @@ CHECKS = (
 PRESETS: dict[str, TrainConfig] = {
     # The tutorial, unchanged: 30 epochs of the butterflies at 32x32 (a GPU job).
     "tutorial": TrainConfig(),
-    # Embedded digits at 16x16, a 280 k-parameter UNet, the recipe `minidiff demo` trains (150 s of it):
+    # Embedded digits at 16x16, a 280 k-parameter UNet, the recipe `minidiff demo` trains (all 1,500 steps):
     # zero terminal SNR + v_prediction + trailing timesteps (Lin et al. 2024: DDIM at 20 steps as good as at
-    # 100), min-SNR-5 loss weights (Hang et al. 2023), lr 3e-3, bf16 autocast; narrow layers (16, 32, 32)
+    # 100), min-SNR-5 loss weights (Hang et al. 2023), lr 3e-3, bf16 autocast where faster; narrow layers (16, 32, 32)
     # for 2.8x the steps per second of (32, 64, 64). benchmarks/TIME_TO_QUALITY.md measures each lever.
     "tiny": TrainConfig(
         data="digits",
