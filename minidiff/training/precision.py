@@ -141,7 +141,7 @@ def choose_precision(config, unet: torch.nn.Module, channels: int, device: torch
     warning = None
     if factor >= FASTER or not native_bf16():  # (not native: always)
         warning = (
-            f"warning: bf16 autocast on a CPU with {cpu}: a step takes {factor:.1f}x the time of fp32; "
+            f"bf16 autocast on a CPU with {cpu}: a step takes {factor:.1f}x the time of fp32; "
             "--mixed-precision auto (or no) trains in fp32 here"
         )
     return PrecisionChoice(
@@ -153,7 +153,7 @@ def _named(mixed_precision: str) -> str:
     return {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[mixed_precision]
 
 
-_WARNED: set[str] = set()  # warnings already shown in this process
+_WARNED: set[str] = set()  # the CPUs whose slow bf16 this process has warned about
 
 
 def resolve_precision(config, unet: torch.nn.Module, channels: int, device: torch.device):
@@ -176,7 +176,7 @@ def resolve_precision(config, unet: torch.nn.Module, channels: int, device: torc
         ):
             choice = PrecisionChoice("no", choice.factor, choice.line.replace("bf16 autocast", "fp32", 1) +
                                      "; fp32 as another process measured bf16 slower")  # fmt: skip
-    if choice.warning and choice.warning not in _WARNED:
-        _WARNED.add(choice.warning)
+    if choice.warning and describe_cpu() not in _WARNED:  # once per process (the factor varies run to run)
+        _WARNED.add(describe_cpu())
         logger.warning(choice.warning)
     return dataclasses.replace(config, mixed_precision=choice.mixed_precision), choice
