@@ -23,11 +23,14 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from minidiff.training.precision import cpu_capability, native_bf16, resolve_precision
 
 THRESHOLDS = (20.0, 10.0)
 RECIPES = ("diffusers", "minidiff")
@@ -36,6 +39,17 @@ DATA = "digits"
 
 
 # ---- the hardware ---------------------------------------------------------------------------------------
+# torch's kernels and oneDNN held to AVX2 (both documented by PyTorch and oneDNN): an AVX2-only CPU on any x86
+AVX2_HOLD = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def hold_avx2(argv: list[str]) -> None:
+    """Run this benchmark again under AVX2_HOLD (the variables act only when set before torch loads)."""
+    env = {**os.environ, **AVX2_HOLD}
+    rest = [a for a in argv if a != "--avx2"]
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.time_to_quality", *rest], env)
+
+
 def hardware() -> dict:
     """CPU model, cores, the bf16 matrix units it has, torch's version and threads."""
     model, flags = platform.processor() or platform.machine(), set()
@@ -54,6 +68,10 @@ def hardware() -> dict:
         "torch_threads": torch.get_num_threads(),
         "amx": bool({"amx_bf16", "amx_tile"} & flags),
         "avx512_bf16": "avx512_bf16" in flags,
+        # what torch runs: its kernel level and oneDNN's bf16 (lower than the flags under the AVX2 hold)
+        "cpu_capability": cpu_capability(),
+        "native_bf16": native_bf16(),
+        "avx2_hold": all(os.environ.get(k) == v for k, v in AVX2_HOLD.items()),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
@@ -119,8 +137,12 @@ class MinidiffRecipe:
         from minidiff.training.run import build_noise_scheduler, build_unet, make_noise_generator
         from minidiff.training.step import PlainEngine
 
-        self.config = config
         self.unet = build_unet(config, images.shape[1])
+        # "auto": bf16 only where a measured step is faster (the demo's rule); the JSON records the choice
+        self.config, self.precision = resolve_precision(
+            config, self.unet, images.shape[1], torch.device("cpu")
+        )
+        config = self.config
         self.scheduler = build_noise_scheduler(config)
         data = ResidentImages(images)
         total = config.max_steps or 10**6
@@ -241,6 +263,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"samplers scored on the final minidiff model (default: {FINAL_SETTINGS})",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--avx2", action="store_true",
+        help="run under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2: an AVX2-only CPU (no native bf16)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -261,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     from minidiff.training.config import DEMO_SAMPLES, preset
 
     args = parse_args(argv)
+    if args.avx2 and not hardware()["avx2_hold"]:
+        hold_avx2(sys.argv[1:] if argv is None else argv)
     quick = args.quick
     train_seconds = args.train_seconds or (2.0 if quick else 600.0)
     interval = args.interval or (1.0 if quick else 120.0)
@@ -291,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     from minidiff.quality.reference import reference_features
 
     reference = reference_features(DATA, config.image_size, 1, network)[0]
+
+    hw = hardware()
+    print(
+        f"{hw['cpu']}: torch CPU capability {hw['cpu_capability']}{' (AVX2 hold)' if hw['avx2_hold'] else ''}, "
+        f"{'native' if hw['native_bf16'] else 'no native'} bf16, {hw['torch_threads']} threads; minidiff "
+        f"{recipes[1].precision.line}", flush=True,
+    )  # fmt: skip
 
     # 2. train in turns, score after every interval
     rows, spent = [], {r.name: 0.0 for r in recipes}
@@ -330,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"hardware": hardware(), "settings": {
         "train_seconds": train_seconds, "interval": interval, "samples": num_samples, "ddpm_steps": ddpm_steps,
         "seed": args.seed, "quick": quick, "minidiff_config": {
-            k: v for k, v in dataclasses.asdict(config).items() if k in CONFIG_KEYS},
+            k: v for k, v in dataclasses.asdict(recipes[1].config).items() if k in CONFIG_KEYS},
+        "precision": recipes[1].precision.line,
     }, "thresholds": {}, "samplers": samplers, "wall_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     for threshold in THRESHOLDS:
         reached = {
@@ -408,7 +444,8 @@ def plot(rows: list[dict], samplers: list[dict], summary: dict, path: Path) -> P
     right.grid(True, which="both", alpha=0.2)
     hw = summary["hardware"]
     fig.suptitle(
-        f"{summary['settings']['samples']} samples per reading; {hw['cpu']}, {hw['torch_threads']} threads, "
+        f"{summary['settings']['samples']} samples per reading; {hw['cpu']} ({hw['cpu_capability']}"
+        f"{', AVX2 hold' if hw['avx2_hold'] else ''}), {hw['torch_threads']} threads, "
         f"torch {hw['torch']}",
         fontsize=9,
     )

@@ -30,8 +30,6 @@ from minidiff.cost import announce_cost as _say_cost
 from minidiff.files import check_hub_dataset, check_pipeline_folder, check_writable
 
 # ---- train / demo ---------------------------------------------------------------------------------------
-DEMO_TIME_BUDGET = 150.0  # seconds of training (the tiny preset stops at 1,800 steps anyway)
-DEMO_QUALITY_SAMPLES = 250  # per sampler (> 64 for a defined FID): one batch, the sweep well under a minute
 
 
 def _defaults(command: str, preset_name: str):
@@ -44,10 +42,10 @@ def _defaults(command: str, preset_name: str):
         preset_name = "tutorial"
     defaults = PRESETS[preset_name]
     if command == "demo":  # its own samples.png comes from the quality runs: no grid from training
-        defaults = dataclasses.replace(
-            defaults, out_dir="out/demo", overwrite=True, time_budget=DEMO_TIME_BUDGET, num_samples=0
-        )
-    return defaults
+        from minidiff.training.demo import demo_config
+
+        return demo_config()
+    return dataclasses.replace(defaults, data="digits")  # one default data set, offline: the embedded digits
 
 
 def _report(result, extra: dict[str, Path] | None = None) -> None:
@@ -79,10 +77,15 @@ def _train_now(args: argparse.Namespace, config):
     try:
         return train(config)
     except TrainingInterrupted as stop:
-        print(f"minidiff {args.command}: interrupted: {stop}", file=sys.stderr)
-        if stop.checkpoint is not None:
-            print(f"continue with: {stop.continue_with(sys.argv[1:])}", file=sys.stderr)
+        _say_interrupted(args, stop)
         raise
+
+
+def _say_interrupted(args: argparse.Namespace, stop) -> None:
+    """Where an interrupted run stopped and the command that goes on from there."""
+    print(f"minidiff {args.command}: interrupted: {stop}", file=sys.stderr)
+    if stop.checkpoint is not None:
+        print(f"continue with: {stop.continue_with(sys.argv[1:])}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -95,70 +98,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _noise_pictures(noise_scheduler, x0, out_dir: Path, seed: int) -> dict[str, Path]:
-    """noise.png (the tutorial's noising strip at 8 timesteps) and snr.png; prints the terminal-signal warning."""
-    import torch
+    """noise.png and snr.png (minidiff.training.demo.noise_pictures); prints the terminal-signal warning."""
+    from minidiff.training.demo import noise_pictures
 
-    from minidiff.viz import noising_strip, plot_snr, terminal_signal_warning
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    noise_png = out_dir / "noise.png"
-    noising_strip(noise_scheduler, x0, generator=torch.Generator().manual_seed(seed)).save(noise_png)
-    snr_png = plot_snr(noise_scheduler, out_dir / "snr.png")
-    warning = terminal_signal_warning(noise_scheduler)
-    if warning:
-        print(f"warning: {warning}")
-    return {"noising strip": noise_png, "log-SNR plot": Path(snr_png)}
+    return noise_pictures(noise_scheduler, x0, out_dir, seed)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train under a time budget, then measure what the model draws: digit FID of DDIM, DPM-Solver++ and DDPM at
-    a few step counts (quality_vs_steps.png); samples.png shows the first 16 images of DEMO_SAMPLES' sampler."""
-    from minidiff.data import load_dataset
-    from minidiff.quality.digit_net import NUM_FEATURES
-    from minidiff.quality.metrics import check_fid_count
-    from minidiff.quality.steps import plot_quality_vs_steps, quality_vs_steps
-    from minidiff.schedulers.samplers import parse_settings
-    from minidiff.training import build_noise_scheduler
-    from minidiff.training.config import DEMO_SAMPLES
-    from minidiff.viz import enlarged, save_grid, to_pil_images
+    """Train the tiny preset for its fixed steps, then measure what the model draws
+    (minidiff.training.demo.run_demo); print where everything is and the quality table."""
+    from minidiff.training.demo import run_demo
+    from minidiff.training.flags import config_from_args
+    from minidiff.training.loop import TrainingInterrupted
+    from minidiff.training.preflight import check_before_start
 
-    started = time.perf_counter()
-    settings = parse_settings(args.quality_settings)  # bad quality flags fail now, not after training
-    check_fid_count(args.quality_samples, NUM_FEATURES, f"--quality-samples {args.quality_samples}")
-    budget = f"at most {args.time_budget:.0f} s or " if args.time_budget else ""
+    config = config_from_args(args, args.defaults)
+    check_before_start(config)  # bad settings and paths fail before torch loads; run_demo checks the rest
     print(
-        f"minidiff demo: training the tiny preset on {args.data!r} ({args.image_size}x{args.image_size}), "
-        f"{budget}{args.max_steps} steps; then {args.quality_samples} samples per sampler for the quality plot"
-    )
-    config, result = _train(args)
-    from minidiff.quality.evaluate import load_pipeline
-
-    unet = load_pipeline(result.model_dir).unet  # quality_vs_steps samples on the CPU
-    _say_cost(unet, f"quality plot: {args.quality_samples} samples at {len(settings)} settings",
-              args.quality_samples, sum(steps for _, steps in settings), cheaper=False)  # fmt: skip
-    runs = quality_vs_steps(
-        result.model_dir, settings, args.quality_samples, seeds=[config.seed],
-        progress=config.progress, keep_images=True,
+        f"minidiff demo: the tiny preset on {args.data!r} ({args.image_size}x{args.image_size}), {args.max_steps} "
+        f"steps (the same model on every machine; time cap {args.time_budget or 0:.0f} s); then "
+        f"{args.quality_samples} samples per sampler for the quality plot", flush=True,
     )  # fmt: skip
-    shown = next((r for r in runs if (r["sampler"], r["steps"]) == DEMO_SAMPLES), runs[0])  # samples.png
-    grid = to_pil_images(shown["images"][: max(config.num_samples, 16)].float() / 127.5 - 1)
-    result.samples_png = save_grid(enlarged(grid), result.out_dir / "samples.png")
-    plot = plot_quality_vs_steps(runs, result.out_dir / "quality_vs_steps.png")
-    x0 = load_dataset(config.data, config.image_size, flip=False, channels=config.channels, limit=1)[0][None]
-    pictures = _noise_pictures(build_noise_scheduler(config), x0, result.out_dir, config.seed)
-    _report(result, {**pictures, "quality vs steps": Path(plot)})
-    print(f"sample quality ({args.quality_samples} samples each, digit network; lower FID is better):")
-    width = max(len(run["sampler"]) for run in runs)
-    for run in runs:
-        print(
-            f"  {run['sampler'].upper():{width}} {run['steps']:4d} steps: digit FID {run['fid']:6.2f}, "
-            f"confident digits {100 * run['confident_share']:5.1f}%, sampling {run['seconds']:5.1f} s"
-        )
-    print(
-        f"the demo's samples ({shown['sampler'].upper()}, {shown['steps']} steps): digit FID {shown['fid']:.2f}, "
-        f"{100 * shown['confident_share']:.1f}% confident digits"
-    )
-    print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {result.out_dir}")
+    try:
+        demo = run_demo(config, args.quality_settings, args.quality_samples)
+    except TrainingInterrupted as stop:
+        _say_interrupted(args, stop)
+        raise
+    _report(demo.train, demo.files)
+    print("\n".join(demo.summary()))
+    print(f"demo finished in {demo.seconds:.0f} s; everything is in {demo.train.out_dir}")
     return 0
 
 
@@ -283,6 +251,7 @@ def _add_sampler_flags(parser: argparse.ArgumentParser, purpose: str) -> None:
 
 def _demo_parser(commands, common) -> None:
     from minidiff.schedulers.samplers import CHOICES, DEMO_SWEEP
+    from minidiff.training.demo import DEMO_QUALITY_SAMPLES
     from minidiff.training.flags import add_train_flags, positive_int
 
     demo = commands.add_parser(
@@ -309,15 +278,20 @@ def _train_parser(commands, common, argv: list[str]) -> None:
     from minidiff.training.flags import add_train_flags, preset_in
 
     train = commands.add_parser(
-        "train", parents=[common], help="train a DDPM (presets: tiny, tutorial, diffusers)",
+        "train", parents=[common], help="train a DDPM (presets: tiny, tutorial, cpu32, diffusers)",
         description="Train a DDPM. Every flag also answers to the name diffusers' train_unconditional.py gives "
         "it (shown beside it), and that script's other flags are honoured or refused with the reason. Defaults "
         "are the chosen --preset's: tutorial (the butterfly tutorial: lr 4e-4 constant, batch 64, 32 px, "
-        "30 epochs), tiny (the digits demo) or diffusers (train_unconditional.py's own: lr 1e-4 cosine with "
-        "500 warm-up steps, batch 16, 64 px, 100 epochs, its 6-level UNet).",
+        "30 epochs), tiny (the digits demo), cpu32 (a folder of colour images at 32 px on a CPU: the tiny recipe, "
+        "850 steps) or diffusers (train_unconditional.py's own: lr 1e-4 cosine with 500 warm-up steps, batch "
+        "16, 64 px, 100 epochs, its 6-level UNet). --data defaults to the embedded digits (offline) for every "
+        "preset.",
     )  # fmt: skip
     train.add_argument(
-        "--preset", choices=["tiny", "tutorial", "diffusers"], default="tutorial", help="starting settings"
+        "--preset",
+        choices=["tiny", "tutorial", "cpu32", "diffusers"],
+        default="tutorial",
+        help="starting settings",
     )
     train.add_argument(
         "--diffusers-defaults", dest="preset", action="store_const", const="diffusers",

@@ -250,7 +250,10 @@ def test_fp16_scaler_skips_a_non_finite_step_instead_of_stopping():
     from minidiff.training import build_noise_scheduler, build_unet, make_train_state, train_step
     from minidiff.training.config import TrainConfig
 
-    config = TrainConfig(**{k: v for k, v in TINY_TRAIN.items() if k != "limit"}, mixed_precision="fp16")
+    config = TrainConfig(
+        **{k: v for k, v in TINY_TRAIN.items() if k not in ("limit", "mixed_precision")},
+        mixed_precision="fp16",
+    )
     state = make_train_state(config, build_unet(config, 1), build_noise_scheduler(config), total_steps=1)
     before = [p.detach().clone() for p in state.unet.parameters()]
     scale = state.grad_scaler.get_scale()

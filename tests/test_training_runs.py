@@ -25,9 +25,20 @@ from minidiff.training.checkpoint import list_checkpoints, load_checkpoint
 
 # the tiny preset's net at 8x8 on 40 digits, batches of 8: each run takes seconds
 SMALL = ["--preset", "tiny", "--image-size", "8", "--limit", "40", "--batch-size", "8", "--sample-steps", "2",
-         "--num-samples", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+         "--num-samples", "1", "--device", "cpu", "--quiet", "--mixed-precision", "no",
+         "--warmup-steps", "1"]  # fmt: skip
+# precision pinned ("auto" measures, and runs compared bit for bit must not differ) and a warm-up within 20% of
+# every run here (a longer one is fitted to each run's length, and a run resumed longer would not match)
 SMALL_CONFIG = dict(
-    image_size=8, limit=40, batch_size=8, sample_steps=2, num_samples=1, device="cpu", progress=False
+    warmup_steps=1,
+    image_size=8,
+    limit=40,
+    batch_size=8,
+    sample_steps=2,
+    num_samples=1,
+    device="cpu",
+    progress=False,
+    mixed_precision="no",
 )
 
 

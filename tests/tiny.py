@@ -26,6 +26,7 @@ TINY_TRAIN = dict(
     num_samples=1,
     device="cpu",
     progress=False,
+    mixed_precision="no",  # pinned: "auto" measures, and two runs compared bit for bit must not differ
 )
 
 # TrainConfig fields of a small net with attention at 4x4: 8x8 images, two levels.

@@ -3,13 +3,15 @@
 from minidiff.training import preset, train
 result = train(preset("tiny", out_dir="out/tiny"))
 
-config.py       TrainConfig: every setting of a run; the presets "tutorial", "tiny" and "diffusers"
-                (train_unconditional.py's own defaults)
+config.py       TrainConfig: every setting of a run; the presets "tutorial", "tiny", "cpu32" (colour
+                32x32 folders on a CPU) and "diffusers" (train_unconditional.py's own defaults)
 rules.py        the rules: target per prediction_type, loss (min-SNR weights), AdamW, lr schedule, clipping,
                 data order, EMA
 step.py         the plain engine: one eager optimizer step (`train_step`), batches drawn on the host
 fast_engine.py  the fast engine `FastTrainer`: the data on the device, each step one CUDA graph
 loop.py         `train`: the loop that drives either engine
+precision.py    the precision of a run: "auto" keeps bf16 only where a timed step is faster
+demo.py         `minidiff demo` as a function: a fixed number of steps, then the quality plot and pictures
 run.py          what every run shares: model, noise schedule, data, progress, loss log, output files
 data.py         the images of a run: resident on the device, or streamed through DataLoader workers
 flags.py        TrainConfig as command-line flags, with diffusers' train_unconditional.py names

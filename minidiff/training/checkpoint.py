@@ -235,7 +235,9 @@ def checkpoint_to_state(
     engine.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
     for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
         group["lr"] = lr  # the fast engine's schedule steps a host-side twin that has no optimizer state
-    if engine.grad_scaler is not None:
+    if (
+        engine.grad_scaler is not None and ckpt["grad_scaler"] is not None
+    ):  # (fp16 since the checkpoint: fresh)
         engine.grad_scaler.load_state_dict(ckpt["grad_scaler"])
     restore_rng_states(ckpt["rng"], {"noise": engine.noise_generator})
     progress = Progress(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"])

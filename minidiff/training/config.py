@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 from minidiff.schedulers.samplers import CHOICES, SAMPLER_NAMES, Choice, steps_for
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = (
+    "no",
+    "bf16",
+    "fp16",
+    "auto",
+)  # auto: bf16 only where measured faster (training/precision.py)
 # the schedulers' prediction types (minidiff.schedulers.scheduling_utils; a test keeps the two equal): this module
 # imports no torch, so that `minidiff train --help` answers at once
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -89,7 +94,9 @@ class TrainConfig:
     ema_warmup: bool = False  # d_n = 1 - (1 + n / ema_inv_gamma) ** -ema_power, else (1 + n) / (10 + n)
     ema_inv_gamma: float = 1.0
     ema_power: float = 3 / 4
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    mixed_precision: str = (
+        "no"  # "no" | "bf16" | "fp16" | "auto" (bf16 where it is faster: training/precision.py)
+    )
     grad_clip: float | None = None  # max global grad norm
     grad_accum: int = 1
     seed: int = 0
@@ -241,9 +248,9 @@ CHECKS = (
 PRESETS: dict[str, TrainConfig] = {
     # The tutorial, unchanged: 30 epochs of the butterflies at 32x32 (a GPU job).
     "tutorial": TrainConfig(),
-    # Embedded digits at 16x16, a 280 k-parameter UNet, the recipe `minidiff demo` trains (150 s of it):
+    # Embedded digits at 16x16, a 280 k-parameter UNet, the recipe `minidiff demo` trains (all 1,500 steps):
     # zero terminal SNR + v_prediction + trailing timesteps (Lin et al. 2024: DDIM at 20 steps as good as at
-    # 100), min-SNR-5 loss weights (Hang et al. 2023), lr 3e-3, bf16 autocast; narrow layers (16, 32, 32)
+    # 100), min-SNR-5 loss weights (Hang et al. 2023), lr 3e-3, bf16 autocast where faster; narrow layers (16, 32, 32)
     # for 2.8x the steps per second of (32, 64, 64). benchmarks/TIME_TO_QUALITY.md measures each lever.
     "tiny": TrainConfig(
         data="digits",
@@ -258,15 +265,29 @@ PRESETS: dict[str, TrainConfig] = {
         rescale_betas_zero_snr=True,
         timestep_spacing="trailing",
         snr_gamma=5.0,
-        max_steps=1800,  # 164 s at 11 steps/s: a 2-core CPU stops at the demo's 150 s budget first
+        max_steps=1500,  # fixed on every machine (minidiff demo): DDPM 100 digit FID <= 10, >= 75% confident
         lr=3e-3,
         warmup_steps=100,
         ema_decay=0.995,
-        mixed_precision="bf16",
+        mixed_precision="auto",  # bf16 where measured faster (0.8x the time on native bf16; 6.7x on AVX2)
         out_dir="out/tiny",
         checkpoint_every=250,
     ),
 }
+
+
+# The chapter's task on a CPU: a folder of colour images (the butterflies) at 32x32 with the tiny preset's recipe
+# and UNet (3 channels): 850 steps, about 10 minutes of fp32 training on a 2-core AVX2 CPU (docs/training.md
+# shows what they draw). The precision is measured ("auto"), the warm-up fits the run.
+PRESETS["cpu32"] = dataclasses.replace(
+    PRESETS["tiny"],
+    data=TUTORIAL_DATASET,
+    image_size=32,
+    flip=True,
+    max_steps=850,  # 10 minutes at 1.4 steps/s (fp32 on a 2-core AVX2 CPU: 3.3x the time of a tiny step)
+    warmup_steps=50,
+    out_dir="out/cpu32",
+)
 
 
 # diffusers' examples/unconditional_image_generation/train_unconditional.py, flag for flag: its defaults
@@ -297,7 +318,7 @@ PRESETS["diffusers"] = TrainConfig(
 
 
 def preset(name: str, **overrides) -> TrainConfig:
-    """A named TrainConfig ("tutorial", "tiny" or "diffusers") with some fields replaced.
+    """A named TrainConfig ("tutorial", "tiny", "cpu32" or "diffusers") with some fields replaced.
 
     Args:
         name: the preset's name, a key of `PRESETS`.
@@ -316,7 +337,7 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 
 RESUMABLE_CHANGES = {  # fields that may differ between a run and its resumption
-    "epochs", "max_steps", "out_dir", "resume", "device", "checkpoint_every", "keep_checkpoints",
+    "epochs", "max_steps", "out_dir", "resume", "device", "mixed_precision", "checkpoint_every", "keep_checkpoints",
     "sample_every", "save_model_every", "num_samples", "sample_steps", "sampler", "log_every", "logger",
     "progress", "overwrite", "stream", "data_budget_mb", "num_workers", "time_budget", "eval_every", "eval_samples",
     "cache_dir", "logging_dir",

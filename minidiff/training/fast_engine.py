@@ -78,6 +78,10 @@ class FastTrainer:
     ) -> None:
         check_fast_supported(config)
         self.device = next(unet.parameters()).device
+        if config.mixed_precision == "auto":  # (train() resolves it first; this is for direct use)
+            from minidiff.training.precision import resolve_precision
+
+            config, _ = resolve_precision(config, unet, unet.config.in_channels, self.device)
         on_cuda = self.device.type == "cuda"
         self.use_cuda_graph = on_cuda if use_cuda_graph is None else use_cuda_graph
         self.channels_last = on_cuda if channels_last is None else channels_last

@@ -42,6 +42,7 @@ from minidiff.training.checkpoint import (
 )
 from minidiff.training.config import QUICK_RUN, TrainConfig, sampling_settings
 from minidiff.training.data import ResidentImages, StreamedImages, open_training_images
+from minidiff.training.precision import describe_cpu, resolve_precision
 from minidiff.training.preflight import (
     check_free_space,
     check_run,
@@ -159,6 +160,8 @@ class Run:
     eval_seconds: float = 0.0  # spent on digit FID readings
     first_step: int = 0  # the step this start began at (a resumed run's checkpoint)
     auto_grid: bool = False  # the end-of-run grid's sampler and steps are minidiff's choice
+    speed_said: bool = False  # the steps/s and the run's estimated time were logged
+    second_step_at: float = 0.0  # when the first step ended (the first one builds kernels: not timed)
     sample_grids: list[Path] = field(default_factory=list)
 
     def request_stop(self, signum: int, frame=None) -> None:
@@ -194,6 +197,8 @@ def _loop(run: Run) -> None:
         count = min(config.grad_accum, run.batches_per_epoch - progress.batch_in_epoch)
         run.log.add(engine.step(progress.batch_in_epoch, count))
         epoch_done = progress.advance(count, run.batches_per_epoch)
+        if run.speed_said is False:
+            _say_speed(run)
         if config.eval_every and progress.step % config.eval_every == 0:
             _evaluate(run)
         if progress.step % config.log_every == 0:
@@ -210,6 +215,68 @@ def _loop(run: Run) -> None:
         if last:
             break
     run.log.flush()
+
+
+WARMUP_SHARE = 0.2  # the lr warm-up takes at most this share of the planned steps
+
+
+def _fit_warmup(config: TrainConfig, steps: int, main: bool) -> TrainConfig:
+    """`config` with its lr warm-up cut to WARMUP_SHARE of the run's `steps` when longer (said in the log):
+    a run that ends inside its warm-up never trains at its lr."""
+    fitted = min(config.warmup_steps, math.ceil(WARMUP_SHARE * steps))
+    if fitted == config.warmup_steps:
+        return config
+    if main:
+        logger.info(
+            "lr warm-up: %d steps instead of %d (at most %.0f%% of the run's %d steps)",
+            fitted, config.warmup_steps, 100 * WARMUP_SHARE, steps,
+        )  # fmt: skip
+    return dataclasses.replace(config, warmup_steps=fitted)
+
+
+SPEED_AFTER = (20, 5.0)  # the speed line comes after this many timed steps or seconds, whichever is first
+
+
+def _say_speed(run: Run) -> None:
+    """After the first steps: steps/s and the whole run's estimated time (and where a time budget stops it)."""
+    if run.engine.device.type == "cuda":
+        torch.cuda.synchronize(run.engine.device)  # the steps are queued, not done, until then
+    now, done = time.perf_counter(), run.progress.step - run.first_step
+    if done == 1:
+        run.second_step_at = now
+        return
+    timed, seconds = done - 1, now - run.second_step_at
+    if timed < SPEED_AFTER[0] and seconds < SPEED_AFTER[1]:
+        return
+    run.speed_said = True
+    if not run.main:
+        return
+    rate = timed / seconds
+    left = run.total_steps - run.progress.step
+    line = (
+        f"speed: {rate:.2f} steps/s ({run.config.batch_size * run.config.grad_accum * rate:.0f} images/s) after "
+        f"{done} steps; {run.total_steps} steps take about {_duration((run.total_steps - run.first_step) / rate)}"
+    )
+    budget = run.config.time_budget
+    if budget is not None and left / rate > budget - (now - run.train_started):
+        reach = run.progress.step + int(rate * (budget - (now - run.train_started)))
+        line += f"; the time budget of {budget:.0f} s stops it at about {reach} steps"
+        if reach < run.config.warmup_steps / WARMUP_SHARE:
+            line += (
+                f", too few for its {run.config.warmup_steps}-step lr warm-up (expect noise): give --max-steps "
+                f"about {max(1, int(rate * budget))} (what {budget:.0f} s train here) or a longer --time-budget"
+            )
+    logger.info(line)
+
+
+def _duration(seconds: float) -> str:
+    """ "45 s", "6 min 10 s", "2 h 05 min"."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.device) -> Run:
@@ -235,6 +302,20 @@ def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.devi
     auto_grid = auto_sampler and config.sample_steps is None
     sampler, sample_steps = sampling_settings(config, steps)
     config = dataclasses.replace(config, sampler=sampler, sample_steps=sample_steps)
+    planned = steps  # the warm-up is fitted to the run as first planned: a resume keeps the same lrs
+    if resume_from is not None:
+        saved = resume_from[1]["config"]
+        first_plan = dataclasses.replace(config, max_steps=saved.get("max_steps"), epochs=saved.get("epochs"))
+        planned = total_steps(first_plan, batches_per_epoch)
+    config = _fit_warmup(config, planned, main and resume_from is None)
+    if resume_from is not None and config.mixed_precision == "auto":  # as it started: a bit-identical resume
+        config = dataclasses.replace(config, mixed_precision=resume_from[1]["config"]["mixed_precision"])
+    config, precision = resolve_precision(
+        config, unet, data.channels, device
+    )  # "auto": measured (precision.py)
+    if main:
+        where = describe_cpu() if device.type == "cpu" else str(device)
+        logger.info("%s; %s; %d steps of batch %d", where, precision.line, steps, config.batch_size)
     engine = make_engine(config, unet, noise_scheduler, data, steps, device)
     if main:
         check_free_space(out_dir, config, unet)
@@ -392,7 +473,12 @@ def _finish(run: Run) -> TrainResult:
     train_seconds = time.perf_counter() - run.train_started - run.eval_seconds
     model_dir, samples_png, loss_png = out_dir / "model", None, out_dir / "loss.png"
     if run.main:
-        config = plan_grid(run.engine.sampling_model, run.config, train_seconds, run.auto_grid)
+        config = run.config
+        if run.auto_grid:  # the grid's sampler and steps by the steps trained, not the steps planned
+            trained = dataclasses.replace(config, sampler=None, sample_steps=None)
+            sampler, sample_steps = sampling_settings(trained, run.progress.step)
+            config = dataclasses.replace(config, sampler=sampler, sample_steps=sample_steps)
+        config = plan_grid(run.engine.sampling_model, config, train_seconds, run.auto_grid)
         model_dir, samples_png, loss_png = save_outputs(
             run.engine.sampling_model, run.noise_scheduler, run.log, out_dir, config
         )

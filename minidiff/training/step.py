@@ -68,6 +68,12 @@ def make_train_state(
         total_steps: the optimizer steps of the whole run (the length of the lr schedule).
     """
     device = next(unet.parameters()).device
+    if config.mixed_precision == "auto":  # (train() resolves it first; this is for direct use)
+        from minidiff.training.precision import resolve_precision
+
+        config, _ = resolve_precision(
+            config, distributed.unwrap(unet), distributed.unwrap(unet).config.in_channels, device
+        )
     optimizer = make_optimizer(unet.parameters(), config)
     return TrainState(
         unet=unet,
