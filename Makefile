@@ -49,7 +49,7 @@ test-all: lint
 demo: $(DEMO_STAMP)
 	$(BIN)/minidiff demo --out out/demo
 
-# Run docs/tutorial.ipynb top to bottom and save it with its outputs (about 3 minutes on 2 CPU cores).
+# Run docs/tutorial.ipynb top to bottom and save it with its outputs (3.5 to 7 minutes on 2 CPU cores).
 notebook: $(STAMP)
 	$(BIN)/python docs/run_tutorial.py
 
