@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from minidiff.configuration import DIFFUSERS_FORMAT_VERSION
 from minidiff.files import atomic_write_text, resolve_file, swap_in
 from minidiff.models.autoencoder_kl import AutoencoderKL
 from minidiff.models.unet_2d_condition import UNet2DConditionModel
@@ -297,21 +296,13 @@ class StableDiffusionPipeline(DiffusionPipeline):
 
     def model_index(self) -> dict[str, object]:
         """What model_index.json holds, as diffusers writes it for a pipeline without safety checker."""
-        scheduler_class = type(self.scheduler).__name__
-        if scheduler_class not in SCHEDULER_CLASS_NAMES:
-            raise ValueError(
-                f"cannot save a {scheduler_class}; expected one of {list(SCHEDULER_CLASS_NAMES)}"
-            )
         return {
-            "_class_name": type(self).__name__,
-            "_diffusers_version": DIFFUSERS_FORMAT_VERSION,
+            **super().model_index(),  # _class_name, _diffusers_version, scheduler, unet
             "feature_extractor": [None, None],
             "requires_safety_checker": self.requires_safety_checker,
             "safety_checker": [None, None],
-            "scheduler": ["diffusers", scheduler_class],
             "text_encoder": ["transformers", type(self.text_encoder).__name__],
             "tokenizer": ["transformers", type(self.tokenizer).__name__],
-            "unet": ["diffusers", type(self.unet).__name__],
             "vae": ["diffusers", type(self.vae).__name__],
         }
 
