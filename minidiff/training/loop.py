@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import minidiff.training.distributed as distributed
+from minidiff.cost import say_seconds
 from minidiff.training.checkpoint import (
     checkpoint_path,
     checkpoint_to_resume,
@@ -197,7 +198,7 @@ def _loop(run: Run) -> None:
         count = min(config.grad_accum, run.batches_per_epoch - progress.batch_in_epoch)
         run.log.add(engine.step(progress.batch_in_epoch, count))
         epoch_done = progress.advance(count, run.batches_per_epoch)
-        if run.speed_said is False:
+        if not run.speed_said:
             _say_speed(run)
         if config.eval_every and progress.step % config.eval_every == 0:
             _evaluate(run)
@@ -255,7 +256,7 @@ def _say_speed(run: Run) -> None:
     left = run.total_steps - run.progress.step
     line = (
         f"speed: {rate:.2f} steps/s ({run.config.batch_size * run.config.grad_accum * rate:.0f} images/s) after "
-        f"{done} steps; {run.total_steps} steps take about {_duration((run.total_steps - run.first_step) / rate)}"
+        f"{done} steps; {run.total_steps} steps take {say_seconds((run.total_steps - run.first_step) / rate)}"
     )
     budget = run.config.time_budget
     if budget is not None and left / rate > budget - (now - run.train_started):
@@ -267,16 +268,6 @@ def _say_speed(run: Run) -> None:
                 f"about {max(1, int(rate * budget))} (what {budget:.0f} s train here) or a longer --time-budget"
             )
     logger.info(line)
-
-
-def _duration(seconds: float) -> str:
-    """ "45 s", "6 min 10 s", "2 h 05 min"."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _start(config: TrainConfig, unet: torch.nn.Module | None, device: torch.device) -> Run:
