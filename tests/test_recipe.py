@@ -1,5 +1,5 @@
 """The levers of the demo's recipe, each an option: min-SNR-gamma loss weights (as diffusers' examples compute
-them), a zero-terminal-SNR schedule and trailing timesteps written into the saved scheduler, so that
+them), SD3's logit-normal timestep density (as diffusers' SD3 scripts draw it), a zero-terminal-SNR schedule and trailing timesteps written into the saved scheduler, so that
 diffusers samples a saved model exactly as minidiff does; their flags, and their bad values refused."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from minidiff.models.unet_2d import UNet2DModel
 from minidiff.schedulers.scheduling_ddpm import DDPMScheduler
 from minidiff.training import train
 from minidiff.training.config import TrainConfig, preset
-from minidiff.training.rules import loss_fn, snr_loss_weights
+from minidiff.training.rules import draw_timesteps, loss_fn, snr_loss_weights
 
 GAMMA = 5.0
 
@@ -68,6 +68,9 @@ def test_min_snr_weights_at_zero_terminal_snr_are_finite():
         ({"snr_gamma": 0.0}, "snr_gamma=0.0"),
         ({"snr_gamma": float("inf")}, "snr_gamma=inf"),
         ({"timestep_spacing": "uniform"}, "timestep_spacing='uniform'"),
+        ({"weighting_scheme": "mode"}, "weighting_scheme='mode'"),
+        ({"logit_std": 0.0}, "logit_std=0.0"),
+        ({"logit_mean": float("nan")}, "logit_mean=nan"),
         ({"rescale_betas_zero_snr": True, "prediction_type": "epsilon"}, "v_prediction"),
     ],
 )
@@ -76,17 +79,56 @@ def test_bad_recipe_settings_are_named(overrides, named):
         TrainConfig(**overrides).validate()
 
 
+@pytest.mark.parametrize("mean, std", [(0.0, 1.0), (-0.5, 1.3)])
+def test_logit_normal_timesteps_equal_diffusers_sd3_density(mean, std):
+    """t = floor(T u) with u from diffusers' compute_density_for_timestep_sampling on the same generator."""
+    pytest.importorskip("diffusers")
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    config = TrainConfig(weighting_scheme="logit_normal", logit_mean=mean, logit_std=std)
+    ours = draw_timesteps(4096, torch.Generator().manual_seed(3), config, torch.device("cpu"))
+    u = compute_density_for_timestep_sampling(
+        "logit_normal", 4096, logit_mean=mean, logit_std=std, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(ours, (u * 1000).long())
+    assert ours.dtype == torch.int64 and 0 <= ours.min() and ours.max() <= 999
+    # the density: the median at T sigmoid(mean), the middle half narrower than the uniform's (T / 2)
+    assert abs(ours.double().median().item() - 1000 * torch.sigmoid(torch.tensor(mean)).item()) < 15
+    q1, q3 = ours.double().quantile(torch.tensor([0.25, 0.75], dtype=torch.float64)).tolist()
+    assert q3 - q1 < 400
+
+
+def test_uniform_timesteps_are_ddpms_randint():
+    """weighting_scheme "none" draws exactly torch.randint(0, T), the tutorial's t."""
+    ours = draw_timesteps(64, torch.Generator().manual_seed(5), TrainConfig(), torch.device("cpu"))
+    assert torch.equal(ours, torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(5)))
+
+
+def test_extreme_logit_mean_stays_inside_the_schedule():
+    """sigmoid rounds to 1.0 for large n: t is clamped to T - 1, never T."""
+    config = TrainConfig(weighting_scheme="logit_normal", logit_mean=40.0, logit_std=1.0)
+    assert (
+        draw_timesteps(8, torch.Generator().manual_seed(0), config, torch.device("cpu")).tolist() == [999] * 8
+    )
+
+
 def test_recipe_flags_reach_the_config(tmp_path, capsys):
     out = tmp_path / "run"
     argv = [
         "train", "--preset", "tiny", "--snr_gamma", "3", "--rescale-betas-zero-snr", "--timestep-spacing",
         "linspace", "--prediction_type", "sample", "--resolution", "8", "--max-steps", "1", "--out", str(out),
+        "--weighting_scheme", "logit_normal", "--logit-mean", "0.25", "--logit_std", "0.8",
         "--limit", "8", "--batch-size", "4", "--num-samples", "0", "--device", "cpu", "--quiet",
     ]  # fmt: skip
     assert main(argv) == 0
     settings = json.loads((out / "config.json").read_text())
     assert (settings["snr_gamma"], settings["rescale_betas_zero_snr"]) == (3.0, True)
     assert (settings["timestep_spacing"], settings["prediction_type"]) == ("linspace", "sample")
+    assert (settings["weighting_scheme"], settings["logit_mean"], settings["logit_std"]) == (
+        "logit_normal",
+        0.25,
+        0.8,
+    )
     saved = json.loads((out / "model" / "scheduler" / "scheduler_config.json").read_text())
     assert (saved["rescale_betas_zero_snr"], saved["timestep_spacing"]) == (True, "linspace")
     with pytest.raises(SystemExit):

@@ -225,7 +225,10 @@ def checkpoint_to_state(
     resumable = RESUMABLE_CHANGES
     if config.lr_scheduler != "constant":  # a decaying lr was laid out over the run's length
         resumable = resumable - {"epochs", "max_steps"}
-    changed = sorted(k for k, v in current.items() if k not in resumable and saved.get(k) != v)
+    defaults = config_dict(TrainConfig())  # a setting added since the checkpoint was saved: its default
+    changed = sorted(
+        k for k, v in current.items() if k not in resumable and saved.get(k, defaults.get(k)) != v
+    )
     if changed:
         raise _cannot_resume(changed, saved, config)
     engine.unet.load_state_dict(ckpt["model"])

@@ -23,6 +23,8 @@ MIXED_PRECISION = (
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")  # likewise minidiff.schedulers.scheduling_utils'
 LR_SCHEDULES = ("constant", "linear", "cosine")
+# the density of training timesteps (diffusers' SD3 scripts' --weighting_scheme; rules.draw_timesteps)
+WEIGHTING_SCHEMES = ("none", "logit_normal")
 LOGGERS = ("none", "tensorboard")
 QUICK_RUN = 500  # runs of fewer steps sample their grids with the "quick_grid" choice (seconds, not minutes)
 # the sampler and steps of `minidiff demo`'s samples.png (minidiff/schedulers/samplers.py's "demo" choice)
@@ -87,6 +89,11 @@ class TrainConfig:
     # min-SNR-gamma loss weights (Hang et al. 2023): each image's loss times min(SNR_t, gamma) / SNR_t for
     # epsilon, / (SNR_t + 1) for v_prediction, / 1 for sample (`rules.snr_loss_weights`); None: plain MSE
     snr_gamma: float | None = None
+    # which timesteps training sees (`rules.draw_timesteps`): "none" = uniform t ~ U{0..T-1} (DDPM);
+    # "logit_normal" = t / T = sigmoid(n), n ~ N(logit_mean, logit_std^2) (SD3: the middle noise levels more often)
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
     # EMA of the weights, diffusers' EMAModel: 0 = off, else the largest decay d_n may reach
     ema_decay: float = 0.0
     ema_min_decay: float = 0.0
@@ -242,15 +249,19 @@ CHECKS = (
     (("lr",), _number_in(0, math.inf, low_open=True), "expected a positive finite number"),
     (("grad_clip",), _number_in(0, math.inf, low_open=True, allow_none=True), "expected a positive number or None"),
     (("snr_gamma",), _number_in(0, math.inf, low_open=True, allow_none=True), "expected None or a positive number"),
+    (("weighting_scheme",), _one_of(WEIGHTING_SCHEMES), f"expected one of {list(WEIGHTING_SCHEMES)}"),
+    (("logit_mean",), _number_in(-math.inf, math.inf), "expected a finite number"),
+    (("logit_std",), _number_in(0, math.inf, low_open=True), "expected a positive finite number"),
 )  # fmt: skip
 
 
 PRESETS: dict[str, TrainConfig] = {
     # The tutorial, unchanged: 30 epochs of the butterflies at 32x32 (a GPU job).
     "tutorial": TrainConfig(),
-    # Embedded digits at 16x16, a 280 k-parameter UNet, the recipe `minidiff demo` trains (all 1,500 steps):
+    # Embedded digits at 16x16, a 280 k-parameter UNet, the recipe `minidiff demo` trains (all 1,200 steps):
     # zero terminal SNR + v_prediction + trailing timesteps (Lin et al. 2024: DDIM at 20 steps as good as at
-    # 100), min-SNR-5 loss weights (Hang et al. 2023), lr 3e-3, bf16 autocast where faster; narrow layers (16, 32, 32)
+    # 100), min-SNR-5 loss weights (Hang et al. 2023), logit-normal timesteps (Esser et al. 2024), lr 3e-3, bf16
+    # autocast where faster; narrow layers (16, 32, 32)
     # for 2.8x the steps per second of (32, 64, 64). benchmarks/TIME_TO_QUALITY.md measures each lever.
     "tiny": TrainConfig(
         data="digits",
@@ -265,7 +276,8 @@ PRESETS: dict[str, TrainConfig] = {
         rescale_betas_zero_snr=True,
         timestep_spacing="trailing",
         snr_gamma=5.0,
-        max_steps=1500,  # fixed on every machine (minidiff demo): DDPM 100 digit FID <= 10, >= 75% confident
+        weighting_scheme="logit_normal",  # SD3's timestep density: the middle noise levels more often
+        max_steps=1200,  # fixed on every machine (minidiff demo): DDPM 100 digit FID <= 10, >= 75% confident
         lr=3e-3,
         warmup_steps=100,
         ema_decay=0.995,
@@ -286,6 +298,7 @@ PRESETS["cpu32"] = dataclasses.replace(
     flip=True,
     max_steps=850,  # 10 minutes at 1.4 steps/s (fp32 on a 2-core AVX2 CPU: 3.3x the time of a tiny step)
     warmup_steps=50,
+    weighting_scheme="none",  # uniform t: what docs/images/cpu32_butterflies.png was trained with
     out_dir="out/cpu32",
 )
 

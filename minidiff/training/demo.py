@@ -24,13 +24,20 @@ from minidiff.training.config import DEMO_SAMPLES, PRESETS, TrainConfig, preset
 
 DEMO_STEPS = PRESETS[
     "tiny"
-].max_steps  # 1,500: DDPM 100 reaches digit FID <= 10, >= 75% confident, 10/10 classes
-DEMO_TIME_CAP = 900.0  # seconds of training: a guard, not the plan (1,500 steps at 1.7 steps/s)
+].max_steps  # 1,200: DDPM 100 reaches digit FID <= 10, >= 75% confident, 10/10 classes
+DEMO_TIME_CAP = 900.0  # seconds of training: a guard, not the plan (1,200 steps at 1.3 steps/s)
 DEMO_QUALITY_SAMPLES = 250  # per sampler (> 64 for a defined FID): one batch each
-# the recipe's quality against steps with the demo's sampler (DDPM, 100 trailing steps; 500 samples):
-# steps -> (digit FID, share of confident digits); 900 and 1,200 from fp32 training (sampling seed 0), 1,500 (seeds 0, 1, 2), 300 and
-# 600 from bf16 training (seeds 0, 1, 2); benchmarks/TIME_TO_QUALITY.md
-DEMO_CURVE = {300: (21.1, 0.51), 600: (11.6, 0.63), 900: (7.2, 0.75), 1200: (6.1, 0.74), 1500: (4.9, 0.77)}
+# the recipe's quality against steps with the demo's sampler (DDPM, 100 trailing steps; 500 samples, fp32
+# training): steps -> (digit FID, share of confident digits), means over sampling seeds 0, 1, 2;
+# benchmarks/TIME_TO_QUALITY.md
+DEMO_CURVE = {
+    300: (17.9, 0.535),
+    500: (11.1, 0.635),
+    700: (7.5, 0.721),
+    900: (5.5, 0.747),
+    1000: (5.1, 0.778),
+    1200: (4.3, 0.808),
+}
 
 
 @dataclass

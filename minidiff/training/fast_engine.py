@@ -7,7 +7,7 @@ graph that runs, with no host input and no host sync, the rules of `minidiff.tra
 
 1. the batch: gather uint8 images of the device-resident data set at the epoch's order (`epoch_order`,
    copied to the device once per epoch), mirror the flipped ones, [0, 255] -> [-1, 1]; eps ~ N(0, I),
-   t ~ U{0..T-1} from the run's noise generator (`draw_batch`)
+   t ~ U{0..T-1} (or logit-normal: `rules.draw_timesteps`) from the run's noise generator (`draw_batch`)
 2. the loss (`loss_fn`: `add_noise`, the target of the scheduler's prediction_type, MSE, min-SNR weights
    when config.snr_gamma is set) under bf16
    autocast with fp32 master weights, channels_last activations, optionally torch.compile'd
@@ -151,10 +151,9 @@ class FastTrainer:
 
     def _optimize(self, rows: int) -> torch.Tensor:
         """Stages 1-4 on the batch at `self.batch_index`; returns the loss (a device tensor)."""
-        T = self.config.num_train_timesteps
         index = self._index(rows)
         clean, noise, timesteps = draw_batch(
-            self.data, index, self.flips, self.noise_generator, T, self.device
+            self.data, index, self.flips, self.noise_generator, self.config, self.device
         )
         if self.channels_last:  # same values, the layout the channels_last convolutions want
             clean, noise = (x.contiguous(memory_format=torch.channels_last) for x in (clean, noise))

@@ -26,6 +26,7 @@ from minidiff.training.config import (
     MIXED_PRECISION,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    WEIGHTING_SCHEMES,
     ConfigError,
     TrainConfig,
 )
@@ -125,6 +126,10 @@ FLAGS = (
     Flag(("--adam-epsilon", "--adam_epsilon"), "adam_epsilon", "AdamW's epsilon", float),
     Flag(("--snr-gamma", "--snr_gamma"), "snr_gamma", "min-SNR-gamma loss weights with this gamma (the paper's: "
          "5); 'none': plain MSE", optional_positive),
+    Flag(("--weighting-scheme", "--weighting_scheme"), "weighting_scheme", "density of training timesteps: none "
+         "(uniform) | logit_normal (SD3's: t/T = sigmoid(n), n ~ N(logit_mean, logit_std^2))", choices=WEIGHTING_SCHEMES),
+    Flag(("--logit-mean", "--logit_mean"), "logit_mean", "logit_normal's mean (> 0: noisier timesteps)", float),
+    Flag(("--logit-std", "--logit_std"), "logit_std", "logit_normal's standard deviation", float),
     Flag(("--grad-clip",), "grad_clip", "clip the global gradient norm to this value", float),
     Flag(("--ema-decay", "--ema_max_decay"), "ema_decay", "largest EMA decay of the weights (0 = no EMA)", float),
     Flag(("--ema-warmup",), "ema_warmup", "EMA decay 1 - (1 + n / inv_gamma) ** -power (else (1 + n) / (10 + n))",

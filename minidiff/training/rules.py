@@ -2,6 +2,7 @@
 
 DDPM Algorithm 1 (Ho et al. 2020), one optimizer step:
     x_0 ~ data (epoch order and flips: `epoch_order`, `draw_batch`),  t ~ U{0..T-1},  eps ~ N(0, I)
+        or t from SD3's logit-normal density (`draw_timesteps`)
     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                  (eq. 4, `scheduler.add_noise`)
     L = || target - model(x_t, t) ||^2                              (eq. 14; `training_target`, `loss_fn`)
         optionally weighted per image by min-SNR-gamma                (`snr_loss_weights`)
@@ -147,15 +148,41 @@ def gather_images(images: torch.Tensor, index: torch.Tensor, flips: torch.Tensor
     return pixels
 
 
+def draw_timesteps(
+    count: int, noise_generator: torch.Generator, config, device: torch.device
+) -> torch.Tensor:
+    """t for `count` images, by `config.weighting_scheme` (diffusers' SD3 training scripts' name):
+
+        "none":          t ~ U{0..T-1}                                         (DDPM, Algorithm 1)
+        "logit_normal":  t = floor(T u),  u = sigmoid(n),  n ~ N(logit_mean, logit_std^2)
+                         (Esser et al. 2024, eq. 19: more of training on the middle noise levels;
+                         u drawn as diffusers' `compute_density_for_timestep_sampling`; logit_mean > 0: noisier)
+
+    Args:
+        count: how many timesteps (the batch's images).
+        noise_generator: the run's generator of eps and t.
+        config: the TrainConfig (num_train_timesteps, weighting_scheme, logit_mean, logit_std).
+        device: where t lives (the generator's device).
+
+    Returns:
+        t, int64 (count,), in 0..T-1. No host sync.
+    """
+    T = config.num_train_timesteps
+    if config.weighting_scheme == "none":
+        return torch.randint(0, T, (count,), generator=noise_generator, device=device)
+    n = torch.normal(config.logit_mean, config.logit_std, (count,), generator=noise_generator, device=device)
+    return (n.sigmoid() * T).long().clamp_(max=T - 1)  # sigmoid may round to 1.0 in float32 for n > 17
+
+
 def noisy_batch(
-    pixels: torch.Tensor, noise_generator: torch.Generator, num_train_timesteps: int, device: torch.device
+    pixels: torch.Tensor, noise_generator: torch.Generator, config, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_0, eps, t) of a batch of uint8 pixels: x_0 in [-1, 1] on `device`, then eps ~ N(0, I) and
-    t ~ U{0..T-1} from `noise_generator`, in that order (the tutorial's). No host sync."""
+    t (`draw_timesteps`: U{0..T-1} by default) from `noise_generator`, in that order (the tutorial's).
+    No host sync."""
     clean = to_model_range(pixels.to(device, non_blocking=True))
     noise = torch.randn(clean.shape, generator=noise_generator, device=device)
-    timesteps = torch.randint(0, num_train_timesteps, (len(clean),), generator=noise_generator, device=device)
-    return clean, noise, timesteps
+    return clean, noise, draw_timesteps(len(clean), noise_generator, config, device)
 
 
 def draw_batch(
@@ -163,12 +190,12 @@ def draw_batch(
     index: torch.Tensor,
     flips: torch.Tensor | None,
     noise_generator: torch.Generator,
-    num_train_timesteps: int,
+    config,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_0, eps, t) of the images at `index`: `gather_images`, then `noisy_batch`. A graph can capture
     it when everything is on the device."""
-    return noisy_batch(gather_images(images, index, flips), noise_generator, num_train_timesteps, device)
+    return noisy_batch(gather_images(images, index, flips), noise_generator, config, device)
 
 
 # ---- the optimizer, its learning rate and the gradient clip -----------------------------------------------

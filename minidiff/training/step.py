@@ -195,9 +195,7 @@ class PlainEngine:
         """
         micro_batches, weights = [], []
         for b in range(first_batch, first_batch + count):
-            batch = noisy_batch(
-                self.data.batch(b), self.noise_generator, self.config.num_train_timesteps, self.device
-            )
+            batch = noisy_batch(self.data.batch(b), self.noise_generator, self.config, self.device)
             rows, weight = distributed.shard(batch)  # this process's rows of the global batch
             micro_batches.append(rows)
             weights.append(weight)
