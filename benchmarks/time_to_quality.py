@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
 
 CONFIG_KEYS = (
     "block_out_channels", "layers_per_block", "batch_size", "lr", "warmup_steps", "ema_decay", "prediction_type",
-    "rescale_betas_zero_snr", "timestep_spacing", "snr_gamma", "mixed_precision", "beta_schedule",
+    "rescale_betas_zero_snr", "timestep_spacing", "snr_gamma", "weighting_scheme", "logit_mean", "logit_std",
+    "mixed_precision", "beta_schedule",
 )  # fmt: skip
 
 
@@ -439,7 +440,10 @@ def plot(rows: list[dict], samplers: list[dict], summary: dict, path: Path) -> P
         right.scatter(r["sampling_seconds"], r["digit_fid"], color="tab:blue")
         right.annotate(r["sampler"], (r["sampling_seconds"], r["digit_fid"]), fontsize=8,
                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
-    right.set(xlabel=f"sampling seconds ({summary['settings']['samples']} images)", xscale="log",
+    times = [r["sampling_seconds"] for r in samplers]
+    # a log axis only over a decade or more (a narrower log axis has no tick labels)
+    wide = bool(times) and max(times) >= 10 * min(times)
+    right.set(xlabel=f"sampling seconds ({summary['settings']['samples']} images)", xscale="log" if wide else "linear",
               ylabel="digit FID", title="the final minidiff model, per sampler")  # fmt: skip
     right.grid(True, which="both", alpha=0.2)
     hw = summary["hardware"]

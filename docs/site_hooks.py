@@ -23,7 +23,8 @@ EXTERNAL = {
     "benchmarks/RESULTS-cpu.md": "benchmarks/RESULTS-cpu.md",
     "benchmarks/TIME_TO_QUALITY.md": "benchmarks/TIME_TO_QUALITY.md",
     **{
-        f"benchmarks/time_to_quality/time_to_quality.{ext}": f"benchmarks/time_to_quality/time_to_quality.{ext}"
+        f"benchmarks/time_to_quality/{run}time_to_quality.{ext}": f"benchmarks/time_to_quality/{run}time_to_quality.{ext}"
+        for run in ("", "avx2/")
         for ext in ("csv", "json", "png")
     },  # fmt: skip
 }

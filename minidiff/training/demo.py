@@ -22,9 +22,8 @@ from pathlib import Path
 from minidiff.schedulers.samplers import DEMO_SWEEP, parse_settings
 from minidiff.training.config import DEMO_SAMPLES, PRESETS, TrainConfig, preset
 
-DEMO_STEPS = PRESETS[
-    "tiny"
-].max_steps  # 1,200: DDPM 100 reaches digit FID <= 10, >= 75% confident, 10/10 classes
+# the tiny preset's 1,200 steps: DDPM 100 reaches digit FID <= 10, >= 75% confident, 10/10 classes
+DEMO_STEPS = PRESETS["tiny"].max_steps
 DEMO_TIME_CAP = 900.0  # seconds of training: a guard, not the plan (1,200 steps at 1.3 steps/s)
 DEMO_QUALITY_SAMPLES = 250  # per sampler (> 64 for a defined FID): one batch each
 # the recipe's quality against steps with the demo's sampler (DDPM, 100 trailing steps; 500 samples, fp32
