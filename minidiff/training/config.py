@@ -276,7 +276,8 @@ PRESETS: dict[str, TrainConfig] = {
         rescale_betas_zero_snr=True,
         timestep_spacing="trailing",
         snr_gamma=5.0,
-        weighting_scheme="logit_normal",  # SD3's timestep density: the middle noise levels more often
+        weighting_scheme="logit_normal",  # SD3's timestep density: the middle noise levels more often,
+        logit_std=0.7,  # narrower than SD3's 1.0: 75% confident digits in 690 steps, not 910 (0.5 spoils DDIM)
         max_steps=1200,  # fixed on every machine (minidiff demo): DDPM 100 digit FID <= 10, >= 75% confident
         lr=3e-3,
         warmup_steps=100,

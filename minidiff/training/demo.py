@@ -30,12 +30,12 @@ DEMO_QUALITY_SAMPLES = 250  # per sampler (> 64 for a defined FID): one batch ea
 # training): steps -> (digit FID, share of confident digits), means over sampling seeds 0, 1, 2;
 # benchmarks/TIME_TO_QUALITY.md
 DEMO_CURVE = {
-    300: (17.9, 0.535),
-    500: (11.1, 0.635),
-    700: (7.5, 0.721),
-    900: (5.5, 0.747),
-    1000: (5.1, 0.778),
-    1200: (4.3, 0.808),
+    300: (17.4, 0.566),
+    500: (9.9, 0.685),
+    700: (6.3, 0.753),
+    900: (4.6, 0.801),
+    1000: (4.8, 0.815),
+    1200: (3.6, 0.842),
 }
 
 
