@@ -106,6 +106,21 @@ def test_old_checkpoints_need_resume_and_same_settings(tmp_path):
         train(tiny(tmp_path, max_steps=4, checkpoint_every=2, resume=True, lr=2e-3))
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(tmp_path):
+    """A checkpoint whose saved config lacks a later setting (weighting_scheme, added in 0.4.0) counts as
+    trained with that setting's default: it resumes under the default and is refused under another value."""
+    uniform = dict(max_steps=4, checkpoint_every=2, weighting_scheme="none", logit_std=1.0)
+    train(tiny(tmp_path, max_steps=2, checkpoint_every=2, weighting_scheme="none", logit_std=1.0))
+    path = tmp_path / "run" / "checkpoints" / "step-00000002.pt"
+    ckpt = load_checkpoint(path)
+    for key in ("weighting_scheme", "logit_mean", "logit_std"):
+        del ckpt["config"][key]
+    save_checkpoint(path, ckpt)
+    with pytest.raises(ValueError, match=r"weighting_scheme='logit_normal' \(the checkpoint's is 'none'\)"):
+        train(tiny(tmp_path, **{**uniform, "weighting_scheme": "logit_normal"}, resume=True))
+    assert train(tiny(tmp_path, **uniform, resume=True)).steps == 4
+
+
 def test_gradient_accumulation_equals_one_big_batch():
     """Two micro-batches of 4 give the gradient (and loss) of one batch of 8: the mean of the means."""
     config = TrainConfig(**TINY_NET, lr=1e-3, device="cpu")

@@ -220,15 +220,13 @@ def checkpoint_to_state(
     logged so far and the digit FID readings."""
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"checkpoint format {ckpt.get('format')!r}; expected {FORMAT!r}")
-    saved = ckpt["config"]
+    # a setting added since the checkpoint was saved counts as trained with its default
+    saved = {**config_dict(TrainConfig()), **ckpt["config"]}
     current = config_dict(config)
     resumable = RESUMABLE_CHANGES
     if config.lr_scheduler != "constant":  # a decaying lr was laid out over the run's length
         resumable = resumable - {"epochs", "max_steps"}
-    defaults = config_dict(TrainConfig())  # a setting added since the checkpoint was saved: its default
-    changed = sorted(
-        k for k, v in current.items() if k not in resumable and saved.get(k, defaults.get(k)) != v
-    )
+    changed = sorted(k for k, v in current.items() if k not in resumable and saved.get(k) != v)
     if changed:
         raise _cannot_resume(changed, saved, config)
     engine.unet.load_state_dict(ckpt["model"])
